@@ -1,0 +1,166 @@
+//! The admin server on port 15020: liveness, readiness, metrics and drain.
+//!
+//! It runs on its own thread and runtime so that a busy data plane never
+//! starves probes or scrapes. Request handling is a pure function of the
+//! admin state and the request, tested without sockets.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminState {
+    pub(crate) metrics: Metrics,
+    pub(crate) drain: Drain,
+    /// True once every listener is bound.
+    pub(crate) ready: watch::Receiver<bool>,
+}
+
+/// Serves the admin API until the process exits.
+pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = respond(&state, req.method(), req.uri().path(), peer);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection failed");
+            }
+        });
+    }
+}
+
+/// Answers one admin request.
+pub(crate) fn respond(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    match (method, path) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") => {
+            if state.drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if *state.ready.borrow() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "metrics\n")),
+        (&Method::POST, "/drain") => {
+            if !peer.ip().to_canonical().is_loopback() {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "drain is allowed from localhost only\n",
+                );
+            }
+            info!(%peer, "drain requested over the admin API");
+            state.drain.start();
+            text(StatusCode::ACCEPTED, "draining\n")
+        }
+        (_, "/live" | "/ready" | "/metrics" | "/drain") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ready: bool) -> (AdminState, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(ready);
+        let state = AdminState {
+            metrics: Metrics::new(),
+            drain: Drain::new(),
+            ready: rx,
+        };
+        (state, tx)
+    }
+
+    const LOCAL: &str = "127.0.0.1:40000";
+    const REMOTE: &str = "10.0.0.9:40000";
+
+    #[test]
+    fn ready_follows_listeners_and_drain() {
+        let (state, tx) = state(false);
+        let get = |path| respond(&state, &Method::GET, path, LOCAL.parse().unwrap()).status();
+        assert_eq!(get("/live"), StatusCode::OK);
+        assert_eq!(get("/ready"), StatusCode::SERVICE_UNAVAILABLE);
+        tx.send(true).unwrap();
+        assert_eq!(get("/ready"), StatusCode::OK);
+        state.drain.start();
+        assert_eq!(get("/ready"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get("/live"), StatusCode::OK);
+    }
+
+    #[test]
+    fn drain_is_for_localhost_only() {
+        let (state, _tx) = state(true);
+        let remote = respond(&state, &Method::POST, "/drain", REMOTE.parse().unwrap());
+        assert_eq!(remote.status(), StatusCode::FORBIDDEN);
+        assert!(!state.drain.is_draining());
+        let local = respond(&state, &Method::POST, "/drain", LOCAL.parse().unwrap());
+        assert_eq!(local.status(), StatusCode::ACCEPTED);
+        assert!(state.drain.is_draining());
+        let mapped = respond(
+            &state,
+            &Method::GET,
+            "/drain",
+            "[::ffff:127.0.0.1]:1".parse().unwrap(),
+        );
+        assert_eq!(mapped.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let (state, _tx) = state(true);
+        let response = respond(&state, &Method::GET, "/metrics", LOCAL.parse().unwrap());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[http::header::CONTENT_TYPE],
+            "text/plain; version=0.0.4"
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! Startup settings: parsed once from flags and environment, validated, and
+//! frozen in an `Arc<Config>`. Dynamic mesh config (routes, endpoints) is not
+//! here; it is state that changes while the proxy runs.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Ports of protocols where the server speaks first (or that never benefit
+/// from detection). Connections to them skip protocol detection, so a client
+/// that waits for a banner is never held for the detect timeout. These match
+/// Linkerd's defaults.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// Source address the inbound proxy binds when it forwards to the app. The
+/// capture rules return traffic from this address untouched, which is what
+/// keeps the inbound forward from being captured again.
+pub const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// IPv6 twin of [`INBOUND_SOURCE_V4`]; `remora-init` adds it to `lo`.
+pub const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// Command-line flags. Every flag can also be set with the environment
+/// variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "remora-proxy", version, about = "Remora's sidecar proxy")]
+pub struct Args {
+    /// Port of the outbound capture listener (iptables redirects the app's
+    /// outgoing TCP here).
+    #[arg(long, env = "REMORA_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+
+    /// Port of the inbound capture listener (iptables redirects incoming TCP
+    /// here).
+    #[arg(long, env = "REMORA_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+
+    /// Address of the admin server (/live, /ready, /metrics, /drain).
+    #[arg(long, env = "REMORA_ADMIN_ADDR", default_value = "0.0.0.0:15020")]
+    pub admin_addr: SocketAddr,
+
+    /// Destination ports that skip protocol detection and are proxied as
+    /// opaque TCP, comma separated.
+    #[arg(long, env = "REMORA_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS, value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
+
+    /// How long protocol detection waits for the client's first bytes before
+    /// treating the connection as opaque TCP.
+    #[arg(long, env = "REMORA_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// How long to wait for an upstream TCP connection to be established.
+    #[arg(long, env = "REMORA_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// On drain, how long open connections may keep going before they are
+    /// closed by force.
+    #[arg(long, env = "REMORA_DRAIN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Duration,
+
+    /// Worker threads for the data plane. 0 means one per CPU.
+    #[arg(long, env = "REMORA_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Also listen on IPv6 (`auto` does so when the host supports it).
+    #[arg(long, env = "REMORA_IPV6", default_value = "auto")]
+    pub ipv6: IpFamilyMode,
+}
+
+/// Whether the proxy listens on IPv6 as well as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamilyMode {
+    /// Listen on IPv6 when the kernel supports it.
+    Auto,
+    /// Always listen on IPv6; failing to bind is an error.
+    True,
+    /// IPv4 only.
+    False,
+}
+
+/// A startup setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+/// Validated, frozen startup settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub admin_addr: SocketAddr,
+    pub opaque_ports: BTreeSet<u16>,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub drain_deadline: Duration,
+    pub workers: usize,
+    pub ipv6: IpFamilyMode,
+    /// Where the mesh config file lives in standalone mode (later issues).
+    pub config_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Checks the flags and freezes them.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let invalid = |flag, reason: &str| ConfigError::Invalid {
+            flag,
+            reason: reason.to_string(),
+        };
+        if args.outbound_port == 0 {
+            return Err(invalid("outbound-port", "must be between 1 and 65535"));
+        }
+        if args.inbound_port == 0 {
+            return Err(invalid("inbound-port", "must be between 1 and 65535"));
+        }
+        if args.inbound_port == args.outbound_port {
+            return Err(invalid("inbound-port", "must differ from --outbound-port"));
+        }
+        if args.opaque_ports.contains(&0) {
+            return Err(invalid("opaque-ports", "0 is not a port"));
+        }
+        if args.detect_timeout.is_zero() {
+            return Err(invalid("detect-timeout", "must be greater than zero"));
+        }
+        if args.connect_timeout.is_zero() {
+            return Err(invalid("connect-timeout", "must be greater than zero"));
+        }
+        let workers = match args.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Config {
+            outbound_port: args.outbound_port,
+            inbound_port: args.inbound_port,
+            admin_addr: args.admin_addr,
+            opaque_ports: args.opaque_ports.into_iter().collect(),
+            detect_timeout: args.detect_timeout,
+            connect_timeout: args.connect_timeout,
+            drain_deadline: args.drain_deadline,
+            workers,
+            ipv6: args.ipv6,
+            config_path: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("remora-proxy").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_shared_contract() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.outbound_port, 15001);
+        assert_eq!(config.inbound_port, 15006);
+        assert_eq!(config.admin_addr.port(), 15020);
+        assert!(config.opaque_ports.contains(&3306));
+        assert!(config.opaque_ports.contains(&25));
+        assert_eq!(config.detect_timeout, Duration::from_secs(1));
+        assert!(config.workers >= 1);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let err = parse(&["--inbound-port", "15001"]).unwrap_err();
+        assert!(err.contains("--inbound-port"), "{err}");
+        let err = parse(&["--opaque-ports", "25,0"]).unwrap_err();
+        assert!(err.contains("--opaque-ports"), "{err}");
+        let err = parse(&["--outbound-port", "70000"]).unwrap_err();
+        assert!(err.contains("outbound-port"), "{err}");
+        let err = parse(&["--detect-timeout", "soon"]).unwrap_err();
+        assert!(err.contains("detect-timeout"), "{err}");
+    }
+
+    #[test]
+    fn opaque_ports_are_a_list() {
+        let config = parse(&["--opaque-ports", "1,2,3"]).expect("valid");
+        assert_eq!(
+            config.opaque_ports.into_iter().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+}

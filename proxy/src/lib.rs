@@ -1,0 +1,168 @@
+//! remora-proxy: Remora's sidecar data plane.
+//!
+//! The proxy owns a pod's captured traffic. iptables (installed by
+//! `remora-init`) redirects the app's outgoing TCP to the outbound listener
+//! and incoming TCP to the inbound listener. Each connection's original
+//! destination is recovered, its protocol detected, and it is forwarded.
+//!
+//! Layout: `config` (startup settings), `proxy` (listeners and per-connection
+//! flow), `detect` (protocol detection), `net` (sockets), `io` (stream
+//! adapters), `metrics`, `drain`, and `admin` (port 15020).
+
+mod admin;
+pub mod config;
+mod detect;
+mod drain;
+mod io;
+mod metrics;
+mod net;
+mod proxy;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::config::IpFamilyMode;
+use crate::drain::{Drain, DrainOutcome};
+use crate::metrics::Metrics;
+use crate::proxy::{Direction, Proxy};
+
+/// Runs the proxy until it has drained (after SIGTERM, SIGINT or
+/// `POST /drain`).
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .thread_name("remora-worker")
+        .enable_all()
+        .build()
+        .context("building the data-plane runtime")?;
+    runtime.block_on(serve(Arc::new(config)))
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let drain = Drain::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    let admin = std::net::TcpListener::bind(config.admin_addr).with_context(|| {
+        format!(
+            "binding the admin server on {}; is another proxy already running in this pod?",
+            config.admin_addr
+        )
+    })?;
+    spawn_admin(
+        admin,
+        admin::AdminState {
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+            ready: ready_rx,
+        },
+    )?;
+
+    let listeners = bind_listeners(&config)?;
+    let proxy = Arc::new(Proxy {
+        config: config.clone(),
+        metrics,
+        drain: drain.clone(),
+    });
+    let mut accept_loops = Vec::new();
+    for (listener, direction) in listeners {
+        accept_loops.push(tokio::spawn(proxy.clone().serve(listener, direction)));
+    }
+    let _ = ready_tx.send(true);
+    info!(
+        outbound = config.outbound_port,
+        inbound = config.inbound_port,
+        admin = %config.admin_addr,
+        workers = config.workers,
+        "remora-proxy ready"
+    );
+
+    tokio::select! {
+        () = drain.started() => {}
+        () = shutdown_signal() => {
+            info!("termination signal received; draining");
+            drain.start();
+        }
+    }
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    match drain.wait(config.drain_deadline).await {
+        DrainOutcome::Clean => info!("drained: every connection finished"),
+        DrainOutcome::Forced(open) => {
+            warn!(open, deadline = ?config.drain_deadline, "drain deadline passed; closed the rest by force")
+        }
+    }
+    Ok(())
+}
+
+/// Binds the outbound and inbound capture listeners on IPv4, and on IPv6
+/// when enabled.
+fn bind_listeners(config: &Config) -> anyhow::Result<Vec<(TcpListener, Direction)>> {
+    let mut listeners = Vec::new();
+    for (port, direction) in [
+        (config.outbound_port, Direction::Outbound),
+        (config.inbound_port, Direction::Inbound),
+    ] {
+        let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let listener =
+            net::bind(v4).with_context(|| format!("binding the {direction} listener on {v4}"))?;
+        listeners.push((listener, direction));
+
+        let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        match (config.ipv6, net::bind(v6)) {
+            (IpFamilyMode::False, _) => {}
+            (_, Ok(listener)) => listeners.push((listener, direction)),
+            (IpFamilyMode::Auto, Err(e)) => {
+                warn!(error = %e, %v6, "IPv6 unavailable; listening on IPv4 only")
+            }
+            (IpFamilyMode::True, Err(e)) => {
+                return Err(e).with_context(|| format!("binding the {direction} listener on {v6}"))
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Runs the admin server on a thread of its own.
+fn spawn_admin(listener: std::net::TcpListener, state: admin::AdminState) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the admin runtime")?;
+    std::thread::Builder::new()
+        .name("remora-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => admin::serve(listener, state).await,
+                    Err(e) => warn!(error = %e, "admin server failed to start"),
+                }
+            })
+        })
+        .context("starting the admin thread")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; drain with POST /drain");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! The proxy's Prometheus metrics. One registry per process, rendered in the
+//! text format by the admin server. Hot paths take label handles once per
+//! connection and then only touch atomics.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::detect::Protocol;
+use crate::proxy::Direction;
+
+/// Every metric the proxy exports.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    tcp_opened: IntCounterVec,
+    tcp_closed: IntCounterVec,
+    tcp_active: IntGaugeVec,
+    tcp_received_bytes: IntCounterVec,
+    tcp_sent_bytes: IntCounterVec,
+    tcp_errors: IntCounterVec,
+    detect_timeouts: IntCounterVec,
+}
+
+/// Why a proxied connection failed; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TcpErrorReason {
+    /// No original destination, or the connection was made straight to a
+    /// capture port (forwarding it would loop).
+    OriginalDst,
+    /// The upstream refused, was unreachable, or did not answer in time.
+    Connect,
+    /// A read or write failed mid-stream (a reset, most often).
+    Io,
+    /// Reading the first bytes for protocol detection failed.
+    Detect,
+    /// Closed by force at the drain deadline.
+    Drain,
+}
+
+impl TcpErrorReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            TcpErrorReason::OriginalDst => "original_dst",
+            TcpErrorReason::Connect => "connect",
+            TcpErrorReason::Io => "io",
+            TcpErrorReason::Detect => "detect",
+            TcpErrorReason::Drain => "drain",
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let registry = Registry::new();
+        let dp = &["direction", "protocol"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("each metric is registered once");
+            vec
+        };
+        let tcp_opened = counter(
+            "remora_tcp_connections_opened_total",
+            "TCP connections accepted on a capture listener, by detected protocol",
+            dp,
+        );
+        let tcp_closed = counter(
+            "remora_tcp_connections_closed_total",
+            "TCP connections that ended, by detected protocol",
+            dp,
+        );
+        let tcp_received_bytes = counter(
+            "remora_tcp_received_bytes_total",
+            "Bytes read from downstream clients",
+            dp,
+        );
+        let tcp_sent_bytes = counter(
+            "remora_tcp_sent_bytes_total",
+            "Bytes written to downstream clients",
+            dp,
+        );
+        let tcp_errors = counter(
+            "remora_tcp_errors_total",
+            "Proxied TCP connections that ended in an error, by reason",
+            &["direction", "reason"],
+        );
+        let detect_timeouts = counter(
+            "remora_detect_timeouts_total",
+            "Connections whose client sent too little to detect a protocol in time (proxied as opaque TCP)",
+            &["direction"],
+        );
+        let tcp_active = IntGaugeVec::new(
+            Opts::new(
+                "remora_tcp_connections_active",
+                "TCP connections open now, by detected protocol",
+            ),
+            dp,
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(tcp_active.clone()))
+            .expect("each metric is registered once");
+        Metrics {
+            registry,
+            tcp_opened,
+            tcp_closed,
+            tcp_active,
+            tcp_received_bytes,
+            tcp_sent_bytes,
+            tcp_errors,
+            detect_timeouts,
+        }
+    }
+
+    /// Opens the per-connection metrics: counts the connection as opened and
+    /// active now, and as closed when the returned value drops.
+    pub(crate) fn connection(&self, direction: Direction, protocol: Protocol) -> ConnectionMetrics {
+        let labels = [direction.as_str(), protocol.as_str()];
+        self.tcp_opened.with_label_values(&labels).inc();
+        let active = self.tcp_active.with_label_values(&labels);
+        active.inc();
+        ConnectionMetrics {
+            received: self.tcp_received_bytes.with_label_values(&labels),
+            sent: self.tcp_sent_bytes.with_label_values(&labels),
+            closed: self.tcp_closed.with_label_values(&labels),
+            active,
+        }
+    }
+
+    pub(crate) fn tcp_error(&self, direction: Direction, reason: TcpErrorReason) {
+        self.tcp_errors
+            .with_label_values(&[direction.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn detect_timeout(&self, direction: Direction) {
+        self.detect_timeouts
+            .with_label_values(&[direction.as_str()])
+            .inc();
+    }
+
+    /// The registry in the Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+}
+
+/// Label handles for one connection.
+#[derive(Debug)]
+pub(crate) struct ConnectionMetrics {
+    pub(crate) received: IntCounter,
+    pub(crate) sent: IntCounter,
+    closed: IntCounter,
+    active: IntGauge,
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.active.dec();
+        self.closed.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_counted_open_then_closed() {
+        let metrics = Metrics::new();
+        let conn = metrics.connection(Direction::Outbound, Protocol::Http1);
+        conn.received.inc_by(7);
+        let text = metrics.render();
+        assert!(text.contains(
+            "remora_tcp_connections_active{direction=\"outbound\",protocol=\"http1\"} 1"
+        ));
+        assert!(text.contains(
+            "remora_tcp_received_bytes_total{direction=\"outbound\",protocol=\"http1\"} 7"
+        ));
+        drop(conn);
+        let text = metrics.render();
+        assert!(text.contains(
+            "remora_tcp_connections_active{direction=\"outbound\",protocol=\"http1\"} 0"
+        ));
+        assert!(text.contains(
+            "remora_tcp_connections_closed_total{direction=\"outbound\",protocol=\"http1\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,234 @@
+//! The capture listeners. Each accepted connection is traced back to its
+//! original destination, its protocol is detected, and it is forwarded:
+//! outbound to the original destination, inbound to the app in this pod.
+//!
+//! This module owns the per-connection flow. It does not own routing or HTTP
+//! (later layers plug in where the protocol is known), nor sockets' details
+//! (`net`), nor metrics' definitions (`metrics`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
+use crate::detect::{self, Protocol};
+use crate::drain::Drain;
+use crate::io::{Counted, Rewind};
+use crate::metrics::{Metrics, TcpErrorReason};
+use crate::net;
+
+/// Buffer size for each direction of an opaque TCP copy.
+const COPY_BUF: usize = 16 * 1024;
+
+/// Which way a connection crosses the pod boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// The app in this pod is the client.
+    Outbound,
+    /// The app in this pod is the server.
+    Inbound,
+}
+
+impl Direction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Metrics,
+    pub(crate) drain: Drain,
+}
+
+impl Proxy {
+    /// Accepts connections until the drain starts, then drops the listener
+    /// so that new connections are refused.
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, direction: Direction) {
+        let local = listener.local_addr().ok();
+        let started = self.drain.started();
+        tokio::pin!(started);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut started => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let proxy = self.clone();
+                    let forced = self.drain.forced();
+                    self.drain.spawn(async move {
+                        tokio::select! {
+                            () = proxy.handle(stream, peer, direction) => {}
+                            () = forced => {
+                                proxy.metrics.tcp_error(direction, TcpErrorReason::Drain);
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // rather than spin, and keep serving.
+                    warn!(direction = direction.as_str(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        info!(
+            ?local,
+            direction = direction.as_str(),
+            "listener closed for drain"
+        );
+    }
+
+    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr, direction: Direction) {
+        let _ = stream.set_nodelay(true);
+        let Some(dst) = self.destination(&stream, direction) else {
+            return;
+        };
+
+        let detected = if self.config.opaque_ports.contains(&dst.port()) {
+            detect::Detected {
+                protocol: Protocol::Opaque,
+                prefix: bytes::Bytes::new(),
+                timed_out: false,
+            }
+        } else {
+            match detect::detect(&mut stream, self.config.detect_timeout).await {
+                Ok(detected) => detected,
+                Err(e) => {
+                    debug!(%peer, %dst, error = %e, "client failed before its protocol was known");
+                    self.metrics.tcp_error(direction, TcpErrorReason::Detect);
+                    return;
+                }
+            }
+        };
+        if detected.timed_out {
+            self.metrics.detect_timeout(direction);
+        }
+
+        let conn = self.metrics.connection(direction, detected.protocol);
+        let mut upstream = match net::connect(
+            dst,
+            self.source_for(direction, dst),
+            self.config.connect_timeout,
+        )
+        .await
+        {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                debug!(%peer, %dst, error = %e, "upstream connect failed");
+                self.metrics.tcp_error(direction, TcpErrorReason::Connect);
+                return;
+            }
+        };
+        let mut client = Counted::new(
+            Rewind::new(detected.prefix, stream),
+            conn.received.clone(),
+            conn.sent.clone(),
+        );
+        if let Err(e) =
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUF, COPY_BUF)
+                .await
+        {
+            debug!(%peer, %dst, error = %e, "connection ended with an error");
+            self.metrics.tcp_error(direction, TcpErrorReason::Io);
+        }
+    }
+
+    /// The original destination, unless there is none or it is this very
+    /// listener (a connection made straight to the capture port: forwarding
+    /// it would loop back here).
+    fn destination(&self, stream: &TcpStream, direction: Direction) -> Option<SocketAddr> {
+        let dst = match net::original_dst(stream) {
+            Ok(dst) => dst,
+            Err(e) => {
+                debug!(error = %e, "no original destination");
+                self.metrics
+                    .tcp_error(direction, TcpErrorReason::OriginalDst);
+                return None;
+            }
+        };
+        if is_loop(dst, stream.local_addr().ok(), &self.config) {
+            debug!(%dst, "connection addressed to the proxy itself; refusing to loop");
+            self.metrics
+                .tcp_error(direction, TcpErrorReason::OriginalDst);
+            return None;
+        }
+        Some(dst)
+    }
+
+    /// Inbound forwards leave from a fixed loopback source that the capture
+    /// rules return untouched; outbound ones leave as the proxy's uid, which
+    /// the rules never redirect.
+    fn source_for(&self, direction: Direction, dst: SocketAddr) -> Option<IpAddr> {
+        match (direction, dst) {
+            (Direction::Outbound, _) => None,
+            (Direction::Inbound, SocketAddr::V4(_)) => Some(INBOUND_SOURCE_V4.into()),
+            (Direction::Inbound, SocketAddr::V6(_)) => Some(INBOUND_SOURCE_V6.into()),
+        }
+    }
+}
+
+/// A connection whose original destination is the listener itself, or a
+/// capture port on one of this pod's own addresses, was not redirected by
+/// iptables: following it would connect the proxy to itself.
+fn is_loop(dst: SocketAddr, local: Option<SocketAddr>, config: &Config) -> bool {
+    if Some(dst) == local {
+        return true;
+    }
+    let capture_port = dst.port() == config.outbound_port || dst.port() == config.inbound_port;
+    capture_port && (dst.ip().is_loopback() || local.is_some_and(|l| l.ip() == dst.ip()))
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config() -> Config {
+        Config::from_args(crate::config::Args::parse_from(["remora-proxy"])).unwrap()
+    }
+
+    #[test]
+    fn a_connection_straight_to_a_capture_port_is_a_loop() {
+        let config = config();
+        let local: SocketAddr = "10.0.0.2:15001".parse().unwrap();
+        assert!(is_loop(local, Some(local), &config));
+        assert!(is_loop(
+            "127.0.0.1:15006".parse().unwrap(),
+            Some(local),
+            &config
+        ));
+        assert!(is_loop(
+            "10.0.0.2:15006".parse().unwrap(),
+            Some(local),
+            &config
+        ));
+        assert!(!is_loop(
+            "10.0.0.3:15001".parse().unwrap(),
+            Some(local),
+            &config
+        ));
+        assert!(!is_loop(
+            "10.0.0.2:8080".parse().unwrap(),
+            Some(local),
+            &config
+        ));
+    }
+}
