@@ -1,0 +1,74 @@
+//! The mesh config model shared by the control plane and the proxy.
+//!
+//! This crate owns the serde types that describe what one proxy needs to know
+//! (services, routes, backends, endpoints, inbound ports, HTTP settings), their
+//! JSON Schema, and the checks a config must pass before a proxy uses it. It
+//! does no I/O: callers hand it text or bytes.
+//!
+//! The proxy calls [`MeshConfig::from_yaml`] or [`MeshConfig::from_json`]
+//! (which both validate), and [`MeshConfig::validate`] for configs it builds
+//! itself. docs/config.md describes the model field by field.
+
+mod backend;
+mod duration;
+mod error;
+mod mesh;
+mod route;
+mod validate;
+
+pub use backend::{
+    Backend, CircuitBreaker, Endpoint, HashOn, HealthCheck, LoadBalancer, OutlierDetection,
+    RetryBudget,
+};
+pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
+pub use error::{ConfigError, FieldError, ValidationError};
+pub use mesh::{
+    HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig, Protocol,
+    Service, ServicePort, XForwardedFor,
+};
+pub use route::{
+    BackendObjectRef, BackendRef, GrpcCode, GrpcMethodMatch, HeaderMatch, HeaderModifier,
+    HttpHeader, HttpMethod, MatchType, PathMatch, PathMatchType, PathModifier, QueryParamMatch,
+    RequestMirror, RequestRedirect, Retry, Route, RouteFilter, RouteMatch, Scheme, Timeouts,
+    UrlRewrite,
+};
+
+/// The JSON Schema (draft 2020-12) of [`MeshConfig`], for editors and for
+/// checking configs outside Rust. api/schema/mesh-config.schema.json holds
+/// a copy that a test keeps current.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(MeshConfig).to_value()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The committed schema must be what the types generate. Regenerate with
+    /// `UPDATE_SCHEMA=1 cargo test -p remora-api`.
+    #[test]
+    fn committed_schema_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/mesh-config.schema.json");
+        let mut generated = serde_json::to_string_pretty(&super::json_schema())
+            .unwrap_or_else(|e| panic!("schema does not serialize: {e}"));
+        generated.push('\n');
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &generated).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is stale: run UPDATE_SCHEMA=1 cargo test -p remora-api and commit it",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn schema_rejects_unknown_fields_and_names_durations() {
+        let schema = super::json_schema();
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["$defs"]["Duration"]["type"], "string");
+        assert!(schema["$defs"]["RouteFilter"]["properties"]["urlRewrite"].is_object());
+    }
+}
