@@ -7,13 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
 use crate::route::{BackendRef, Route};
 
@@ -208,12 +206,6 @@ pub struct HttpSettings {
     pub max_headers: u32,
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,
-    /// How long protocol detection waits for the first bytes. Slow clients
-    /// of HTTP ports are misread as opaque past it, so it is not short;
-    /// declare server-first ports `opaque` instead.
-    #[serde(default = "default_detect_timeout", with = "serde_duration")]
-    #[schemars(with = "GatewayDuration")]
-    pub detect_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -222,7 +214,6 @@ impl Default for HttpSettings {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             x_forwarded_for: XForwardedFor::default(),
-            detect_timeout: default_detect_timeout(),
         }
     }
 }
@@ -233,10 +224,6 @@ fn default_max_header_bytes() -> u32 {
 
 fn default_max_headers() -> u32 {
     100
-}
-
-fn default_detect_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// What the proxy does with `X-Forwarded-For`.

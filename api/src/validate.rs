@@ -625,7 +625,6 @@ impl Checker<'_> {
         if http.max_headers == 0 {
             self.error("http.maxHeaders", "must be at least 1");
         }
-        self.positive("http.detectTimeout", http.detect_timeout);
     }
 
     fn positive(&mut self, path: &str, d: Duration) {
