@@ -5,6 +5,7 @@
 //! admin state and the request, tested without sockets.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -17,14 +18,17 @@ use tracing::{debug, info};
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;
+use crate::state::State;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
-    /// True once every listener is bound.
+    /// True once every listener is bound (and, with a config file, the
+    /// first config is in force).
     pub(crate) ready: watch::Receiver<bool>,
+    pub(crate) state: Arc<State>,
 }
 
 /// Serves the admin API until the process exits.
@@ -77,6 +81,21 @@ pub(crate) fn respond(
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(state.metrics.render())))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "metrics\n")),
+        (&Method::GET, "/config_dump") => {
+            let snapshot = state.state.load();
+            let dump = serde_json::json!({
+                "version": snapshot.version(),
+                "config": snapshot.config.as_deref(),
+                "lastError": state.state.last_error(),
+            });
+            let body =
+                serde_json::to_vec_pretty(&dump).unwrap_or_else(|e| e.to_string().into_bytes());
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "config_dump\n"))
+        }
         (&Method::POST, "/drain") => {
             if !peer.ip().to_canonical().is_loopback() {
                 return text(
@@ -88,7 +107,7 @@ pub(crate) fn respond(
             state.drain.start();
             text(StatusCode::ACCEPTED, "draining\n")
         }
-        (_, "/live" | "/ready" | "/metrics" | "/drain") => {
+        (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/drain") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -111,10 +130,18 @@ mod tests {
 
     fn state(ready: bool) -> (AdminState, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(ready);
+        let metrics = Metrics::new();
+        let startup = Arc::new(
+            crate::config::Config::from_args(<crate::config::Args as clap::Parser>::parse_from([
+                "remora-proxy",
+            ]))
+            .unwrap(),
+        );
         let state = AdminState {
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
             drain: Drain::new(),
             ready: rx,
+            state: Arc::new(State::new(startup, metrics)),
         };
         (state, tx)
     }

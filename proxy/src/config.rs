@@ -67,6 +67,15 @@ pub struct Args {
     /// Also listen on IPv6 (`auto` does so when the host supports it).
     #[arg(long, env = "REMORA_IPV6", default_value = "auto")]
     pub ipv6: IpFamilyMode,
+
+    /// Standalone mode: read the mesh config (YAML or JSON) from this file
+    /// and reload it whenever it changes.
+    #[arg(long, env = "REMORA_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Most idle HTTP/1 connections kept open to each upstream endpoint.
+    #[arg(long, env = "REMORA_MAX_IDLE_PER_ENDPOINT", default_value_t = 64)]
+    pub max_idle_per_endpoint: usize,
 }
 
 /// Whether the proxy listens on IPv6 as well as IPv4.
@@ -99,8 +108,9 @@ pub struct Config {
     pub drain_deadline: Duration,
     pub workers: usize,
     pub ipv6: IpFamilyMode,
-    /// Where the mesh config file lives in standalone mode (later issues).
+    /// Where the mesh config file lives in standalone mode.
     pub config_path: Option<PathBuf>,
+    pub max_idle_per_endpoint: usize,
 }
 
 impl Config {
@@ -142,7 +152,8 @@ impl Config {
             drain_deadline: args.drain_deadline,
             workers,
             ipv6: args.ipv6,
-            config_path: None,
+            config_path: args.config,
+            max_idle_per_endpoint: args.max_idle_per_endpoint,
         })
     }
 }

@@ -6,17 +6,27 @@
 //! destination is recovered, its protocol detected, and it is forwarded.
 //!
 //! Layout: `config` (startup settings), `proxy` (listeners and per-connection
-//! flow), `detect` (protocol detection), `net` (sockets), `io` (stream
-//! adapters), `metrics`, `drain`, and `admin` (port 15020).
+//! flow), `detect` (protocol detection), `http` (request-level proxying),
+//! `route` (route selection and filters), `balance` (endpoints and load
+//! balancing), `resilience` (retry budgets, circuit breakers), `state` (the
+//! dynamic mesh config snapshot), `source` (the config file), `net`
+//! (sockets), `io` (stream adapters), `metrics`, `drain`, and `admin`
+//! (port 15020).
 
 mod admin;
+mod balance;
 pub mod config;
 mod detect;
 mod drain;
+mod http;
 mod io;
 mod metrics;
 mod net;
 mod proxy;
+mod resilience;
+mod route;
+mod source;
+mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,8 +40,10 @@ pub use config::Config;
 
 use crate::config::IpFamilyMode;
 use crate::drain::{Drain, DrainOutcome};
+use crate::http::{HttpProxy, Pool};
 use crate::metrics::Metrics;
 use crate::proxy::{Direction, Proxy};
+use crate::state::State;
 
 /// Runs the proxy until it has drained (after SIGTERM, SIGINT or
 /// `POST /drain`).
@@ -49,6 +61,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let drain = Drain::new();
     let (ready_tx, ready_rx) = watch::channel(false);
+    let state = Arc::new(State::new(config.clone(), metrics.clone()));
 
     let admin = std::net::TcpListener::bind(config.admin_addr).with_context(|| {
         format!(
@@ -62,14 +75,29 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             drain: drain.clone(),
             ready: ready_rx,
+            state: state.clone(),
         },
     )?;
 
+    if let Some(path) = &config.config_path {
+        // The first config must be good: there is no last good one to keep.
+        source::load(path, &state).context("loading the mesh config")?;
+        source::watch(path.clone(), state.clone()).context("watching the mesh config")?;
+    }
+
     let listeners = bind_listeners(&config)?;
+    let http = Arc::new(HttpProxy {
+        metrics: metrics.clone(),
+        state: state.clone(),
+        passthrough: Pool::new(state::passthrough_pool_settings(&config)),
+        inbound: Pool::new(state::inbound_pool_settings(&config)),
+    });
     let proxy = Arc::new(Proxy {
         config: config.clone(),
         metrics,
         drain: drain.clone(),
+        state,
+        http,
     });
     let mut accept_loops = Vec::new();
     for (listener, direction) in listeners {

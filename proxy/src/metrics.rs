@@ -2,10 +2,32 @@
 //! text format by the admin server. Hot paths take label handles once per
 //! connection and then only touch atomics.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::detect::Protocol;
+use crate::http::ErrorKind;
 use crate::proxy::Direction;
+
+/// Latency buckets in seconds: sub-millisecond to tens of seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// What a request is labelled with besides its direction and status.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestLabels {
+    /// The destination service, empty when unknown (pass-through, inbound).
+    pub(crate) service: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) backend: Arc<str>,
+}
 
 /// Every metric the proxy exports.
 #[derive(Debug, Clone)]
@@ -18,6 +40,12 @@ pub(crate) struct Metrics {
     tcp_sent_bytes: IntCounterVec,
     tcp_errors: IntCounterVec,
     detect_timeouts: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    http_errors: IntCounterVec,
+    retries: IntCounterVec,
+    ejections: IntCounterVec,
+    config_updates: IntCounterVec,
 }
 
 /// Why a proxied connection failed; the `reason` label.
@@ -90,6 +118,43 @@ impl Metrics {
             "Connections whose client sent too little to detect a protocol in time (proxied as opaque TCP)",
             &["direction"],
         );
+        let requests = counter(
+            "remora_requests_total",
+            "HTTP requests answered, by route, backend and status code",
+            &["direction", "service", "route", "backend", "status"],
+        );
+        let http_errors = counter(
+            "remora_http_errors_total",
+            "HTTP requests the proxy answered itself because forwarding failed, by reason",
+            &["direction", "reason"],
+        );
+        let retries = counter(
+            "remora_retries_total",
+            "HTTP request attempts that were retries, by backend",
+            &["service", "route", "backend"],
+        );
+        let ejections = counter(
+            "remora_outlier_ejections_total",
+            "Endpoints ejected by outlier detection, by backend",
+            &["backend"],
+        );
+        let config_updates = counter(
+            "remora_config_updates_total",
+            "Mesh config updates, by result (applied or rejected)",
+            &["result"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "remora_request_duration_seconds",
+                "Time from a request's arrival to its response head",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "service", "route", "backend"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("each metric is registered once");
         let tcp_active = IntGaugeVec::new(
             Opts::new(
                 "remora_tcp_connections_active",
@@ -110,7 +175,52 @@ impl Metrics {
             tcp_sent_bytes,
             tcp_errors,
             detect_timeouts,
+            requests,
+            request_duration,
+            http_errors,
+            retries,
+            ejections,
+            config_updates,
         }
+    }
+
+    /// Counts an answered request and observes its latency.
+    pub(crate) fn request(
+        &self,
+        direction: Direction,
+        labels: &RequestLabels,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let (service, route, backend) = (&*labels.service, &*labels.route, &*labels.backend);
+        self.requests
+            .with_label_values(&[direction.as_str(), service, route, backend, status.as_str()])
+            .inc();
+        self.request_duration
+            .with_label_values(&[direction.as_str(), service, route, backend])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn http_error(&self, direction: Direction, kind: ErrorKind) {
+        self.http_errors
+            .with_label_values(&[direction.as_str(), kind.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn retry(&self, labels: &RequestLabels) {
+        self.retries
+            .with_label_values(&[&*labels.service, &*labels.route, &*labels.backend])
+            .inc();
+    }
+
+    /// The counter a backend's balancer bumps on each ejection.
+    pub(crate) fn ejections(&self, backend: &str) -> IntCounter {
+        self.ejections.with_label_values(&[backend])
+    }
+
+    pub(crate) fn config_update(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_updates.with_label_values(&[result]).inc();
     }
 
     /// Opens the per-connection metrics: counts the connection as opened and

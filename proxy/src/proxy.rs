@@ -16,9 +16,12 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
+use crate::http::HttpProxy;
 use crate::io::{Counted, Rewind};
 use crate::metrics::{Metrics, TcpErrorReason};
 use crate::net;
+use crate::state::{Snapshot, State};
+use remora_api::Protocol as ApiProtocol;
 
 /// Buffer size for each direction of an opaque TCP copy.
 const COPY_BUF: usize = 16 * 1024;
@@ -47,6 +50,8 @@ pub(crate) struct Proxy {
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Metrics,
     pub(crate) drain: Drain,
+    pub(crate) state: Arc<State>,
+    pub(crate) http: Arc<HttpProxy>,
 }
 
 impl Proxy {
@@ -95,8 +100,15 @@ impl Proxy {
         let Some(dst) = self.destination(&stream, direction) else {
             return;
         };
+        let snapshot = self.state.load();
+        let declared = match direction {
+            Direction::Outbound => snapshot.service_by_addr(dst).map(|s| s.protocol),
+            Direction::Inbound => Some(snapshot.inbound_protocol(dst.port())),
+        };
 
-        let detected = if self.config.opaque_ports.contains(&dst.port()) {
+        let skip_detection = self.config.opaque_ports.contains(&dst.port())
+            || matches!(declared, Some(ApiProtocol::Opaque | ApiProtocol::Tcp));
+        let detected = if skip_detection {
             detect::Detected {
                 protocol: Protocol::Opaque,
                 prefix: bytes::Bytes::new(),
@@ -117,25 +129,62 @@ impl Proxy {
         }
 
         let conn = self.metrics.connection(direction, detected.protocol);
+        let client = Counted::new(
+            Rewind::new(detected.prefix, stream),
+            conn.received.clone(),
+            conn.sent.clone(),
+        );
+        let is_http = matches!(detected.protocol, Protocol::Http1 | Protocol::H2);
+        if is_http && wants_http(&snapshot, direction, dst, declared) {
+            drop(snapshot);
+            self.http
+                .clone()
+                .serve(client, detected.protocol, direction, peer, dst, &self.drain)
+                .await;
+            return;
+        }
+        self.forward_tcp(client, peer, dst, direction, &snapshot)
+            .await;
+    }
+
+    /// Forwards a connection as opaque bytes: to the original destination,
+    /// or balanced over a `tcp` service port's backends.
+    async fn forward_tcp<I>(
+        &self,
+        mut client: I,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        direction: Direction,
+        snapshot: &Snapshot,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let upstream_addr = match direction {
+            Direction::Outbound => match tcp_endpoint(snapshot, dst) {
+                TcpTarget::Original => dst,
+                TcpTarget::Endpoint(addr) => addr,
+                TcpTarget::Unavailable(reason) => {
+                    debug!(%peer, %dst, %reason, "no endpoint for TCP service");
+                    self.metrics.tcp_error(direction, TcpErrorReason::Connect);
+                    return;
+                }
+            },
+            Direction::Inbound => dst,
+        };
         let mut upstream = match net::connect(
-            dst,
-            self.source_for(direction, dst),
+            upstream_addr,
+            self.source_for(direction, upstream_addr),
             self.config.connect_timeout,
         )
         .await
         {
             Ok(upstream) => upstream,
             Err(e) => {
-                debug!(%peer, %dst, error = %e, "upstream connect failed");
+                debug!(%peer, dst = %upstream_addr, error = %e, "upstream connect failed");
                 self.metrics.tcp_error(direction, TcpErrorReason::Connect);
                 return;
             }
         };
-        let mut client = Counted::new(
-            Rewind::new(detected.prefix, stream),
-            conn.received.clone(),
-            conn.sent.clone(),
-        );
         if let Err(e) =
             tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUF, COPY_BUF)
                 .await
@@ -176,6 +225,57 @@ impl Proxy {
             (Direction::Inbound, SocketAddr::V4(_)) => Some(INBOUND_SOURCE_V4.into()),
             (Direction::Inbound, SocketAddr::V6(_)) => Some(INBOUND_SOURCE_V6.into()),
         }
+    }
+}
+
+/// Whether a detected-HTTP connection is proxied request by request.
+/// Inbound: unless the port is declared otherwise. Outbound: when the mesh
+/// config knows the destination (by address, or maybe by `Host`); unknown
+/// destinations pass through as bytes, untouched.
+fn wants_http(
+    snapshot: &Snapshot,
+    direction: Direction,
+    dst: SocketAddr,
+    declared: Option<ApiProtocol>,
+) -> bool {
+    match direction {
+        Direction::Inbound => declared.is_none_or(ApiProtocol::is_http),
+        Direction::Outbound => match declared {
+            Some(protocol) => protocol.is_http(),
+            None => snapshot.has_hostnames_on(dst.port()),
+        },
+    }
+}
+
+enum TcpTarget {
+    Original,
+    Endpoint(SocketAddr),
+    Unavailable(&'static str),
+}
+
+/// Where an outbound opaque connection goes: a `tcp` port's balanced
+/// endpoint, or the original destination.
+fn tcp_endpoint(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
+    let Some(port) = snapshot.service_by_addr(dst) else {
+        return TcpTarget::Original;
+    };
+    if port.protocol != ApiProtocol::Tcp || port.tcp_backends.is_empty() {
+        return TcpTarget::Original;
+    }
+    let Some(backend_ref) = port
+        .routes
+        .routes()
+        .first()
+        .and_then(|r| r.pick_backend(&mut rand::rng()))
+    else {
+        return TcpTarget::Unavailable("no backend with weight");
+    };
+    let Some(backend) = snapshot.backends.get(backend_ref.name()) else {
+        return TcpTarget::Unavailable("backend missing from config");
+    };
+    match backend.balancer.pick(None) {
+        Some(endpoint) => TcpTarget::Endpoint(endpoint.address()),
+        None => TcpTarget::Unavailable("backend has no endpoints"),
     }
 }
 

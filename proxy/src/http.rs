@@ -1,0 +1,286 @@
+//! HTTP proxying for connections detected as HTTP/1 or HTTP/2.
+//!
+//! This module serves the downstream side with hyper (keep-alive, HTTP/2
+//! multiplexing, upgrades, header limits, graceful drain) and forwards each
+//! request: outbound through a route to a balanced backend endpoint
+//! (`outbound`), or to an unknown destination unchanged; inbound to the app
+//! (`inbound`). Connections and their reuse live in `client`.
+
+mod client;
+mod error;
+mod headers;
+mod inbound;
+mod outbound;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+pub(crate) use client::{Pool, PoolSettings, Upstream};
+pub(crate) use error::{BoxError, ErrorKind, ProxyError};
+
+use crate::detect::Protocol;
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::proxy::Direction;
+use crate::state::State;
+
+/// Request and response bodies as the proxy passes them along: streamed,
+/// never buffered whole unless a feature (retries) needs it.
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// What the request handlers know about the downstream connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) direction: Direction,
+    pub(crate) peer: SocketAddr,
+    pub(crate) orig_dst: SocketAddr,
+    pub(crate) version: Version,
+}
+
+/// The HTTP layer shared by every HTTP connection.
+#[derive(Debug)]
+pub(crate) struct HttpProxy {
+    pub(crate) metrics: Metrics,
+    pub(crate) state: Arc<State>,
+    /// Outbound requests to destinations the mesh config doesn't know.
+    pub(crate) passthrough: Arc<Pool>,
+    /// Inbound requests to the app in this pod.
+    pub(crate) inbound: Arc<Pool>,
+}
+
+impl HttpProxy {
+    /// Serves one downstream HTTP connection until it closes, or until the
+    /// drain asks it to finish gracefully.
+    pub(crate) async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        protocol: Protocol,
+        direction: Direction,
+        peer: SocketAddr,
+        orig_dst: SocketAddr,
+        drain: &Drain,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let version = match protocol {
+            Protocol::H2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
+        };
+        // Header limits come from the config in force when the connection
+        // starts.
+        let limits = self.state.load().http.clone();
+        let max_header_bytes = limits.max_header_bytes as usize;
+        let max_headers = limits.max_headers as usize;
+        let conn = Arc::new(ConnInfo {
+            direction,
+            peer,
+            orig_dst,
+            version,
+        });
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let proxy = self.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+        });
+        let io = TokioIo::new(io);
+        let started = drain.started();
+        tokio::pin!(started);
+        let result = match protocol {
+            Protocol::H2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(limits.max_header_bytes)
+                    .serve_connection(io, service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = &mut started => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+            _ => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .max_buf_size(max_header_bytes.max(8192))
+                    .max_headers(max_headers)
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = &mut started => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "HTTP connection ended with an error");
+        }
+    }
+
+    /// Handles one request; every failure becomes a response.
+    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let req = req.map(incoming);
+        let (result, labels) = match conn.direction {
+            Direction::Outbound => self.outbound(conn, req).await,
+            Direction::Inbound => self.inbound(conn, req).await,
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                debug!(
+                    peer = %conn.peer,
+                    dst = %conn.orig_dst,
+                    source = ?e.kind.source(),
+                    error = %e,
+                    "request failed"
+                );
+                self.metrics.http_error(conn.direction, e.kind);
+                error_response(&e)
+            }
+        };
+        self.metrics
+            .request(conn.direction, &labels, response.status(), start.elapsed());
+        response
+    }
+}
+
+/// The response for a request the proxy could not forward: a short body
+/// that says why, and a `remora-error` header for tools.
+pub(crate) fn error_response(e: &ProxyError) -> Response<Body> {
+    let mut response = Response::new(full(format!("{e}\n")));
+    *response.status_mut() = e.kind.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert("remora-error", HeaderValue::from_static(e.kind.as_str()));
+    response
+}
+
+/// The authority the client addressed: `:authority`, else `Host`, else the
+/// original destination.
+pub(crate) fn authority_of<B>(req: &Request<B>, orig_dst: SocketAddr) -> String {
+    if let Some(authority) = req.uri().authority() {
+        return authority.as_str().to_owned();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| orig_dst.to_string())
+}
+
+/// Forwards `req` to `endpoint` over `upstream`, preserving the client's
+/// authority, cleaning hop-by-hop headers and splicing protocol upgrades
+/// (WebSocket) once the upstream agrees to them.
+pub(crate) async fn forward(
+    pool: &Arc<Pool>,
+    endpoint: SocketAddr,
+    upstream: Upstream,
+    authority: &str,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = match req.version() {
+        Version::HTTP_2 => None,
+        _ => headers::upgrade_requested(req.headers()),
+    };
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade.clone());
+    prepare_uri(&mut req, upstream, authority)?;
+
+    let mut response = pool.send(endpoint, upstream, req).await?;
+
+    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
+        (downstream_upgrade, response.status())
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream_upgrade) {
+                Ok((down, up)) => {
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                Err(e) => debug!(error = %e, "protocol upgrade failed"),
+            }
+        });
+        let upgrade = response.headers().get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(response.headers_mut(), upgrade);
+        return Ok(response.map(incoming));
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), None);
+    Ok(response.map(incoming))
+}
+
+/// HTTP/1 upstreams get origin-form with a `Host` header; HTTP/2 upstreams
+/// get the scheme and `:authority`.
+fn prepare_uri(
+    req: &mut Request<Body>,
+    upstream: Upstream,
+    authority: &str,
+) -> Result<(), ProxyError> {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let bad_uri =
+        |e: http::Error| ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"));
+    match upstream {
+        Upstream::Http1 => {
+            if !req.headers().contains_key(header::HOST) {
+                let host = HeaderValue::from_str(authority).map_err(|e| {
+                    ProxyError::new(ErrorKind::BadRequest, format!("bad authority: {e}"))
+                })?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+            *req.uri_mut() = Uri::builder()
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(bad_uri)?;
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Upstream::Http2 => {
+            req.headers_mut().remove(header::HOST);
+            *req.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(bad_uri)?;
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+    Ok(())
+}

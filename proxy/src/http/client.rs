@@ -1,0 +1,231 @@
+//! Upstream HTTP connections: a pool per set of endpoints, HTTP/1.1 with
+//! keep-alive reuse and HTTP/2 with one multiplexed connection per endpoint.
+//!
+//! The pool owns dialing (through `net::connect`, so the inbound source
+//! address rule applies) and connection reuse. It does not choose endpoints
+//! or retry; callers do that with what `send` tells them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+
+use super::error::{ErrorKind, ProxyError};
+use super::Body;
+use crate::net;
+
+/// The protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Upstream {
+    Http1,
+    Http2,
+}
+
+/// How a pool dials.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolSettings {
+    /// Source addresses to bind, by family (the inbound proxy binds its
+    /// loopback source; the outbound proxy binds nothing).
+    pub(crate) source_v4: Option<IpAddr>,
+    pub(crate) source_v6: Option<IpAddr>,
+    pub(crate) connect_timeout: Duration,
+    /// Idle HTTP/1 connections older than this are closed, not reused.
+    pub(crate) idle_timeout: Duration,
+    /// Most idle HTTP/1 connections kept per endpoint.
+    pub(crate) max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Pooled connections to any number of endpoints.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    settings: PoolSettings,
+    h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+}
+
+impl Pool {
+    pub(crate) fn new(settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Pool {
+            settings,
+            h1_idle: Mutex::default(),
+            h2: Mutex::default(),
+        })
+    }
+
+    /// Sends `req` to `endpoint`. A `Connect` error means nothing was sent.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        upstream: Upstream,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match upstream {
+            Upstream::Http1 => self.send_h1(endpoint, req).await,
+            Upstream::Http2 => self.send_h2(endpoint, req).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        // A reused connection may have been closed by the server while idle;
+        // the request then comes back unsent and goes on a fresh connection.
+        while let Some(mut sender) = self.take_idle(endpoint) {
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    self.recycle(endpoint, sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(upstream_error(endpoint, e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h1(endpoint).await?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| upstream_error(endpoint, e))?;
+        self.recycle(endpoint, sender);
+        Ok(response)
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let existing = self
+            .lock_h2()
+            .get(&endpoint)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect_h2(endpoint).await?;
+                self.lock_h2().insert(endpoint, sender.clone());
+                sender
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| upstream_error(endpoint, e))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| upstream_error(endpoint, e))
+    }
+
+    async fn dial(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<TokioIo<tokio::net::TcpStream>, ProxyError> {
+        let source = match endpoint {
+            SocketAddr::V4(_) => self.settings.source_v4,
+            SocketAddr::V6(_) => self.settings.source_v6,
+        };
+        net::connect(endpoint, source, self.settings.connect_timeout)
+            .await
+            .map(TokioIo::new)
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))
+    }
+
+    async fn connect_h1(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let io = self.dial(endpoint).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%endpoint, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let io = self.dial(endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn take_idle(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.lock_h1();
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < self.settings.idle_timeout
+                && !entry.sender.is_closed()
+                && entry.sender.is_ready()
+            {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts an HTTP/1 connection back once its response has been read.
+    fn recycle(self: &Arc<Self>, endpoint: SocketAddr, mut sender: http1::SendRequest<Body>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let max = pool.settings.max_idle_per_endpoint;
+            let mut idle = pool.lock_h1();
+            let list = idle.entry(endpoint).or_default();
+            if list.len() < max {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Body>>> {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn upstream_error(endpoint: SocketAddr, e: hyper::Error) -> ProxyError {
+    ProxyError::new(ErrorKind::Upstream, format!("{endpoint}: {e}"))
+}

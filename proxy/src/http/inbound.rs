@@ -1,0 +1,28 @@
+//! Inbound HTTP: requests arriving for the app in this pod are forwarded to
+//! it over pooled connections, from the loopback source the capture rules
+//! leave alone. Policy (authorization, plugins) will run here.
+
+use http::{Request, Response, Version};
+
+use super::{authority_of, forward, headers, Body, ConnInfo, HttpProxy, ProxyError, Upstream};
+use crate::metrics::RequestLabels;
+
+impl HttpProxy {
+    pub(super) async fn inbound(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<Body>,
+    ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
+        let snapshot = self.state.load();
+        let authority = authority_of(&req, conn.orig_dst);
+        if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
+            headers::append_forwarded(req.headers_mut(), conn.peer.ip());
+        }
+        let upstream = match conn.version {
+            Version::HTTP_2 => Upstream::Http2,
+            _ => Upstream::Http1,
+        };
+        let result = forward(&self.inbound, conn.orig_dst, upstream, &authority, req).await;
+        (result, RequestLabels::default())
+    }
+}

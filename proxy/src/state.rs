@@ -1,0 +1,347 @@
+//! Dynamic mesh config: the snapshot every request reads, and how a new
+//! config becomes the next snapshot.
+//!
+//! A new `MeshConfig` is compiled outside any lock (route tables, service
+//! indexes, backends) and swapped in whole with one atomic store. A config
+//! that fails to compile is rejected as a whole; the last good snapshot stays
+//! in force. Requests load the snapshot once, when they start, and finish on
+//! it even if a newer one is swapped in meanwhile.
+//!
+//! Backends keep their runtime state across swaps: a backend whose name
+//! survives keeps its balancer (endpoint stats, ejections) and its pool of
+//! connections, and only its endpoint set is rebuilt.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use remora_api::{Backend, BackendRef, HttpSettings, InboundConfig, MeshConfig, Protocol, Route};
+use tracing::{info, warn};
+
+use crate::balance::Balancer;
+use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
+use crate::http::{Pool, PoolSettings};
+use crate::metrics::Metrics;
+use crate::resilience::{CircuitBreaker, RetryBudget};
+use crate::route::{RouteError, RouteTable};
+
+/// Why a config was not applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    #[error("outbound.services[{service}].ports[{port}].{source}")]
+    Route {
+        service: usize,
+        port: usize,
+        #[source]
+        source: RouteError,
+    },
+}
+
+/// One service port, ready for requests.
+#[derive(Debug)]
+pub(crate) struct ServicePort {
+    pub(crate) service: Arc<str>,
+    pub(crate) port: u16,
+    pub(crate) protocol: Protocol,
+    /// The port's routes; a port with no routes but `backendRefs` gets one
+    /// catch-all route to them.
+    pub(crate) routes: RouteTable,
+    /// A `tcp` port's backends, for connection-level balancing.
+    pub(crate) tcp_backends: Vec<BackendRef>,
+}
+
+/// A backend with its runtime state.
+#[derive(Debug)]
+pub(crate) struct BackendState {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: Backend,
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) budget: Arc<RetryBudget>,
+}
+
+/// Everything a request reads, immutable once built.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// The config as loaded, for `/config_dump`; `None` before the first.
+    pub(crate) config: Option<Arc<MeshConfig>>,
+    by_addr: HashMap<SocketAddr, Arc<ServicePort>>,
+    by_host: HashMap<(String, u16), Arc<ServicePort>>,
+    host_ports: HashSet<u16>,
+    pub(crate) backends: HashMap<String, Arc<BackendState>>,
+    pub(crate) inbound: InboundConfig,
+    pub(crate) http: HttpSettings,
+}
+
+impl Snapshot {
+    pub(crate) fn version(&self) -> &str {
+        self.config.as_ref().map_or("", |c| c.version.as_str())
+    }
+
+    /// The service port a connection to `dst` is for, by virtual address.
+    pub(crate) fn service_by_addr(&self, dst: SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.by_addr.get(&dst)
+    }
+
+    /// Whether some service on `port` is known by host name, so HTTP
+    /// requests to an unknown address on that port are worth a look at
+    /// their `Host`.
+    pub(crate) fn has_hostnames_on(&self, port: u16) -> bool {
+        self.host_ports.contains(&port)
+    }
+
+    /// The service port a request is for: by the original destination, then
+    /// by its host name (port stripped, case-insensitive).
+    pub(crate) fn service_for(
+        &self,
+        dst: SocketAddr,
+        authority: &str,
+    ) -> Option<&Arc<ServicePort>> {
+        if let Some(port) = self.by_addr.get(&dst) {
+            return Some(port);
+        }
+        if !self.host_ports.contains(&dst.port()) {
+            return None;
+        }
+        let host = strip_port(authority).to_ascii_lowercase();
+        self.by_host.get(&(host, dst.port()))
+    }
+
+    /// The protocol declared for an inbound port.
+    pub(crate) fn inbound_protocol(&self, port: u16) -> Protocol {
+        self.inbound
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map_or(self.inbound.default_protocol, |p| p.protocol)
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The snapshot in force, and the record of updates.
+#[derive(Debug)]
+pub(crate) struct State {
+    current: ArcSwap<Snapshot>,
+    /// The most recent rejection, shown by `/config_dump`.
+    last_error: Mutex<Option<String>>,
+    metrics: Metrics,
+    startup: Arc<Config>,
+}
+
+impl State {
+    pub(crate) fn new(startup: Arc<Config>, metrics: Metrics) -> Self {
+        State {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            last_error: Mutex::new(None),
+            metrics,
+            startup,
+        }
+    }
+
+    /// The snapshot in force. Hold it for the whole request.
+    pub(crate) fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The last rejection's reason, if the newest config was rejected.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a config that could not even be parsed.
+    pub(crate) fn reject(&self, reason: String) {
+        warn!(%reason, "config rejected; the last good config stays in force");
+        self.metrics.config_update(false);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// Compiles `config` and swaps it in, or rejects it with the reason.
+    pub(crate) fn apply(&self, config: MeshConfig) -> Result<(), StateError> {
+        let previous = self.current.load_full();
+        match self.compile(config, &previous) {
+            Ok(next) => {
+                info!(version = next.version(), "config applied");
+                self.current.store(Arc::new(next));
+                self.metrics.config_update(true);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.reject(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn compile(&self, config: MeshConfig, previous: &Snapshot) -> Result<Snapshot, StateError> {
+        // First everything that can fail, so that a rejected config touches
+        // no live state.
+        let mut ports = Vec::new();
+        for (si, service) in config.outbound.services.iter().enumerate() {
+            let name: Arc<str> = Arc::from(service.name.as_str());
+            for (pi, port) in service.ports.iter().enumerate() {
+                let routes = if port.routes.is_empty() && !port.backend_refs.is_empty() {
+                    RouteTable::new(&[catch_all(&port.backend_refs)])
+                } else {
+                    RouteTable::new(&port.routes)
+                }
+                .map_err(|source| StateError::Route {
+                    service: si,
+                    port: pi,
+                    source,
+                })?;
+                ports.push((
+                    si,
+                    Arc::new(ServicePort {
+                        service: name.clone(),
+                        port: port.port,
+                        protocol: port.protocol,
+                        routes,
+                        tcp_backends: port.backend_refs.clone(),
+                    }),
+                ));
+            }
+        }
+
+        let mut by_addr = HashMap::new();
+        let mut by_host = HashMap::new();
+        let mut host_ports = HashSet::new();
+        for (si, port) in ports {
+            let service = &config.outbound.services[si];
+            for ip in &service.addresses {
+                by_addr.insert(SocketAddr::new(*ip, port.port), port.clone());
+            }
+            for host in &service.hostnames {
+                by_host.insert((host.to_ascii_lowercase(), port.port), port.clone());
+                host_ports.insert(port.port);
+            }
+        }
+
+        let backends = config
+            .backends
+            .iter()
+            .map(|(name, backend)| {
+                let state = self.backend(name, backend, previous.backends.get(name));
+                (name.clone(), state)
+            })
+            .collect();
+
+        Ok(Snapshot {
+            by_addr,
+            by_host,
+            host_ports,
+            backends,
+            inbound: config.inbound.clone(),
+            http: config.http.clone(),
+            config: Some(Arc::new(config)),
+        })
+    }
+
+    /// Builds a backend's runtime state, carrying over what survives.
+    fn backend(
+        &self,
+        name: &str,
+        config: &Backend,
+        previous: Option<&Arc<BackendState>>,
+    ) -> Arc<BackendState> {
+        if let Some(prev) = previous {
+            if prev.config == *config {
+                return prev.clone();
+            }
+        }
+        let balancer = match previous {
+            Some(prev) => {
+                prev.balancer.update(config);
+                prev.balancer.clone()
+            }
+            None => Arc::new(Balancer::new(
+                name,
+                config,
+                Some(self.metrics.ejections(name)),
+            )),
+        };
+        let pool = match previous {
+            Some(prev)
+                if prev.config.connect_timeout == config.connect_timeout
+                    && prev.config.idle_timeout == config.idle_timeout =>
+            {
+                prev.pool.clone()
+            }
+            _ => Pool::new(PoolSettings {
+                source_v4: None,
+                source_v6: None,
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.idle_timeout,
+                max_idle_per_endpoint: self.startup.max_idle_per_endpoint,
+            }),
+        };
+        Arc::new(BackendState {
+            name: Arc::from(name),
+            config: config.clone(),
+            balancer,
+            pool,
+            breaker: Arc::new(CircuitBreaker::new(name, &config.circuit_breaker)),
+            budget: Arc::new(RetryBudget::new(&config.retry_budget)),
+        })
+    }
+}
+
+/// The route a port with `backendRefs` and no routes sends everything to.
+fn catch_all(backend_refs: &[BackendRef]) -> Route {
+    Route {
+        name: None,
+        matches: Vec::new(),
+        filters: Vec::new(),
+        backend_refs: backend_refs.to_vec(),
+        timeouts: Default::default(),
+        retry: None,
+    }
+}
+
+/// Settings of the pool that carries inbound requests to the app.
+pub(crate) fn inbound_pool_settings(config: &Config) -> PoolSettings {
+    PoolSettings {
+        source_v4: Some(IpAddr::V4(INBOUND_SOURCE_V4)),
+        source_v6: Some(IpAddr::V6(INBOUND_SOURCE_V6)),
+        connect_timeout: config.connect_timeout,
+        idle_timeout: std::time::Duration::from_secs(60),
+        max_idle_per_endpoint: config.max_idle_per_endpoint,
+    }
+}
+
+/// Settings of the pool for outbound destinations the config doesn't name.
+pub(crate) fn passthrough_pool_settings(config: &Config) -> PoolSettings {
+    PoolSettings {
+        source_v4: None,
+        source_v6: None,
+        ..inbound_pool_settings(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(strip_port("reviews:9080"), "reviews");
+        assert_eq!(strip_port("reviews"), "reviews");
+        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
+        assert_eq!(strip_port("10.0.0.1:80"), "10.0.0.1");
+    }
+}
