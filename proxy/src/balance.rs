@@ -37,9 +37,7 @@ use rand::Rng;
 use remora_api as api;
 use tracing::warn;
 
-#[allow(unused_imports)] // wired into the HTTP layer next
 pub(crate) use hash::hash_key;
-#[allow(unused_imports)] // wired into the HTTP layer next
 pub(crate) use health::spawn_health_checks;
 
 use health::HealthState;

@@ -328,11 +328,10 @@ mod tests {
         );
         assert_eq!(api.headers["x-canary"], "true");
 
-        // Regex paths rank below every prefix, the catch-all `/` included,
-        // so a non-GET request that only the regex match accepts goes to
-        // the catch-all route.
+        // Regex paths rank below every prefix but the catch-all `/`, so a
+        // request that only the regex match accepts goes to the regex route.
         let post = request("POST", "/api/v1/reviews/7?format=json", &host);
-        assert_eq!(chosen(&reviews, &post), Some("reviews-default"));
+        assert_eq!(chosen(&reviews, &post), Some("reviews-api"));
 
         // Prefix rewrite and hostname rewrite.
         let mut v2 = request("GET", "/v2/reviews?x=1", &host);

@@ -19,12 +19,13 @@ use arc_swap::ArcSwap;
 use remora_api::{Backend, BackendRef, HttpSettings, InboundConfig, MeshConfig, Protocol, Route};
 use tracing::{info, warn};
 
-use crate::balance::Balancer;
+use crate::balance::{spawn_health_checks, Balancer};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::http::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Why a config was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub(crate) struct BackendState {
     pub(crate) pool: Arc<Pool>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) budget: Arc<RetryBudget>,
+    /// Active health checks, stopped when this state is dropped (the
+    /// backend left the config, or its config changed).
+    _health: Option<AbortOnDropHandle<()>>,
 }
 
 /// Everything a request reads, immutable once built.
@@ -290,7 +294,15 @@ impl State {
                 max_idle_per_endpoint: self.startup.max_idle_per_endpoint,
             }),
         };
+        let health = config.health_check.clone().map(|check| {
+            AbortOnDropHandle::new(spawn_health_checks(
+                balancer.clone(),
+                check,
+                std::future::pending(),
+            ))
+        });
         Arc::new(BackendState {
+            _health: health,
             name: Arc::from(name),
             config: config.clone(),
             balancer,

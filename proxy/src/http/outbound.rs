@@ -18,8 +18,10 @@ use super::{
 use crate::balance::{hash_key, Outcome};
 use crate::metrics::RequestLabels;
 use crate::resilience::{backoff, is_retryable, RequestBody};
-use crate::route::{apply_request_filters, apply_response_filters, CompiledRoute, FilterOutcome};
-use crate::state::BackendState;
+use crate::route::{
+    apply_request_filters, apply_response_filters, CompiledRoute, FilterOutcome, Mirror,
+};
+use crate::state::{BackendState, Snapshot};
 
 /// Request bodies up to this size are buffered when the route retries, so
 /// that a retry can send them again. Larger bodies are streamed and not
@@ -103,6 +105,40 @@ impl HttpProxy {
             (remora_api::Protocol::Http2 | remora_api::Protocol::Grpc, _)
             | (_, Version::HTTP_2) => Upstream::Http2,
             _ => Upstream::Http1,
+        };
+        let mirrors: Vec<&Mirror> = {
+            let mut rng = rand::rng();
+            route
+                .filters()
+                .mirrors()
+                .iter()
+                .chain(backend_ref.filters().mirrors())
+                .filter(|m| m.sample(&mut rng))
+                .collect()
+        };
+        let body = if mirrors.is_empty() {
+            body
+        } else {
+            match replayable(body).await {
+                Ok((Some(bytes), _)) => {
+                    let template = Arc::new(Template::of(&parts));
+                    for mirror in mirrors {
+                        self.mirror(
+                            &snapshot,
+                            mirror,
+                            &template,
+                            bytes.clone(),
+                            upstream,
+                            &authority,
+                        );
+                    }
+                    full(bytes)
+                }
+                // Too big to copy: the request goes on, unmirrored.
+                Ok((None, Some(body))) => body,
+                Ok((None, None)) => empty(),
+                Err(e) => return (Err(e), labels),
+            }
         };
         let hash = match &backend.config.load_balancer {
             remora_api::LoadBalancer::ConsistentHash(on) => hash_key(on, &parts, conn.peer),
@@ -254,6 +290,44 @@ impl HttpProxy {
         result
     }
 }
+
+impl HttpProxy {
+    /// Sends a copy of a request to a mirror backend and drops the answer.
+    fn mirror(
+        &self,
+        snapshot: &Snapshot,
+        mirror: &Mirror,
+        template: &Arc<Template>,
+        body: Bytes,
+        upstream: Upstream,
+        authority: &str,
+    ) {
+        let Some(backend) = snapshot.backends.get(mirror.backend()).cloned() else {
+            return;
+        };
+        let template = template.clone();
+        let authority = authority.to_owned();
+        tokio::spawn(async move {
+            let Some(endpoint) = backend.balancer.pick(None) else {
+                return;
+            };
+            let req = template.request(full(body));
+            let exchange = async {
+                let response =
+                    forward(&backend.pool, endpoint.address(), upstream, &authority, req).await?;
+                // Read the answer so the connection can be reused.
+                let _ = response.into_body().collect().await;
+                Ok::<_, ProxyError>(())
+            };
+            if let Err(e) = tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+                tracing::debug!(backend = %backend.name, error = %e, "mirrored request timed out");
+            }
+        });
+    }
+}
+
+/// How long a mirrored request may take before it is abandoned.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the attempts of one request go.
 struct Target<'a> {

@@ -72,6 +72,9 @@ enum PathClass {
     Exact,
     Prefix,
     Regex,
+    /// The catch-all prefix `/` (or no path at all): below regexes, so that
+    /// a regex route is not shadowed by a catch-all route.
+    Root,
 }
 
 #[derive(Debug)]
@@ -404,6 +407,7 @@ fn compile_grpc(grpc: &GrpcMethodMatch, field: &str) -> Result<PathMatcher, Fiel
 fn path_rank(path: &PathMatcher, grpc: Option<&GrpcMethodMatch>) -> (PathClass, usize, usize) {
     match path {
         PathMatcher::Exact(_) => (PathClass::Exact, 0, 0),
+        PathMatcher::Prefix(prefix) if prefix.is_empty() => (PathClass::Root, 0, 0),
         PathMatcher::Prefix(prefix) => (PathClass::Prefix, prefix.len(), 0),
         PathMatcher::Regex(_) => (PathClass::Regex, 0, 0),
         PathMatcher::Grpc(_) => match grpc {
@@ -417,7 +421,7 @@ fn path_rank(path: &PathMatcher, grpc: Option<&GrpcMethodMatch>) -> (PathClass, 
                 // like any other prefix.
                 (Some(service), None) => (PathClass::Prefix, service.len() + 1, 0),
                 (None, Some(method)) => (PathClass::Prefix, 0, method.len()),
-                (None, None) => (PathClass::Prefix, 0, 0),
+                (None, None) => (PathClass::Root, 0, 0),
             },
             _ => (PathClass::Regex, 0, 0),
         },
@@ -557,7 +561,7 @@ mod tests {
     #[test]
     fn no_matches_and_no_path_mean_prefix_root() {
         let t = table(
-            "- {name: regex, matches: [{path: {type: RegularExpression, value: '/.*'}}]}\n\
+            "- {name: regex, matches: [{path: {type: RegularExpression, value: '/r/.*'}}]}\n\
              - {name: all}\n\
              - {name: nopath, matches: [{method: GET}]}",
         );
@@ -565,6 +569,8 @@ mod tests {
             chosen(&t, &request("POST", "/anything/at/all", &[])),
             Some("all")
         );
+        // A regex outranks the catch-all `/`.
+        assert_eq!(chosen(&t, &request("POST", "/r/x", &[])), Some("regex"));
         assert_eq!(chosen(&t, &get("/")), Some("nopath"));
         assert_eq!(
             t.select(&get("/a")).and_then(|s| s.matched_prefix),
@@ -627,6 +633,14 @@ mod tests {
 
     #[test]
     fn regex_paths_rank_below_prefixes_and_by_the_other_rules() {
+        let t = table(
+            "- {name: catch-all}\n\
+             - {name: regex, matches: [{path: {type: RegularExpression, value: '/api/.*'}}]}",
+        );
+        // Above the catch-all `/`, even when it comes first.
+        assert_eq!(chosen(&t, &get("/api/v2")), Some("regex"));
+        assert_eq!(chosen(&t, &get("/other")), Some("catch-all"));
+
         let t = table(
             "- {name: regex, matches: [{path: {type: RegularExpression, value: '/api/.*'}}]}\n\
              - {name: regex-get, matches: [{path: {type: RegularExpression, value: '/api/v[0-9]'}, method: GET}]}\n\
@@ -769,7 +783,8 @@ mod tests {
         assert_eq!(chosen(&t, &post("/a.B/Get")), Some("both"));
         assert_eq!(chosen(&t, &post("/a.B/Put")), Some("service"));
         assert_eq!(chosen(&t, &post("/c.D/Get")), Some("method"));
-        assert_eq!(chosen(&t, &post("/c.D/Put")), Some("all"));
+        // A regex outranks the catch-all.
+        assert_eq!(chosen(&t, &post("/c.D/Put")), Some("regex"));
         assert_eq!(chosen(&t, &post("/a.BB/Put")), Some("other-service"));
     }
 
