@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The local mesh demo: two pods (network namespaces on a bridge), each with
+# The local mesh demo: three pods (network namespaces on a bridge), each with
 # remora-init's capture rules and remora-proxy running as uid 1337. The
-# client pod calls the server pod; both sidecars carry the request, and
-# their metrics prove it.
+# client pod calls the server pod directly, then calls the `hello` service's
+# virtual IP, which its sidecar routes by Gateway API rules: a canary header
+# goes to v2, the rest is split 80/20 between v1 and v2. Metrics prove
+# which sidecars carried what.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -13,8 +15,9 @@ cargo build --bins --quiet -p remora-proxy -p remora-iptables
 BIN=${CARGO_TARGET_DIR:-target}/debug
 
 NODE=remora-demo-node
-PODS=(client server)
-declare -A IP=([client]=10.90.0.2 [server]=10.90.0.3)
+PODS=(client server server-v2)
+declare -A IP=([client]=10.90.0.2 [server]=10.90.0.3 [server-v2]=10.90.0.4)
+CONFIG=$(mktemp -d)/mesh.yaml
 PIDS=()
 
 cleanup() {
@@ -42,6 +45,9 @@ for pod in "${PODS[@]}"; do
   ip -n "$NODE" link set "veth-$pod" master br0 up
   ip -n "$ns" addr add "${IP[$pod]}/24" dev eth0
   ip -n "$ns" link set eth0 up
+  # Service virtual IPs are owned by no pod; like in a cluster, they leave
+  # by the default route, and the capture rules redirect them first.
+  ip -n "$ns" route add default via 10.90.0.1
   echo "pod $pod: ${IP[$pod]}"
 done
 
@@ -51,10 +57,37 @@ for pod in "${PODS[@]}"; do
 done
 in_pod client iptables-save -t nat | grep REMORA
 
+step "the client's mesh config: service hello (VIP 10.96.0.10:80), canary and 80/20 split"
+cat >"$CONFIG" <<YAML
+version: demo-1
+outbound:
+  services:
+  - name: hello
+    addresses: [10.96.0.10]
+    ports:
+    - port: 80
+      routes:
+      - name: canary
+        matches:
+        - headers: [{name: x-canary, value: "true"}]
+        backendRefs: [{name: hello-v2}]
+      - name: split
+        backendRefs: [{name: hello-v1, weight: 80}, {name: hello-v2, weight: 20}]
+backends:
+  hello-v1:
+    endpoints: [{address: "${IP[server]}:8080"}]
+  hello-v2:
+    endpoints: [{address: "${IP[server-v2]}:8080"}]
+YAML
+cat "$CONFIG"
+chmod 0644 "$CONFIG"; chmod 0755 "$(dirname "$CONFIG")"
+
 step "remora-proxy in each pod, as uid 1337"
 for pod in "${PODS[@]}"; do
+  args=()
+  [ "$pod" = client ] && args=(--config "$CONFIG")
   in_pod "$pod" setpriv --reuid=1337 --regid=1337 --clear-groups -- \
-    "$BIN/remora-proxy" >"/tmp/remora-demo-$pod.log" 2>&1 &
+    "$BIN/remora-proxy" "${args[@]}" >"/tmp/remora-demo-$pod.log" 2>&1 &
   PIDS+=($!)
 done
 for pod in "${PODS[@]}"; do
@@ -65,22 +98,34 @@ for pod in "${PODS[@]}"; do
   echo "proxy in $pod: $(in_pod "$pod" curl -s http://127.0.0.1:15020/ready)"
 done
 
-step "the app in the server pod: an HTTP server on :8080"
-mkdir -p /tmp/remora-demo-www
-echo "hello from the server pod" >/tmp/remora-demo-www/index.html
-in_pod server python3 -m http.server 8080 --bind 0.0.0.0 --directory /tmp/remora-demo-www >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do
-  in_pod server curl -sf -o /dev/null "http://${IP[server]}:8080/" 2>/dev/null && break
-  sleep 0.1
+step "the apps: an HTTP server on :8080 in each server pod"
+for pod in server server-v2; do
+  www=$(mktemp -d)
+  echo "hello from $pod" >"$www/index.html"
+  chmod -R a+rX "$www"
+  in_pod "$pod" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$www" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 50); do
+    in_pod "$pod" curl -sf -o /dev/null "http://127.0.0.1:8080/" 2>/dev/null && break
+    sleep 0.1
+  done
 done
 
-step "client pod: curl http://${IP[server]}:8080/"
+step "client pod: curl http://${IP[server]}:8080/ (pod to pod, both sidecars)"
 in_pod client curl -sS "http://${IP[server]}:8080/"
 
 step "proof: the client's outbound sidecar and the server's inbound sidecar both carried it"
-for pod in "${PODS[@]}"; do
+for pod in client server; do
   echo "-- $pod proxy"
   in_pod "$pod" curl -s http://127.0.0.1:15020/metrics \
     | grep -E '^remora_tcp_(connections_opened_total|received_bytes_total|sent_bytes_total)' || true
 done
+
+step "client pod: curl -H 'x-canary: true' http://10.96.0.10/ (canary route)"
+in_pod client curl -sS -H 'x-canary: true' http://10.96.0.10/
+
+step "client pod: 50 x curl http://10.96.0.10/ (80/20 split)"
+for _ in $(seq 50); do in_pod client curl -sS http://10.96.0.10/; done | sort | uniq -c
+
+step "the client sidecar's request metrics, by route and backend"
+in_pod client curl -s http://127.0.0.1:15020/metrics | grep -E '^remora_requests_total' || true
