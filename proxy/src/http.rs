@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 pub(crate) use client::{Pool, PoolSettings, Upstream};
-pub(crate) use error::{BoxError, ErrorKind, ProxyError};
+pub(crate) use error::{BoxError, ErrorKind, ErrorSource, ProxyError};
 
 use crate::detect::Protocol;
 use crate::drain::Drain;

@@ -14,13 +14,18 @@
 mod admin;
 mod apps;
 mod binaries;
+pub mod grpc_apps;
+pub mod http_apps;
 mod iptables;
+pub mod mesh_config;
 pub mod metrics;
 mod netns;
 mod proxy;
+pub mod ws;
 
 pub use admin::HttpResponse;
 pub use apps::{assert_closed_without_data, echo, exchange, round_trip, App};
+pub use grpc_apps::GrpcApp;
 pub use iptables::Family;
 pub use metrics::{Metrics, Sample, INBOUND, OUTBOUND};
 pub use netns::{Pod, TestNet};

@@ -226,6 +226,15 @@ impl Pool {
     }
 }
 
+/// Classifies a failed exchange. hyper reports a failure of the request
+/// body it was sending (the downstream client cut its upload short) as a
+/// "user" error: that is the client's doing, not the endpoint's.
 fn upstream_error(endpoint: SocketAddr, e: hyper::Error) -> ProxyError {
+    if e.is_user() {
+        return ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("the request body failed while it was sent to {endpoint}: {e}"),
+        );
+    }
     ProxyError::new(ErrorKind::Upstream, format!("{endpoint}: {e}"))
 }

@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::{
-    authority_of, empty, forward, full, Body, ConnInfo, ErrorKind, HttpProxy, ProxyError, Upstream,
+    authority_of, empty, forward, full, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy,
+    ProxyError, Upstream,
 };
 use crate::balance::{hash_key, Outcome};
 use crate::metrics::RequestLabels;
@@ -205,11 +206,9 @@ impl HttpProxy {
                 .attempt(target, req, timeouts.backend_request, deadline)
                 .await;
 
-            let outcome = match &result {
-                Ok(response) => Outcome::Status(response.status().as_u16()),
-                Err(e) if e.kind == ErrorKind::Connect => Outcome::ConnectFailure,
-                Err(e) if e.kind == ErrorKind::Timeout => Outcome::Timeout,
-                Err(_) => Outcome::Error,
+            // A downstream failure is not retried: the client is gone.
+            let Some(outcome) = outcome_of(&result) else {
+                return result;
             };
             // A streamed body was consumed by the first attempt.
             let body_replayable = replay.is_some();
@@ -281,12 +280,10 @@ impl HttpProxy {
             },
             None => send.await,
         };
-        guard.finish(match &result {
-            Ok(response) => Outcome::Status(response.status().as_u16()),
-            Err(e) if e.kind == ErrorKind::Connect => Outcome::ConnectFailure,
-            Err(e) if e.kind == ErrorKind::Timeout => Outcome::Timeout,
-            Err(_) => Outcome::Error,
-        });
+        match outcome_of(&result) {
+            Some(outcome) => guard.finish(outcome),
+            None => drop(guard),
+        }
         result
     }
 }
@@ -328,6 +325,18 @@ impl HttpProxy {
 
 /// How long a mirrored request may take before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an attempt says about the endpoint, for the balancer and retries.
+/// `None` when the client failed: that says nothing about the endpoint.
+fn outcome_of(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(response) => Some(Outcome::Status(response.status().as_u16())),
+        Err(e) if e.kind == ErrorKind::Connect => Some(Outcome::ConnectFailure),
+        Err(e) if e.kind == ErrorKind::Timeout => Some(Outcome::Timeout),
+        Err(e) if e.kind.source() == ErrorSource::Downstream => None,
+        Err(_) => Some(Outcome::Error),
+    }
+}
 
 /// Where the attempts of one request go.
 struct Target<'a> {

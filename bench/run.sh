@@ -1,0 +1,757 @@
+#!/usr/bin/env bash
+# Remora benchmark harness: the proxy against a direct connection and against
+# nginx and haproxy, all measured in one run, on network namespaces this
+# script creates and deletes. See bench/README.md.
+#
+# usage: sudo bench/run.sh [--quick] [--rounds N] [--only a,b,c] [--out DIR]
+#                          [--proxy-args "ARGS"] [--variant NAME="ARGS"]...
+#                          [--no-build] [--no-install]
+set -euo pipefail
+
+# --------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+CMDLINE="${REMORA_PROXY:+REMORA_PROXY=$REMORA_PROXY }${REMORA_INIT:+REMORA_INIT=$REMORA_INIT }bench/run.sh${*:+ $*}"
+
+NS_C=rb-client            # the meshed "pod": load generators and proxies
+NS_S=rb-server            # the origins
+IP_C=10.98.0.1
+IP_S=10.98.0.2
+VETH_C=rb-c0
+VETH_S=rb-s0
+IPERF_PORT=5201
+HTTP_PORT=80
+
+QUICK=0
+ROUNDS=""
+ONLY=""
+OUT=""
+BUILD=1
+INSTALL=1
+REMORA_PROXY_ARGS="${REMORA_PROXY_ARGS:-}"
+VARIANTS=()               # "name=args": extra remora scenarios
+
+usage() {
+    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+
+  --quick              ~1 minute: 1 round, short durations
+  --rounds N           measure every scenario N times, interleaved; report medians (default 2)
+  --only LIST          comma-separated scenarios (direct is always run):
+                       direct,remora,remora-http,nginx-stream,haproxy-tcp,nginx-http,haproxy-http
+  --out DIR            where logs and results.md go (default bench/out/<utc-time>)
+  --proxy-args ARGS    extra flags for remora-proxy in the "remora" scenario
+  --variant N=ARGS     add a scenario "remora-N": remora-proxy --workers 1 ARGS
+  --no-build           do not build; use target/release binaries as they are
+  --no-install         do not apt-get install missing tools
+Env: REMORA_PROXY, REMORA_INIT override the binaries (default target/release/).
+EOF
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --only) ONLY="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --proxy-args) REMORA_PROXY_ARGS="$2"; shift ;;
+        --variant) VARIANTS+=("$2"); shift ;;
+        --no-build) BUILD=0 ;;
+        --no-install) INSTALL=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    : "${ROUNDS:=1}"
+    IPERF_T=2; WRK_D=3; CLOSE_D=2; WARM_D=1; IDLE_N=1000
+else
+    : "${ROUNDS:=2}"
+    IPERF_T=5; WRK_D=10; CLOSE_D=5; WARM_D=1; IDLE_N=1000
+fi
+WRK_T=1; WRK_C=16
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables): sudo bench/run.sh"
+
+# --------------------------------------------------------------------------
+# Tools (idempotent install)
+# --------------------------------------------------------------------------
+NGX_STREAM_SO=""
+find_stream_module() {
+    local d
+    for d in /usr/lib/nginx/modules /usr/lib64/nginx/modules /usr/share/nginx/modules; do
+        if [ -f "$d/ngx_stream_module.so" ]; then NGX_STREAM_SO="$d/ngx_stream_module.so"; return 0; fi
+    done
+    # A build with the stream module compiled in needs no load_module.
+    nginx -V 2>&1 | grep -q -- '--with-stream\( \|$\)' && return 0
+    return 1
+}
+
+ensure_tools() {
+    local pkgs=()
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v iperf3 >/dev/null || pkgs+=(iperf3)
+    command -v nginx >/dev/null || pkgs+=(nginx)
+    find_stream_module 2>/dev/null || pkgs+=(libnginx-mod-stream)
+    command -v haproxy >/dev/null || pkgs+=(haproxy)
+    command -v h2load >/dev/null || pkgs+=(nghttp2-client)
+    command -v ip >/dev/null || pkgs+=(iproute2)
+    command -v ss >/dev/null || pkgs+=(iproute2)
+    command -v iptables >/dev/null || pkgs+=(iptables)
+    command -v setpriv >/dev/null || pkgs+=(util-linux)
+    command -v curl >/dev/null || pkgs+=(curl)
+    command -v python3 >/dev/null || pkgs+=(python3)
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        [ "$INSTALL" = 1 ] || die "missing tools (${pkgs[*]}) and --no-install given"
+        command -v apt-get >/dev/null || die "missing tools (${pkgs[*]}) and no apt-get"
+        log "installing: ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+        # A fresh nginx/haproxy package may start its own service on the host;
+        # it does not matter here (ours run inside the namespaces).
+    fi
+    find_stream_module || die "nginx stream module not found (libnginx-mod-stream)"
+}
+ensure_tools
+
+# --------------------------------------------------------------------------
+# Binaries: built once, then copied so a rebuild of the shared target dir
+# mid-run cannot change what is measured.
+# --------------------------------------------------------------------------
+PROXY_SRC="${REMORA_PROXY:-$ROOT/target/release/remora-proxy}"
+INIT_SRC="${REMORA_INIT:-$ROOT/target/release/remora-init}"
+if [ "$BUILD" = 1 ] && [ -z "${REMORA_PROXY:-}${REMORA_INIT:-}" ]; then
+    BUILD_CMD="cargo build --release -p remora-proxy -p remora-iptables --bins"
+    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        # Under sudo, build as the invoking user: their toolchain, their target/ ownership.
+        if sudo -u "$SUDO_USER" -H bash -lc 'command -v cargo' >/dev/null 2>&1; then
+            log "building release binaries (as $SUDO_USER)"
+            sudo -u "$SUDO_USER" -H bash -lc "cd '$ROOT' && $BUILD_CMD" >&2 || die "cargo build failed"
+        else
+            log "cargo not found for $SUDO_USER; using existing binaries"
+        fi
+    elif command -v cargo >/dev/null; then
+        log "building release binaries"
+        (cd "$ROOT" && $BUILD_CMD) >&2 || die "cargo build failed"
+    else
+        log "cargo not found; using existing binaries"
+    fi
+fi
+[ -x "$PROXY_SRC" ] || die "no $PROXY_SRC: cargo build --release -p remora-proxy -p remora-iptables --bins"
+[ -x "$INIT_SRC" ] || die "no $INIT_SRC: cargo build --release -p remora-proxy -p remora-iptables --bins"
+
+# --------------------------------------------------------------------------
+# Work dirs, process bookkeeping, cleanup
+# --------------------------------------------------------------------------
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${OUT:-$BENCH/out/$STAMP}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+T="$(mktemp -d /tmp/remora-bench.XXXXXX)"
+chmod 755 "$T"
+mkdir -p "$T/bin" "$T/ngx"
+install -m 755 "$PROXY_SRC" "$T/bin/remora-proxy"
+install -m 755 "$INIT_SRC" "$T/bin/remora-init"
+PROXY_BIN="$T/bin/remora-proxy"
+INIT_BIN="$T/bin/remora-init"
+
+STARTED_PIDS=()           # every long-running process this script started
+NS_CREATED=()
+
+stop_pid() {              # stop_pid PID: TERM, wait up to 5 s, then KILL
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    [ $rc -ne 0 ] && log "failed (exit $rc); cleaning up; logs in $OUT"
+    local pid ns
+    for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+    for ns in "${NS_CREATED[@]}"; do
+        # Anything still inside a namespace this script created was started by it.
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
+    rm -rf "$T"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+in_c() { ip netns exec "$NS_C" "$@"; }
+in_s() { ip netns exec "$NS_S" "$@"; }
+
+start_bg() {              # start_bg LOGFILE CMD...: sets BG_PID
+    "${@:2}" >"$1" 2>&1 &
+    BG_PID=$!
+    STARTED_PIDS+=("$BG_PID")
+}
+
+wait_listen() {           # wait_listen NS PORT [PID]: until PORT listens (10 s) or PID exits
+    local ns="$1" port="$2" pid="${3:-}" n=100
+    while [ $n -gt 0 ]; do
+        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && return 1
+        [ -n "$(ip netns exec "$ns" ss -Hltn "sport = :$port" 2>/dev/null)" ] && return 0
+        sleep 0.1; n=$((n - 1))
+    done
+    return 1
+}
+
+# --------------------------------------------------------------------------
+# Memory and CPU of a process and its children (nginx: master + worker)
+# --------------------------------------------------------------------------
+tree_pids() { local p; for p in "$@"; do echo "$p"; pgrep -P "$p" || true; done; }
+rss_kb() {
+    local total=0 p v
+    for p in $(tree_pids "$@"); do
+        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+cpu_ticks() {
+    local total=0 p v
+    for p in $(tree_pids "$@"); do
+        # utime + stime; the comm field may hold spaces, so cut after ')'.
+        v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+
+rss_sampler() {           # rss_sampler OUTFILE PID...: max RSS until killed
+    local out="$1" max=0 v; shift
+    while :; do
+        v=$(rss_kb "$@")
+        [ "$v" -gt "$max" ] && { max=$v; echo "$max" >"$out"; }
+        sleep 0.2
+    done
+}
+
+# --------------------------------------------------------------------------
+# Topology
+# --------------------------------------------------------------------------
+setup_topology() {
+    local ns
+    for ns in "$NS_C" "$NS_S"; do
+        if ip netns list | grep -qw "^$ns"; then
+            die "namespace $ns already exists (another bench run, or a killed one: ip netns del $ns)"
+        fi
+    done
+    ip netns add "$NS_C"; NS_CREATED+=("$NS_C")
+    ip netns add "$NS_S"; NS_CREATED+=("$NS_S")
+    ip link add "$VETH_C" netns "$NS_C" type veth peer name "$VETH_S" netns "$NS_S"
+    in_c ip addr add "$IP_C/24" dev "$VETH_C"
+    in_s ip addr add "$IP_S/24" dev "$VETH_S"
+    for ns in "$NS_C" "$NS_S"; do
+        ip netns exec "$ns" ip link set lo up
+        ip netns exec "$ns" sysctl -qw net.core.somaxconn=4096
+        # Ephemeral ports stay clear of every listener here (all below 20000),
+        # so a lingering client socket can never block a proxy's bind.
+        ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="20000 65000"
+        ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
+    done
+    in_c ip link set "$VETH_C" up
+    in_s ip link set "$VETH_S" up
+}
+
+nginx_temp_paths() {      # nginx_temp_paths DIR: keeps nginx out of /var/lib/nginx
+    local d="$1" k
+    for k in client_body proxy fastcgi uwsgi scgi; do
+        mkdir -p "$d/$k"; echo "  ${k}_temp_path $d/$k;"
+    done
+}
+
+start_origins() {
+    start_bg "$OUT/iperf3-server.log" ip netns exec "$NS_S" iperf3 -s -B "$IP_S" -p "$IPERF_PORT"
+    IPERF_PID=$BG_PID
+    mkdir -p "$T/ngx/origin"
+    cat >"$T/ngx/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $T/ngx/origin/nginx.pid;
+error_log $OUT/nginx-origin.err warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+$(nginx_temp_paths "$T/ngx/origin")
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {
+    listen $IP_S:$HTTP_PORT backlog=4096;
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+    start_bg "$OUT/nginx-origin.log" ip netns exec "$NS_S" nginx -e "$OUT/nginx-origin.err" -c "$T/ngx/origin/nginx.conf"
+    wait_listen "$NS_S" "$IPERF_PORT" "$IPERF_PID" || die "iperf3 server did not start"
+    wait_listen "$NS_S" "$HTTP_PORT" "$BG_PID" || die "origin nginx did not start"
+    in_c curl -sf -m 5 "http://$IP_S:$HTTP_PORT/" >/dev/null || die "origin nginx does not answer over the veth link"
+}
+
+# --------------------------------------------------------------------------
+# Scenarios. Each has a start function (sets PROXY_PIDS: the proxy's PIDs,
+# empty for none) and a stop function, and the targets the client uses.
+# To add a remora configuration, use --variant or add a line to SCENARIOS.
+# --------------------------------------------------------------------------
+PROXY_PIDS=""
+CUR_LOG=""
+
+none_start() { PROXY_PIDS=""; }
+none_stop() { :; }
+
+# remora_start NAME [PROXY ARGS...]: capture the client namespace and run the
+# proxy as uid 1337, as the sidecar would.
+remora_start() {
+    local name="$1"; shift
+    in_c "$INIT_BIN" >>"$OUT/$name-init.log" 2>&1 || die "remora-init failed; see $OUT/$name-init.log"
+    if ! in_c iptables-save -t nat 2>/dev/null | grep -q -- "--to-ports 15001"; then
+        in_c iptables-save -t nat >>"$OUT/$name-init.log" 2>&1 || true
+        die "remora-init ran but installed no outbound redirect (is remora-init finished?); see $OUT/$name-init.log"
+    fi
+    CUR_LOG="$OUT/$name-proxy.r$ROUND.log"
+    # shellcheck disable=SC2086
+    start_bg "$CUR_LOG" env RUST_LOG="${RUST_LOG:-info}" ip netns exec "$NS_C" \
+        setpriv --reuid=1337 --regid=1337 --clear-groups -- "$PROXY_BIN" --workers 1 "$@"
+    PROXY_PIDS="$BG_PID"
+    local n=100
+    until in_c curl -sf -o /dev/null http://127.0.0.1:15020/ready; do
+        kill -0 "$BG_PID" 2>/dev/null || die "remora-proxy exited; see $CUR_LOG"
+        n=$((n - 1)); [ $n -gt 0 ] || die "remora-proxy not ready after 10 s; see $CUR_LOG"
+        sleep 0.1
+    done
+}
+remora_stop() {
+    local name="$1"
+    in_c curl -sf http://127.0.0.1:15020/metrics >"$OUT/$name-metrics.r$ROUND.txt" 2>/dev/null || true
+    stop_pid "$PROXY_PIDS"
+    in_c "$INIT_BIN" --cleanup >>"$OUT/$name-init.log" 2>&1 || die "remora-init --cleanup failed"
+    if in_c iptables-save -t nat 2>/dev/null | grep -q -- "--to-ports 15001"; then
+        die "remora-init --cleanup left the redirect in place"
+    fi
+}
+
+nginx_start() {           # nginx_start NAME stream|http
+    local name="$1" mode="$2" d="$T/ngx/$1"
+    mkdir -p "$d"
+    {
+        [ "$mode" = stream ] && [ -n "$NGX_STREAM_SO" ] && echo "load_module $NGX_STREAM_SO;"
+        cat <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $OUT/$name.err warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+EOF
+        if [ "$mode" = stream ]; then
+            cat <<EOF
+stream {
+  server { listen 127.0.0.1:8201; proxy_pass $IP_S:$IPERF_PORT; }
+  server { listen 127.0.0.1:8080; proxy_pass $IP_S:$HTTP_PORT; }
+}
+EOF
+        else
+            cat <<EOF
+http {
+$(nginx_temp_paths "$d")
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  upstream origin { server $IP_S:$HTTP_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:8081;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+        fi
+    } >"$d/nginx.conf"
+    start_bg "$OUT/$name.log" ip netns exec "$NS_C" nginx -e "$OUT/$name.err" -c "$d/nginx.conf"
+    PROXY_PIDS="$BG_PID"
+    if [ "$mode" = stream ]; then wait_listen "$NS_C" 8080 "$BG_PID" || die "$name did not start; see $OUT/$name.log"
+    else wait_listen "$NS_C" 8081 "$BG_PID" || die "$name did not start; see $OUT/$name.log"; fi
+}
+nginx_stop() { stop_pid "$PROXY_PIDS"; }
+
+haproxy_start() {         # haproxy_start NAME tcp|http
+    local name="$1" mode="$2" cfg="$T/$1.cfg"
+    {
+        cat <<EOF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode $mode
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+EOF
+        if [ "$mode" = tcp ]; then
+            cat <<EOF
+frontend iperf
+  bind 127.0.0.1:9201
+  default_backend iperf
+backend iperf
+  server origin $IP_S:$IPERF_PORT
+frontend web
+  bind 127.0.0.1:9080
+  default_backend web
+backend web
+  server origin $IP_S:$HTTP_PORT
+EOF
+        else
+            cat <<EOF
+  option http-keep-alive
+  http-reuse always
+frontend web
+  bind 127.0.0.1:9081
+  default_backend web
+backend web
+  server origin $IP_S:$HTTP_PORT
+EOF
+        fi
+    } >"$cfg"
+    start_bg "$OUT/$name.log" ip netns exec "$NS_C" haproxy -db -f "$cfg"
+    PROXY_PIDS="$BG_PID"
+    if [ "$mode" = tcp ]; then wait_listen "$NS_C" 9080 "$BG_PID" || die "$name did not start; see $OUT/$name.log"
+    else wait_listen "$NS_C" 9081 "$BG_PID" || die "$name did not start; see $OUT/$name.log"; fi
+}
+haproxy_stop() { stop_pid "$PROXY_PIDS"; }
+
+# Standalone mesh config for remora-http: the origin is a mesh service on an
+# HTTP port whose backend has the origin as its one endpoint, so requests go
+# through the HTTP data plane: service -> backend -> balanced endpoint ->
+# pooled upstream connection. (A port with neither routes nor backendRefs
+# answers 404 no_route as of 9a30c55, although docs/config.md says such
+# requests go to the original destination.)
+write_remora_http_config() {
+    mkdir -p "$T/remora-http"
+    cat >"$T/remora-http/mesh.yaml" <<EOF
+version: bench-1
+outbound:
+  services:
+    - name: origin
+      addresses: ["$IP_S"]
+      ports:
+        - port: $HTTP_PORT
+          protocol: http
+          backendRefs:
+            - name: origin
+backends:
+  origin:
+    endpoints:
+      - address: $IP_S:$HTTP_PORT
+EOF
+    chmod 755 "$T/remora-http"; chmod 644 "$T/remora-http/mesh.yaml"
+}
+write_remora_http_config
+
+# name | TCP target (- for none) | HTTP host:port | start command | stop command | label
+SCENARIOS=(
+    "direct|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|none_start|none_stop|no proxy"
+    "remora|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|remora_start remora $REMORA_PROXY_ARGS|remora_stop remora|remora-proxy --workers 1${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture, no mesh config: the origin is an unknown destination, passed through as bytes (L4)"
+    "remora-http|-|$IP_S:$HTTP_PORT|remora_start remora-http --config $T/remora-http/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-http|remora-proxy --workers 1 --config mesh.yaml${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture; the origin is a mesh service on an HTTP port, so requests go through the HTTP data plane: backend, balanced endpoint, pooled upstream connections (L7)"
+)
+for v in "${VARIANTS[@]}"; do
+    vn="remora-${v%%=*}"; va="${v#*=}"
+    SCENARIOS+=("$vn|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|remora_start $vn $va|remora_stop $vn|remora-proxy --workers 1 $va, iptables capture")
+done
+SCENARIOS+=(
+    "nginx-stream|127.0.0.1:8201|127.0.0.1:8080|nginx_start nginx-stream stream|nginx_stop|nginx stream{} (L4), 1 worker"
+    "haproxy-tcp|127.0.0.1:9201|127.0.0.1:9080|haproxy_start haproxy-tcp tcp|haproxy_stop|haproxy mode tcp (L4), nbthread 1"
+    "nginx-http|-|127.0.0.1:8081|nginx_start nginx-http http|nginx_stop|nginx http proxy (L7), upstream keepalive, 1 worker"
+    "haproxy-http|-|127.0.0.1:9081|haproxy_start haproxy-http http|haproxy_stop|haproxy mode http (L7), http-reuse always, nbthread 1"
+)
+
+selected() {
+    [ -z "$ONLY" ] && return 0
+    [ "$1" = direct ] && return 0
+    case ",$ONLY," in *",$1,"*) return 0 ;; esac
+    return 1
+}
+
+# --------------------------------------------------------------------------
+# Measurements. Results go to $OUT/raw.tsv: scenario round metric value.
+# --------------------------------------------------------------------------
+RAW="$OUT/raw.tsv"
+: >"$RAW"
+shcmd() {                 # shcmd ARGS...: the command as one would type it
+    local a out=""
+    for a in "$@"; do
+        case "$a" in *[[:space:]]*) out+="\"$a\" " ;; *) out+="$a " ;; esac
+    done
+    printf '%s\n' "${out% }"
+}
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$ROUND" "$2" "$3" >>"$RAW"; }
+
+measure_iperf() {         # measure_iperf SCENARIO HOST:PORT
+    local sc="$1" host="${2%:*}" port="${2##*:}" f="$OUT/$1-iperf.r$ROUND.json" g
+    local cmd=(iperf3 -c "$host" -p "$port" -t "$IPERF_T" -P 1 -J --connect-timeout 3000)
+    shcmd "${cmd[@]}" >"$OUT/$sc-iperf.cmd"
+    timeout $((IPERF_T + 20)) ip netns exec "$NS_C" "${cmd[@]}" >"$f" 2>&1 || true
+    g=$(python3 - "$f" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print("%.3f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))
+except Exception:
+    print("NA")
+EOF
+)
+    [ "$g" = NA ] && log "  $sc: iperf3 failed; see $f"
+    record "$sc" tcp_gbps "$g"
+}
+
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000} printf "%.3f", v}'; }
+
+wrk_errors() {            # socket errors + non-2xx/3xx responses in a wrk output
+    awk '/Socket errors:/{gsub(/,/,""); s+=$4+$6+$8+$10} /Non-2xx or 3xx/{s+=$NF} END{print s+0}' "$1"
+}
+
+measure_http() {          # measure_http SCENARIO HOST:PORT
+    local sc="$1" url="http://$2/" f="$OUT/$1-wrk.r$ROUND.txt" sampler c0 c1
+    local cmd=(wrk -t"$WRK_T" -c"$WRK_C" -d"${WRK_D}s" --latency "$url")
+    shcmd "${cmd[@]}" >"$OUT/$sc-wrk.cmd"
+    timeout $((WARM_D + 15)) ip netns exec "$NS_C" wrk -t1 -c"$WRK_C" -d"${WARM_D}s" "$url" >/dev/null 2>&1 || true
+    if [ -n "$PROXY_PIDS" ]; then
+        rm -f "$T/rss.max"
+        rss_sampler "$T/rss.max" $PROXY_PIDS &
+        sampler=$!
+        c0=$(cpu_ticks $PROXY_PIDS)
+    fi
+    timeout $((WRK_D + 20)) ip netns exec "$NS_C" "${cmd[@]}" >"$f" 2>&1 || true
+    if [ -n "$PROXY_PIDS" ]; then
+        c1=$(cpu_ticks $PROXY_PIDS)
+        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+        record "$sc" rss_load_kb "$(cat "$T/rss.max" 2>/dev/null || echo NA)"
+    fi
+    local rps reqs p50 p99
+    rps=$(awk '/^Requests\/sec:/{print $2}' "$f")
+    reqs=$(awk '/requests in/{print $1}' "$f")
+    p50=$(awk '/^ +50%/{print $2}' "$f" | to_ms)
+    p99=$(awk '/^ +99%/{print $2}' "$f" | to_ms)
+    [ -n "$rps" ] || { log "  $sc: wrk failed; see $f"; rps=NA; p50=NA; p99=NA; }
+    record "$sc" http_rps "$rps"
+    record "$sc" p50_ms "${p50:-NA}"
+    record "$sc" p99_ms "${p99:-NA}"
+    record "$sc" http_errors "$(wrk_errors "$f")"
+    if [ -n "$PROXY_PIDS" ] && [ -n "${reqs:-}" ] && [ "${reqs:-0}" -gt 0 ]; then
+        # proxy CPU time per request, in microseconds
+        record "$sc" cpu_us_per_req "$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", c / hz * 1e6 / n}')"
+    fi
+}
+
+measure_close() {         # new connection per request: wrk with Connection: close
+    local sc="$1" url="http://$2/" f="$OUT/$1-wrk-close.r$ROUND.txt"
+    local cmd=(wrk -t"$WRK_T" -c"$WRK_C" -d"${CLOSE_D}s" -H "Connection: close" "$url")
+    shcmd "${cmd[@]}" >"$OUT/$sc-wrk-close.cmd"
+    timeout $((CLOSE_D + 20)) ip netns exec "$NS_C" "${cmd[@]}" >"$f" 2>&1 || true
+    local rps
+    rps=$(awk '/^Requests\/sec:/{print $2}' "$f")
+    record "$sc" close_rps "${rps:-NA}"
+    record "$sc" close_errors "$(wrk_errors "$f")"
+}
+
+measure_idle_conns() {    # RSS with IDLE_N idle keep-alive connections through the proxy
+    local sc="$1" host="${2%:*}" port="${2##*:}" f="$OUT/$1-idle.r$ROUND.log" pid n=300 max=0 v i
+    start_bg "$f" ip netns exec "$NS_C" python3 "$BENCH/idle_conns.py" "$host" "$port" "$IDLE_N" --hold 60
+    pid=$BG_PID
+    until grep -q '^READY' "$f" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || break
+        n=$((n - 1)); [ $n -gt 0 ] || break
+        sleep 0.1
+    done
+    if grep -q '^READY' "$f"; then
+        sleep 1
+        for i in 1 2 3 4 5; do v=$(rss_kb $PROXY_PIDS); [ "$v" -gt "$max" ] && max=$v; sleep 0.2; done
+        record "$sc" rss_idle_conns_kb "$max"
+        record "$sc" idle_conns_open "$(awk '/^READY/{print $2}' "$f")"
+        record "$sc" idle_conns_failed "$(awk '/^READY/{print $4}' "$f")"
+    else
+        log "  $sc: idle connections did not open; see $f"
+        record "$sc" rss_idle_conns_kb NA
+    fi
+    stop_pid "$pid"
+}
+
+run_scenario() {          # run_scenario "name|tcp|http|start|stop|label"
+    local sc tcp http start stop label
+    IFS='|' read -r sc tcp http start stop label <<<"$1"
+    selected "$sc" || return 0
+    log "round $ROUND: $sc"
+    # shellcheck disable=SC2086
+    $start
+    sleep 0.5
+    [ -n "$PROXY_PIDS" ] && record "$sc" rss_idle_kb "$(rss_kb $PROXY_PIDS)"
+    [ "$tcp" != - ] && measure_iperf "$sc" "$tcp"
+    measure_http "$sc" "$http"
+    measure_close "$sc" "$http"
+    [ -n "$PROXY_PIDS" ] && measure_idle_conns "$sc" "$http"
+    if [ -n "$PROXY_PIDS" ] && ! kill -0 "$PROXY_PIDS" 2>/dev/null; then
+        die "$sc: the proxy died during the run"
+    fi
+    # shellcheck disable=SC2086
+    $stop
+    PROXY_PIDS=""
+}
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+median() {                # median SCENARIO METRIC -> value or NA
+    awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4!="NA" {print $4}' "$RAW" | sort -g |
+        awk '{v[NR]=$1} END{if (NR==0) print "NA"; else if (NR%2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2}'
+}
+total() { awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4!="NA" {t+=$4} END{print t+0}' "$RAW"; }
+ratio() {                 # ratio VALUE BASE
+    awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || b+0==0 || a=="") print "-"; else printf "%.2fx", a/b }'
+}
+fmt() {                   # fmt VALUE DECIMALS
+    awk -v a="$1" -v d="$2" 'BEGIN{ if (a=="NA" || a=="") print "-"; else printf "%." d "f", a }'
+}
+mib() { awk -v a="$1" 'BEGIN{ if (a=="NA" || a=="") print "-"; else printf "%.1f", a/1024 }'; }
+
+report() {
+    local md="$OUT/results.md" s sc tcp http start stop label
+    local d_tcp d_rps d_p50 d_p99 d_close
+    d_tcp=$(median direct tcp_gbps); d_rps=$(median direct http_rps)
+    d_p50=$(median direct p50_ms); d_p99=$(median direct p99_ms); d_close=$(median direct close_rps)
+    local cpu kernel mem commit dirty
+    cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+    kernel=$(uname -r)
+    mem=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+    commit="$COMMIT0"; dirty="$DIRTY0"
+    [ -n "${REMORA_PROXY:-}${REMORA_INIT:-}" ] && dirty+="; binaries given by REMORA_PROXY/REMORA_INIT, not built from this tree"
+    {
+        echo "### Run $STAMP"
+        echo
+        echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "- machine: $(nproc) CPUs ($cpu), $mem, kernel $kernel"
+        echo "- commit: $commit$dirty; binaries $PROXY_SRC (sha256 $(sha256sum "$PROXY_BIN" | cut -c1-12)), $INIT_SRC"
+        echo "- command: \`$CMDLINE\`"
+        echo "- rounds: $ROUNDS (scenarios interleaved per round; figures are medians); run took $(( $(date +%s) - T0 )) s; load average before the run: $LOAD0"
+        echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(iperf3 -v 2>&1 | head -1 | awk '{print $1, $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v 2>&1 | head -1 | awk '{print $1, $2, $3}')"
+        echo "- TCP: \`$(cat "$OUT/direct-iperf.cmd")\` (client ns → server ns; target differs per scenario)"
+        echo "- HTTP keep-alive: \`$(cat "$OUT/direct-wrk.cmd")\` (closed loop: wrk sends the next request when the last one returns)"
+        echo "- HTTP new connection per request: \`$(cat "$OUT/direct-wrk-close.cmd")\`"
+        echo "- idle: $IDLE_N keep-alive connections (one GET each, then idle) via \`bench/idle_conns.py\`"
+        echo
+        echo "Ratios are against **direct** in the same run. Throughput and req/s: higher is better. Latency: lower is better."
+        echo
+        echo "| scenario | TCP Gbit/s | HTTP req/s | p50 ms | p99 ms | conn-per-req req/s | proxy CPU µs/req | RSS idle MiB | RSS under load MiB | RSS $IDLE_N idle conns MiB | errors |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        for s in "${SCENARIOS[@]}"; do
+            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            selected "$sc" || continue
+            local v_tcp v_rps v_p50 v_p99 v_close errs
+            v_tcp=$(median "$sc" tcp_gbps); v_rps=$(median "$sc" http_rps)
+            v_p50=$(median "$sc" p50_ms); v_p99=$(median "$sc" p99_ms); v_close=$(median "$sc" close_rps)
+            errs=$(( $(total "$sc" http_errors) + $(total "$sc" close_errors) + $(total "$sc" idle_conns_failed) ))
+            local c_tcp="-" c_rps c_p50 c_p99 c_close
+            if [ "$tcp" != - ]; then c_tcp="$(fmt "$v_tcp" 2) ($(ratio "$v_tcp" "$d_tcp"))"; fi
+            c_rps="$(fmt "$v_rps" 0) ($(ratio "$v_rps" "$d_rps"))"
+            c_p50="$(fmt "$v_p50" 3) ($(ratio "$v_p50" "$d_p50"))"
+            c_p99="$(fmt "$v_p99" 3) ($(ratio "$v_p99" "$d_p99"))"
+            c_close="$(fmt "$v_close" 0) ($(ratio "$v_close" "$d_close"))"
+            if [ "$sc" = direct ]; then
+                echo "| direct | $(fmt "$v_tcp" 2) | $(fmt "$v_rps" 0) | $(fmt "$v_p50" 3) | $(fmt "$v_p99" 3) | $(fmt "$v_close" 0) | - | - | - | - | $errs |"
+            else
+                echo "| $sc | $c_tcp | $c_rps | $c_p50 | $c_p99 | $c_close | $(fmt "$(median "$sc" cpu_us_per_req)" 1) | $(mib "$(median "$sc" rss_idle_kb)") | $(mib "$(median "$sc" rss_load_kb)") | $(mib "$(median "$sc" rss_idle_conns_kb)") | $errs |"
+            fi
+        done
+        echo
+        echo "Scenarios:"
+        for s in "${SCENARIOS[@]}"; do
+            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            selected "$sc" || continue
+            echo "- **$sc**: $label; TCP target ${tcp}, HTTP target $http"
+        done
+        echo
+        echo "RSS is VmRSS from /proc/PID/status (nginx: master + worker). \"errors\" counts wrk socket errors, non-2xx responses and failed idle connections over all rounds."
+        local notes=""
+        for s in "${SCENARIOS[@]}"; do
+            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            case "$sc" in remora*) ;; *) continue ;; esac
+            selected "$sc" || continue
+            local warns merr
+            warns=$(cat "$OUT/$sc"-proxy.r*.log 2>/dev/null | grep -cE ' (WARN|ERROR) ' || true)
+            merr=$(cat "$OUT/$sc"-metrics.r*.txt 2>/dev/null | awk '/^remora_tcp_errors_total/{t+=$NF} END{print t+0}')
+            notes+="- $sc: $warns WARN/ERROR lines in the proxy log; remora_tcp_errors_total summed over rounds: $merr"$'\n'
+        done
+        if [ -n "$notes" ]; then echo; echo "Proxy health:"; printf '%s' "$notes"; fi
+    } >"$md"
+
+    echo
+    echo "================ Remora bench: $STAMP ================"
+    printf 'machine: %s CPUs (%s), kernel %s; commit %s%s\n' "$(nproc)" "$cpu" "$kernel" "$commit" "$dirty"
+    printf 'command: %s\n\n' "$CMDLINE"
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r sc tcp http start stop label <<<"$s"
+        selected "$sc" || continue
+        local v
+        printf '%-14s' "$sc"
+        if [ "$tcp" != - ]; then
+            v=$(median "$sc" tcp_gbps)
+            printf ' %7s Gbit/s (%s)' "$(fmt "$v" 2)" "$(ratio "$v" "$d_tcp")"
+        else
+            printf ' %7s %-16s' - ""
+        fi
+        v=$(median "$sc" http_rps)
+        printf ' | %7s req/s (%s)' "$(fmt "$v" 0)" "$(ratio "$v" "$d_rps")"
+        v=$(median "$sc" p99_ms)
+        printf ' | p99 %s ms (%s)' "$(fmt "$v" 3)" "$(ratio "$v" "$d_p99")"
+        if [ "$sc" != direct ]; then
+            printf ' | RSS idle/load/%s conns %s/%s/%s MiB' "$IDLE_N" \
+                "$(mib "$(median "$sc" rss_idle_kb)")" "$(mib "$(median "$sc" rss_load_kb)")" "$(mib "$(median "$sc" rss_idle_conns_kb)")"
+        fi
+        echo
+    done
+    echo
+    echo "Markdown (for bench/RESULTS.md): $md"
+    echo "Raw per-round figures and logs:  $OUT"
+    echo
+    cat "$md"
+}
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+T0=$(date +%s)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+COMMIT0=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY0=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^?? bench/' && echo " (working tree has uncommitted changes)" || true)
+log "output: $OUT"
+setup_topology
+start_origins
+for ROUND in $(seq 1 "$ROUNDS"); do
+    for s in "${SCENARIOS[@]}"; do run_scenario "$s"; done
+done
+report
+log "done in $(( $(date +%s) - T0 )) s"
