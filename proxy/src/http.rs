@@ -49,7 +49,7 @@ pub(crate) fn empty() -> Body {
     full(Bytes::new())
 }
 
-fn incoming(body: Incoming) -> Body {
+pub(crate) fn incoming(body: Incoming) -> Body {
     body.map_err(BoxError::from).boxed_unsync()
 }
 
@@ -237,10 +237,10 @@ pub(crate) async fn forward(
         });
         let upgrade = response.headers().get(header::UPGRADE).cloned();
         headers::strip_hop_by_hop(response.headers_mut(), upgrade);
-        return Ok(response.map(incoming));
+        return Ok(response);
     }
     headers::strip_hop_by_hop(response.headers_mut(), None);
-    Ok(response.map(incoming))
+    Ok(response)
 }
 
 /// HTTP/1 upstreams get origin-form with a `Host` header; HTTP/2 upstreams

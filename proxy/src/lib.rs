@@ -48,8 +48,16 @@ use crate::state::State;
 /// Runs the proxy until it has drained (after SIGTERM, SIGINT or
 /// `POST /drain`).
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
+    // One worker: a current-thread runtime skips the work-stealing
+    // machinery entirely, as Linkerd does on a single core.
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.workers);
+        builder
+    };
+    let runtime = builder
         .thread_name("remora-worker")
         .enable_all()
         .build()

@@ -17,7 +17,8 @@ async fn thousand_concurrent_connections_through_one_proxy_all_echo() {
     let a = net.pod("a");
     let b = net.pod("b");
     let app = b.spawn_echo_server(8080);
-    let proxy = a.mesh().await;
+    // One worker, as a sidecar usually runs: the current-thread runtime.
+    let proxy = a.mesh_with(&[], &["--workers", "1"]).await;
     let before = proxy.metrics().await;
 
     let target = b.addr4(8080);

@@ -215,7 +215,8 @@ async fn h2_mesh(test: &str) -> H2Mesh {
         },
     }));
     let proxy_a = a.mesh_with(&[], &config.proxy_args()).await;
-    let proxy_b = b.mesh().await;
+    // One worker (current-thread runtime) on the server side.
+    let proxy_b = b.mesh_with(&[], &["--workers", "1"]).await;
     H2Mesh {
         a,
         app,

@@ -30,7 +30,8 @@ async fn hundred_megabytes_echo_through_two_proxies_with_the_same_sha256() {
     let b = net.pod("b");
     let _app = b.spawn_echo_server(8080);
     let proxy_a = a.mesh().await;
-    let proxy_b = b.mesh().await;
+    // One worker on the server side: the current-thread runtime carries it too.
+    let proxy_b = b.mesh_with(&[], &["--workers", "1"]).await;
     let (a0, b0) = (proxy_a.metrics().await, proxy_b.metrics().await);
 
     let stream = a

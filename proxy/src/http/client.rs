@@ -7,17 +7,22 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use super::error::{ErrorKind, ProxyError};
-use super::Body;
+use super::{Body, BoxError};
 use crate::net;
 
 /// The protocol spoken to an upstream.
@@ -70,10 +75,10 @@ impl Pool {
         endpoint: SocketAddr,
         upstream: Upstream,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         match upstream {
             Upstream::Http1 => self.send_h1(endpoint, req).await,
-            Upstream::Http2 => self.send_h2(endpoint, req).await,
+            Upstream::Http2 => Ok(self.send_h2(endpoint, req).await?.map(super::incoming)),
         }
     }
 
@@ -81,15 +86,15 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: SocketAddr,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         // A reused connection may have been closed by the server while idle;
         // the request then comes back unsent and goes on a fresh connection.
         while let Some(mut sender) = self.take_idle(endpoint) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
             match sender.try_send_request(req).await {
-                Ok(response) => {
-                    self.recycle(endpoint, sender);
-                    return Ok(response);
-                }
+                Ok(response) => return Ok(self.recycle(endpoint, sender, response)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(upstream_error(endpoint, e.into_error())),
@@ -101,8 +106,7 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| upstream_error(endpoint, e))?;
-        self.recycle(endpoint, sender);
-        Ok(response)
+        Ok(self.recycle(endpoint, sender, response))
     }
 
     async fn send_h2(
@@ -187,34 +191,46 @@ impl Pool {
         let mut idle = self.lock_h1();
         let list = idle.get_mut(&endpoint)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < self.settings.idle_timeout
-                && !entry.sender.is_closed()
-                && entry.sender.is_ready()
-            {
+            if entry.since.elapsed() < self.settings.idle_timeout && !entry.sender.is_closed() {
                 return Some(entry.sender);
             }
         }
         None
     }
 
-    /// Puts an HTTP/1 connection back once its response has been read.
-    fn recycle(self: &Arc<Self>, endpoint: SocketAddr, mut sender: http1::SendRequest<Body>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
+    /// Hands the connection back to the pool once the response body has
+    /// been read to its end, so the next request can reuse it. A body that
+    /// is dropped half-read takes its connection with it.
+    fn recycle(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        sender: http1::SendRequest<Body>,
+        response: Response<Incoming>,
+    ) -> Response<Body> {
+        let ret = Recycle {
+            pool: Arc::downgrade(self),
+            endpoint,
+            sender,
+        };
+        response.map(|body| {
+            PooledBody {
+                inner: body,
+                ret: Some(ret),
             }
-            let Some(pool) = pool.upgrade() else { return };
-            let max = pool.settings.max_idle_per_endpoint;
-            let mut idle = pool.lock_h1();
-            let list = idle.entry(endpoint).or_default();
-            if list.len() < max {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+            .boxed_unsync()
+        })
+    }
+
+    fn put_idle(&self, endpoint: SocketAddr, sender: http1::SendRequest<Body>) {
+        let max = self.settings.max_idle_per_endpoint;
+        let mut idle = self.lock_h1();
+        let list = idle.entry(endpoint).or_default();
+        if list.len() < max {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 
     fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
@@ -229,6 +245,68 @@ impl Pool {
 /// Classifies a failed exchange. hyper reports a failure of the request
 /// body it was sending (the downstream client cut its upload short) as a
 /// "user" error: that is the client's doing, not the endpoint's.
+/// A connection waiting for its response body to end.
+#[derive(Debug)]
+struct Recycle {
+    pool: Weak<Pool>,
+    endpoint: SocketAddr,
+    sender: http1::SendRequest<Body>,
+}
+
+impl Recycle {
+    fn put(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_idle(self.endpoint, self.sender);
+        }
+    }
+}
+
+/// An upstream HTTP/1 response body that returns its connection to the
+/// pool when it ends.
+#[derive(Debug)]
+struct PooledBody {
+    inner: Incoming,
+    ret: Option<Recycle>,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = poll {
+            if let Some(ret) = self.ret.take() {
+                ret.put();
+            }
+        }
+        poll.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Servers stop polling a body whose length says it is complete, so
+        // a fully read body may end here rather than with `None`.
+        if http_body::Body::is_end_stream(&self.inner) {
+            if let Some(ret) = self.ret.take() {
+                ret.put();
+            }
+        }
+    }
+}
+
 fn upstream_error(endpoint: SocketAddr, e: hyper::Error) -> ProxyError {
     if e.is_user() {
         return ProxyError::new(
