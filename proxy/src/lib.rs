@@ -97,8 +97,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let http = Arc::new(HttpProxy {
         metrics: metrics.clone(),
         state: state.clone(),
-        passthrough: Pool::new(state::passthrough_pool_settings(&config)),
-        inbound: Pool::new(state::inbound_pool_settings(&config)),
+        passthrough: Pool::new(state::passthrough_pool_settings(&config), None),
+        inbound: Pool::new(state::inbound_pool_settings(&config), None),
     });
     let proxy = Arc::new(Proxy {
         config: config.clone(),

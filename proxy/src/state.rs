@@ -279,6 +279,19 @@ impl State {
                 Some(self.metrics.ejections(name)),
             )),
         };
+        // Limits change in place, so permits held by requests in flight
+        // stay counted against the new limits.
+        let breaker = match previous {
+            Some(prev) => {
+                prev.breaker.update(&config.circuit_breaker);
+                prev.breaker.clone()
+            }
+            None => Arc::new(CircuitBreaker::new(name, &config.circuit_breaker)),
+        };
+        let budget = match previous {
+            Some(prev) if prev.config.retry_budget == config.retry_budget => prev.budget.clone(),
+            _ => Arc::new(RetryBudget::new(&config.retry_budget)),
+        };
         let pool = match previous {
             Some(prev)
                 if prev.config.connect_timeout == config.connect_timeout
@@ -286,13 +299,16 @@ impl State {
             {
                 prev.pool.clone()
             }
-            _ => Pool::new(PoolSettings {
-                source_v4: None,
-                source_v6: None,
-                connect_timeout: config.connect_timeout,
-                idle_timeout: config.idle_timeout,
-                max_idle_per_endpoint: self.startup.max_idle_per_endpoint,
-            }),
+            _ => Pool::new(
+                PoolSettings {
+                    source_v4: None,
+                    source_v6: None,
+                    connect_timeout: config.connect_timeout,
+                    idle_timeout: config.idle_timeout,
+                    max_idle_per_endpoint: self.startup.max_idle_per_endpoint,
+                },
+                Some(breaker.clone()),
+            ),
         };
         let health = config.health_check.clone().map(|check| {
             AbortOnDropHandle::new(spawn_health_checks(
@@ -307,8 +323,8 @@ impl State {
             config: config.clone(),
             balancer,
             pool,
-            breaker: Arc::new(CircuitBreaker::new(name, &config.circuit_breaker)),
-            budget: Arc::new(RetryBudget::new(&config.retry_budget)),
+            breaker,
+            budget,
         })
     }
 }

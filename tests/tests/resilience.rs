@@ -224,6 +224,61 @@ async fn a_retry_budget_caps_retries_to_a_backend_that_always_fails() {
 }
 
 #[tokio::test]
+async fn max_connections_caps_upstream_connections_and_pooled_ones_are_reused() {
+    let t = Standalone::start("res_max_connections", &["slow"], |apps| {
+        let mut backends = apps.one_backend_each();
+        let slow = backends.get_mut("slow").expect("slow backend");
+        slow.circuit_breaker.max_connections = 1;
+        web("v1", vec![route().name("slow").to("slow")], backends)
+    })
+    .await;
+    let app = t.apps.get("slow");
+    app.set_delay(Duration::from_millis(1500));
+    let before = t.proxy.metrics().await;
+
+    let mut first_client = t.http();
+    let first = first_client.get("/first");
+    let second = async {
+        // The first request holds the backend's only allowed connection;
+        // a second one at the same time would need another.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while app.in_flight() < 1 {
+            assert!(Instant::now() < deadline, "the first request never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.http().send(&Req::get("/second")).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.expect("the first request").status, 200);
+    let second = second.expect("the second request");
+    assert_eq!(
+        (second.status, second.remora_error()),
+        (503, "circuit_open"),
+        "body {:?}",
+        second.body
+    );
+    assert!(second.elapsed < Duration::from_millis(1000), "failed fast");
+
+    // Sequential requests reuse the one pooled connection: never refused.
+    app.set_delay(Duration::ZERO);
+    for i in 0..20 {
+        let reply = t.http().get("/again").await.expect("GET /again");
+        assert_eq!(reply.status, 200, "request {i} after the slow one");
+    }
+    assert_eq!(
+        app.received(),
+        21,
+        "every request but the refused one reached the app"
+    );
+    let after = t.proxy.metrics().await;
+    assert_eq!(
+        after.since(&before, HTTP_ERRORS, &[("reason", "circuit_open")]),
+        1.0,
+        "{after}"
+    );
+}
+
+#[tokio::test]
 async fn a_circuit_breaker_fails_requests_beyond_max_requests_fast() {
     let t = Standalone::start("res_circuit_breaker", &["slow"], |apps| {
         let mut backends = apps.one_backend_each();

@@ -24,6 +24,7 @@ use tracing::debug;
 use super::error::{ErrorKind, ProxyError};
 use super::{Body, BoxError};
 use crate::net;
+use crate::resilience::{BreakerOpen, CircuitBreaker, Permit};
 
 /// The protocol spoken to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,14 +57,18 @@ struct Idle {
 #[derive(Debug)]
 pub(crate) struct Pool {
     settings: PoolSettings,
+    /// A backend's pool counts its connections, and the requests waiting
+    /// for one, against the backend's circuit breaker.
+    breaker: Option<Arc<CircuitBreaker>>,
     h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(settings: PoolSettings) -> Arc<Self> {
+    pub(crate) fn new(settings: PoolSettings, breaker: Option<Arc<CircuitBreaker>>) -> Arc<Self> {
         Arc::new(Pool {
             settings,
+            breaker,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
         })
@@ -87,12 +92,15 @@ impl Pool {
         endpoint: SocketAddr,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
+        // Counted as pending until a connection takes the request.
+        let mut pending = self.permit(CircuitBreaker::try_acquire_pending)?;
         // A reused connection may have been closed by the server while idle;
         // the request then comes back unsent and goes on a fresh connection.
         while let Some(mut sender) = self.take_idle(endpoint) {
             if sender.ready().await.is_err() {
                 continue;
             }
+            pending = None;
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.recycle(endpoint, sender, response)),
                 Err(mut e) => match e.take_message() {
@@ -102,6 +110,7 @@ impl Pool {
             }
         }
         let mut sender = self.connect_h1(endpoint).await?;
+        drop(pending);
         let response = sender
             .send_request(req)
             .await
@@ -114,6 +123,7 @@ impl Pool {
         endpoint: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let pending = self.permit(CircuitBreaker::try_acquire_pending)?;
         let existing = self
             .lock_h2()
             .get(&endpoint)
@@ -131,6 +141,7 @@ impl Pool {
             .ready()
             .await
             .map_err(|e| upstream_error(endpoint, e))?;
+        drop(pending);
         sender
             .send_request(req)
             .await
@@ -155,12 +166,15 @@ impl Pool {
         &self,
         endpoint: SocketAddr,
     ) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
         let io = self.dial(endpoint).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
         tokio::spawn(async move {
+            // The connection counts against the breaker while it lives.
+            let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
                 debug!(%endpoint, error = %e, "upstream HTTP/1 connection ended");
             }
@@ -172,6 +186,7 @@ impl Pool {
         &self,
         endpoint: SocketAddr,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
         let io = self.dial(endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -180,11 +195,25 @@ impl Pool {
             .await
             .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
             }
         });
         Ok(sender)
+    }
+
+    /// A permit from the backend's circuit breaker, if it has one.
+    fn permit(
+        &self,
+        acquire: fn(&CircuitBreaker) -> Result<Permit, BreakerOpen>,
+    ) -> Result<Option<Permit>, ProxyError> {
+        match &self.breaker {
+            Some(breaker) => acquire(breaker)
+                .map(Some)
+                .map_err(|open| ProxyError::new(ErrorKind::CircuitOpen, open.to_string())),
+            None => Ok(None),
+        }
     }
 
     fn take_idle(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
