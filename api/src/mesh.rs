@@ -256,7 +256,7 @@ mod tests {
     fn complete_example_parses_into_parsed_values() {
         let config = example();
         assert_eq!(config.version, "2024-06-01.1");
-        assert_eq!(config.inbound.mode, InboundMode::Strict);
+        assert_eq!(config.inbound.mode, InboundMode::Permissive);
         let reviews = &config.outbound.services[0];
         assert_eq!(reviews.addresses, ["10.96.0.20".parse::<IpAddr>().unwrap()]);
         let api = &reviews.ports[0].routes[2];

@@ -87,6 +87,7 @@ pub(crate) fn respond(
                 "version": snapshot.version(),
                 "config": snapshot.config.as_deref(),
                 "lastError": state.state.last_error(),
+                "backends": backends_dump(&snapshot),
             });
             let body =
                 serde_json::to_vec_pretty(&dump).unwrap_or_else(|e| e.to_string().into_bytes());
@@ -112,6 +113,41 @@ pub(crate) fn respond(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// What each backend's balancer knows now: the endpoints it picks from,
+/// which are ejected or failing health checks, and their load.
+fn backends_dump(snapshot: &crate::state::Snapshot) -> serde_json::Value {
+    let backends = snapshot
+        .backends
+        .iter()
+        .map(|(name, backend)| {
+            let endpoints: Vec<_> = backend
+                .balancer
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "address": e.address().to_string(),
+                        "weight": e.weight(),
+                        "identity": e.identity(),
+                        "zone": e.zone(),
+                        "healthy": e.is_healthy(),
+                        "ejected": e.is_ejected(),
+                        "timesEjected": e.times_ejected(),
+                        "inFlight": e.in_flight(),
+                    })
+                })
+                .collect();
+            let value = serde_json::json!({
+                "endpoints": endpoints,
+                "ejectedNow": backend.balancer.ejected_now(),
+                "ejectionsTotal": backend.balancer.ejections_total(),
+            });
+            (name.clone(), value)
+        })
+        .collect::<serde_json::Map<_, _>>();
+    serde_json::Value::Object(backends)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -15,9 +15,6 @@
 //! an `ArcSwap`; [`Balancer::update`] builds a new one beside it and swaps
 //! it in, so requests never wait on a rebuild.
 
-// Wired into the HTTP layer next.
-#![allow(dead_code)]
-
 mod hash;
 mod health;
 mod least_request;
@@ -209,10 +206,6 @@ pub(crate) struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
-        &self.endpoint
-    }
-
     /// Records the latency and the outcome: feeds the latency estimate and
     /// the outlier counters, and may eject the endpoint.
     pub(crate) fn finish(self, outcome: Outcome) {

@@ -6,6 +6,7 @@
 //! (`outbound`), or to an unknown destination unchanged; inbound to the app
 //! (`inbound`). Connections and their reuse live in `client`.
 
+mod body;
 mod client;
 mod error;
 mod headers;
@@ -71,6 +72,8 @@ pub(crate) struct HttpProxy {
     pub(crate) passthrough: Arc<Pool>,
     /// Inbound requests to the app in this pod.
     pub(crate) inbound: Arc<Pool>,
+    /// Upgraded connections (WebSocket) are drained like connections.
+    pub(crate) drain: Drain,
 }
 
 impl HttpProxy {
@@ -188,11 +191,11 @@ pub(crate) fn error_response(e: &ProxyError) -> Response<Body> {
 
 /// The authority the client addressed: `:authority`, else `Host`, else the
 /// original destination.
-pub(crate) fn authority_of<B>(req: &Request<B>, orig_dst: SocketAddr) -> String {
-    if let Some(authority) = req.uri().authority() {
+pub(crate) fn authority_of(uri: &Uri, headers: &http::HeaderMap, orig_dst: SocketAddr) -> String {
+    if let Some(authority) = uri.authority() {
         return authority.as_str().to_owned();
     }
-    req.headers()
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
@@ -203,6 +206,7 @@ pub(crate) fn authority_of<B>(req: &Request<B>, orig_dst: SocketAddr) -> String 
 /// authority, cleaning hop-by-hop headers and splicing protocol upgrades
 /// (WebSocket) once the upstream agrees to them.
 pub(crate) async fn forward(
+    tunnels: &Drain,
     pool: &Arc<Pool>,
     endpoint: SocketAddr,
     upstream: Upstream,
@@ -223,16 +227,25 @@ pub(crate) async fn forward(
         (downstream_upgrade, response.status())
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream_upgrade) {
-                Ok((down, up)) => {
-                    let mut down = TokioIo::new(down);
-                    let mut up = TokioIo::new(up);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                        debug!(error = %e, "upgraded connection ended with an error");
+        // The tunnel outlives the HTTP connection that set it up; the drain
+        // waits for it, and closes it at the deadline.
+        let forced = tunnels.forced();
+        tunnels.spawn(async move {
+            let tunnel = async move {
+                match tokio::try_join!(downstream, upstream_upgrade) {
+                    Ok((down, up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            debug!(error = %e, "upgraded connection ended with an error");
+                        }
                     }
+                    Err(e) => debug!(error = %e, "protocol upgrade failed"),
                 }
-                Err(e) => debug!(error = %e, "protocol upgrade failed"),
+            };
+            tokio::select! {
+                () = tunnel => {}
+                () = forced => debug!("upgraded connection closed at the drain deadline"),
             }
         });
         let upgrade = response.headers().get(header::UPGRADE).cloned();

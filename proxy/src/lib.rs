@@ -99,6 +99,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         state: state.clone(),
         passthrough: Pool::new(state::passthrough_pool_settings(&config), None),
         inbound: Pool::new(state::inbound_pool_settings(&config), None),
+        drain: drain.clone(),
     });
     let proxy = Arc::new(Proxy {
         config: config.clone(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::balance::{EndpointState, Outcome};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
@@ -106,11 +107,17 @@ impl Proxy {
             Direction::Inbound => Some(snapshot.inbound_protocol(dst.port())),
         };
 
-        let skip_detection = self.config.opaque_ports.contains(&dst.port())
-            || matches!(declared, Some(ApiProtocol::Opaque | ApiProtocol::Tcp));
-        let detected = if skip_detection {
+        // Declared ports skip detection: opaque and tcp ones are bytes, and
+        // http2 and grpc ones speak HTTP/2 with prior knowledge.
+        let declared_protocol = match declared {
+            Some(ApiProtocol::Opaque | ApiProtocol::Tcp) => Some(Protocol::Opaque),
+            Some(ApiProtocol::Http2 | ApiProtocol::Grpc) => Some(Protocol::H2),
+            _ if self.config.opaque_ports.contains(&dst.port()) => Some(Protocol::Opaque),
+            _ => None,
+        };
+        let detected = if let Some(protocol) = declared_protocol {
             detect::Detected {
-                protocol: Protocol::Opaque,
+                protocol,
                 prefix: bytes::Bytes::new(),
                 timed_out: false,
             }
@@ -143,8 +150,14 @@ impl Proxy {
                 .await;
             return;
         }
-        self.forward_tcp(client, peer, dst, direction, &snapshot)
-            .await;
+        let target = match direction {
+            Direction::Outbound => tcp_target(&snapshot, dst),
+            Direction::Inbound => TcpTarget::Original,
+        };
+        // A long-lived connection must not pin this config: dropping the
+        // snapshot lets later configs' changes (and their clean-up) happen.
+        drop(snapshot);
+        self.forward_tcp(client, peer, dst, direction, target).await;
     }
 
     /// Forwards a connection as opaque bytes: to the original destination,
@@ -155,29 +168,41 @@ impl Proxy {
         peer: SocketAddr,
         dst: SocketAddr,
         direction: Direction,
-        snapshot: &Snapshot,
+        target: TcpTarget,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let upstream_addr = match direction {
-            Direction::Outbound => match tcp_endpoint(snapshot, dst) {
-                TcpTarget::Original => dst,
-                TcpTarget::Endpoint(addr) => addr,
-                TcpTarget::Unavailable(reason) => {
-                    debug!(%peer, %dst, %reason, "no endpoint for TCP service");
-                    self.metrics.tcp_error(direction, TcpErrorReason::Connect);
-                    return;
-                }
-            },
-            Direction::Inbound => dst,
+        let (upstream_addr, connect_timeout, guard) = match target {
+            TcpTarget::Original => (dst, self.config.connect_timeout, None),
+            TcpTarget::Endpoint {
+                endpoint,
+                connect_timeout,
+            } => (
+                endpoint.address(),
+                connect_timeout,
+                Some(endpoint.start_request()),
+            ),
+            TcpTarget::Unavailable(reason) => {
+                debug!(%peer, %dst, %reason, "no endpoint for TCP service");
+                self.metrics.tcp_error(direction, TcpErrorReason::Connect);
+                return;
+            }
         };
-        let mut upstream = match net::connect(
+        let connected = net::connect(
             upstream_addr,
             self.source_for(direction, upstream_addr),
-            self.config.connect_timeout,
+            connect_timeout,
         )
-        .await
-        {
+        .await;
+        // The balancer learns whether the endpoint took the connection, so
+        // outlier detection can eject one that refuses.
+        if let Some(guard) = guard {
+            guard.finish(match connected {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::ConnectFailure,
+            });
+        }
+        let mut upstream = match connected {
             Ok(upstream) => upstream,
             Err(e) => {
                 debug!(%peer, dst = %upstream_addr, error = %e, "upstream connect failed");
@@ -247,15 +272,20 @@ fn wants_http(
     }
 }
 
+/// Where an opaque connection goes.
+#[derive(Debug)]
 enum TcpTarget {
     Original,
-    Endpoint(SocketAddr),
+    Endpoint {
+        endpoint: Arc<EndpointState>,
+        connect_timeout: Duration,
+    },
     Unavailable(&'static str),
 }
 
 /// Where an outbound opaque connection goes: a `tcp` port's balanced
 /// endpoint, or the original destination.
-fn tcp_endpoint(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
+fn tcp_target(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
     let Some(port) = snapshot.service_by_addr(dst) else {
         return TcpTarget::Original;
     };
@@ -274,7 +304,10 @@ fn tcp_endpoint(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
         return TcpTarget::Unavailable("backend missing from config");
     };
     match backend.balancer.pick(None) {
-        Some(endpoint) => TcpTarget::Endpoint(endpoint.address()),
+        Some(endpoint) => TcpTarget::Endpoint {
+            endpoint,
+            connect_timeout: backend.config.connect_timeout,
+        },
         None => TcpTarget::Unavailable("backend has no endpoints"),
     }
 }

@@ -16,7 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use remora_api::{Backend, BackendRef, HttpSettings, InboundConfig, MeshConfig, Protocol, Route};
+use remora_api::{
+    Backend, BackendRef, HealthCheck, HttpSettings, InboundConfig, InboundMode, MeshConfig,
+    Protocol, Route,
+};
 use tracing::{info, warn};
 
 use crate::balance::{spawn_health_checks, Balancer};
@@ -36,6 +39,11 @@ pub(crate) enum StateError {
         port: usize,
         #[source]
         source: RouteError,
+    },
+    #[error("{field}: {reason}")]
+    Unsupported {
+        field: &'static str,
+        reason: &'static str,
     },
 }
 
@@ -61,9 +69,15 @@ pub(crate) struct BackendState {
     pub(crate) pool: Arc<Pool>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) budget: Arc<RetryBudget>,
-    /// Active health checks, stopped when this state is dropped (the
-    /// backend left the config, or its config changed).
-    _health: Option<AbortOnDropHandle<()>>,
+}
+
+/// A backend's running active health checks.
+#[derive(Debug)]
+struct HealthTask {
+    check: HealthCheck,
+    balancer: Arc<Balancer>,
+    /// Stops the checks when this entry is replaced or removed.
+    _task: AbortOnDropHandle<()>,
 }
 
 /// Everything a request reads, immutable once built.
@@ -142,6 +156,10 @@ pub(crate) struct State {
     last_error: Mutex<Option<String>>,
     metrics: Metrics,
     startup: Arc<Config>,
+    /// One health checker per backend that asks for one, owned here rather
+    /// than by snapshots, so that a snapshot kept alive by a long request
+    /// never keeps an outdated checker running.
+    health: Mutex<HashMap<String, HealthTask>>,
 }
 
 impl State {
@@ -151,6 +169,7 @@ impl State {
             last_error: Mutex::new(None),
             metrics,
             startup,
+            health: Mutex::default(),
         }
     }
 
@@ -180,6 +199,7 @@ impl State {
         match self.compile(config, &previous) {
             Ok(next) => {
                 info!(version = next.version(), "config applied");
+                self.sync_health_checks(&next);
                 self.current.store(Arc::new(next));
                 self.metrics.config_update(true);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -195,6 +215,14 @@ impl State {
     fn compile(&self, config: MeshConfig, previous: &Snapshot) -> Result<Snapshot, StateError> {
         // First everything that can fail, so that a rejected config touches
         // no live state.
+        if config.inbound.mode == InboundMode::Strict {
+            // Accepting it would promise what isn't enforced.
+            return Err(StateError::Unsupported {
+                field: "inbound.mode",
+                reason: "strict needs mesh mTLS, which this proxy does not provide yet; \
+                         use permissive (plaintext is accepted either way)",
+            });
+        }
         let mut ports = Vec::new();
         for (si, service) in config.outbound.services.iter().enumerate() {
             let name: Arc<str> = Arc::from(service.name.as_str());
@@ -256,6 +284,31 @@ impl State {
         })
     }
 
+    /// Starts, restarts and stops health checkers to match `snapshot`.
+    fn sync_health_checks(&self, snapshot: &Snapshot) {
+        let mut tasks = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|name, task| {
+            snapshot.backends.get(name).is_some_and(|backend| {
+                backend.config.health_check.as_ref() == Some(&task.check)
+                    && Arc::ptr_eq(&backend.balancer, &task.balancer)
+            })
+        });
+        for (name, backend) in &snapshot.backends {
+            let Some(check) = &backend.config.health_check else {
+                continue;
+            };
+            tasks.entry(name.clone()).or_insert_with(|| HealthTask {
+                check: check.clone(),
+                balancer: backend.balancer.clone(),
+                _task: AbortOnDropHandle::new(spawn_health_checks(
+                    backend.balancer.clone(),
+                    check.clone(),
+                    std::future::pending(),
+                )),
+            });
+        }
+    }
+
     /// Builds a backend's runtime state, carrying over what survives.
     fn backend(
         &self,
@@ -310,15 +363,7 @@ impl State {
                 Some(breaker.clone()),
             ),
         };
-        let health = config.health_check.clone().map(|check| {
-            AbortOnDropHandle::new(spawn_health_checks(
-                balancer.clone(),
-                check,
-                std::future::pending(),
-            ))
-        });
         Arc::new(BackendState {
-            _health: health,
             name: Arc::from(name),
             config: config.clone(),
             balancer,
@@ -364,6 +409,42 @@ pub(crate) fn passthrough_pool_settings(config: &Config) -> PoolSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_inbound_is_refused_until_mtls_exists() {
+        let startup = Arc::new(
+            Config::from_args(<crate::config::Args as clap::Parser>::parse_from([
+                "remora-proxy",
+            ]))
+            .expect("defaults are valid"),
+        );
+        let state = State::new(startup, Metrics::new());
+        let config = MeshConfig::from_yaml("version: a\ninbound: {mode: strict}\n").expect("valid");
+        let err = state.apply(config).expect_err("strict is refused");
+        assert!(
+            err.to_string()
+                .starts_with("inbound.mode: strict needs mesh mTLS"),
+            "{err}"
+        );
+        assert_eq!(state.load().version(), "", "nothing was applied");
+        assert!(state.last_error().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_documented_example_applies() {
+        let startup = Arc::new(
+            Config::from_args(<crate::config::Args as clap::Parser>::parse_from(["remora-proxy"]))
+                .expect("defaults are valid"),
+        );
+        let state = State::new(startup, Metrics::new());
+        let config = MeshConfig::from_yaml(include_str!("../../api/examples/mesh.yaml"))
+            .expect("the example is valid");
+        state.apply(config).expect("the proxy takes the example");
+        let snapshot = state.load();
+        assert_eq!(snapshot.version(), "2024-06-01.1");
+        let reviews = "10.96.0.20:9080".parse().expect("addr");
+        assert!(snapshot.service_by_addr(reviews).is_some());
+    }
 
     #[test]
     fn host_names_lose_their_port() {

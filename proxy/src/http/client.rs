@@ -66,12 +66,28 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(settings: PoolSettings, breaker: Option<Arc<CircuitBreaker>>) -> Arc<Self> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             settings,
             breaker,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    /// Closes idle connections past the idle timeout and forgets closed
+    /// ones and endpoints with none left, so a pool does not grow with
+    /// every endpoint it ever reached.
+    fn sweep_once(&self) {
+        let idle_timeout = self.settings.idle_timeout;
+        self.lock_h1().retain(|_, list| {
+            list.retain(|idle| idle.since.elapsed() < idle_timeout && !idle.sender.is_closed());
+            !list.is_empty()
+        });
+        self.lock_h2().retain(|_, sender| !sender.is_closed());
     }
 
     /// Sends `req` to `endpoint`. A `Connect` error means nothing was sent.
@@ -191,6 +207,7 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await
             .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
@@ -274,6 +291,25 @@ impl Pool {
 /// Classifies a failed exchange. hyper reports a failure of the request
 /// body it was sending (the downstream client cut its upload short) as a
 /// "user" error: that is the client's doing, not the endpoint's.
+/// Sweeps `pool` until it is dropped.
+async fn sweep(pool: Weak<Pool>) {
+    let every = match pool.upgrade() {
+        Some(pool) => {
+            (pool.settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        }
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep_once(),
+            None => return,
+        }
+    }
+}
+
 /// A connection waiting for its response body to end.
 #[derive(Debug)]
 struct Recycle {
@@ -344,4 +380,88 @@ fn upstream_error(endpoint: SocketAddr, e: hyper::Error) -> ProxyError {
         );
     }
     ProxyError::new(ErrorKind::Upstream, format!("{endpoint}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1 server on loopback that counts the connections it accepts.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(idle_timeout: Duration) -> Arc<Pool> {
+        Pool::new(
+            PoolSettings {
+                source_v4: None,
+                source_v6: None,
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout,
+                max_idle_per_endpoint: 4,
+            },
+            None,
+        )
+    }
+
+    fn get(addr: SocketAddr) -> Request<Body> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, addr.to_string())
+            .body(super::super::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_response_returns_its_connection_for_reuse() {
+        let (addr, accepted) = server().await;
+        let pool = pool(Duration::from_secs(60));
+        for _ in 0..5 {
+            let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection served all five"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_idle_connections_are_swept() {
+        let (addr, accepted) = server().await;
+        let pool = pool(Duration::from_millis(50));
+        let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+        drop(response.into_body().collect().await.unwrap());
+        assert_eq!(pool.lock_h1().get(&addr).map_or(0, Vec::len), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pool.sweep_once();
+        assert!(
+            pool.lock_h1().is_empty(),
+            "the expired connection and its endpoint are gone"
+        );
+        // The next request dials afresh.
+        let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+        drop(response.into_body().collect().await.unwrap());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 }

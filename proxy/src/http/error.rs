@@ -35,13 +35,15 @@ pub(crate) enum ErrorKind {
     Timeout,
     /// The request itself cannot be forwarded.
     BadRequest,
+    /// A route filter cannot apply to this request: the route needs fixing.
+    Filter,
 }
 
 impl ErrorKind {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::NoBackend | ErrorKind::Filter => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::NoEndpoints | ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Connect | ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -60,12 +62,13 @@ impl ErrorKind {
             ErrorKind::Upstream => "upstream",
             ErrorKind::Timeout => "timeout",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Filter => "filter",
         }
     }
 
     pub(crate) fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::NoRoute | ErrorKind::NoBackend => ErrorSource::Internal,
+            ErrorKind::NoRoute | ErrorKind::NoBackend | ErrorKind::Filter => ErrorSource::Internal,
             ErrorKind::BadRequest => ErrorSource::Downstream,
             _ => ErrorSource::Upstream,
         }

@@ -14,7 +14,7 @@ impl HttpProxy {
         mut req: Request<Body>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
         let snapshot = self.state.load();
-        let authority = authority_of(&req, conn.orig_dst);
+        let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded(req.headers_mut(), conn.peer.ip());
         }
@@ -22,7 +22,15 @@ impl HttpProxy {
             Version::HTTP_2 => Upstream::Http2,
             _ => Upstream::Http1,
         };
-        let result = forward(&self.inbound, conn.orig_dst, upstream, &authority, req).await;
+        let result = forward(
+            &self.drain,
+            &self.inbound,
+            conn.orig_dst,
+            upstream,
+            &authority,
+            req,
+        )
+        .await;
         (result, RequestLabels::default())
     }
 }

@@ -6,15 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{request, HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
+use super::body::{buffer, Buffered, Replay};
 use super::{
-    authority_of, empty, forward, full, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy,
-    ProxyError, Upstream,
+    authority_of, empty, forward, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy, ProxyError,
+    Upstream,
 };
 use crate::balance::{hash_key, Outcome};
 use crate::metrics::RequestLabels;
@@ -24,11 +23,6 @@ use crate::route::{
 };
 use crate::state::{BackendState, Snapshot};
 
-/// Request bodies up to this size are buffered when the route retries, so
-/// that a retry can send them again. Larger bodies are streamed and not
-/// retried after they start.
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
-
 impl HttpProxy {
     pub(super) async fn outbound(
         &self,
@@ -36,13 +30,21 @@ impl HttpProxy {
         req: Request<Body>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
         let snapshot = self.state.load();
-        let authority = authority_of(&req, conn.orig_dst);
+        let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         let Some(port) = snapshot.service_for(conn.orig_dst, &authority).cloned() else {
             let upstream = match conn.version {
                 Version::HTTP_2 => Upstream::Http2,
                 _ => Upstream::Http1,
             };
-            let result = forward(&self.passthrough, conn.orig_dst, upstream, &authority, req).await;
+            let result = forward(
+                &self.drain,
+                &self.passthrough,
+                conn.orig_dst,
+                upstream,
+                &authority,
+                req,
+            )
+            .await;
             return (result, RequestLabels::default());
         };
         let mut labels = RequestLabels {
@@ -107,6 +109,8 @@ impl HttpProxy {
             | (_, Version::HTTP_2) => Upstream::Http2,
             _ => Upstream::Http1,
         };
+        // Filters may have rewritten the host: forward what they left.
+        let authority = authority_of(&parts.uri, &parts.headers, conn.orig_dst);
         let mirrors: Vec<&Mirror> = {
             let mut rng = rand::rng();
             route
@@ -120,24 +124,16 @@ impl HttpProxy {
         let body = if mirrors.is_empty() {
             body
         } else {
-            match replayable(body).await {
-                Ok((Some(bytes), _)) => {
+            match buffer(body).await {
+                Ok(Buffered::Complete(replay)) => {
                     let template = Arc::new(Template::of(&parts));
                     for mirror in mirrors {
-                        self.mirror(
-                            &snapshot,
-                            mirror,
-                            &template,
-                            bytes.clone(),
-                            upstream,
-                            &authority,
-                        );
+                        self.mirror(&snapshot, mirror, &template, &replay, upstream, &authority);
                     }
-                    full(bytes)
+                    replay.body()
                 }
                 // Too big to copy: the request goes on, unmirrored.
-                Ok((None, Some(body))) => body,
-                Ok((None, None)) => empty(),
+                Ok(Buffered::Streamed(body)) => body,
                 Err(e) => return (Err(e), labels),
             }
         };
@@ -179,27 +175,29 @@ impl HttpProxy {
         let retry = route.retry();
         backend.budget.deposit();
 
-        // A retried request needs its body again: keep small ones.
-        let (template, mut first_body, replay) = match retry {
-            Some(_) => match replayable(body).await {
-                Ok((bytes, rest)) => (Some(Template::of(&parts)), rest, bytes),
-                Err(e) => return Err(e),
+        // A retried request needs its body again: keep small ones. A body
+        // too big to keep is sent once and never retried.
+        let (mut first_body, retryable) = match retry {
+            Some(_) => match buffer(body).await? {
+                Buffered::Complete(replay) => (None, Some((Template::of(&parts), replay))),
+                Buffered::Streamed(body) => (Some(body), None),
             },
-            None => (None, Some(body), None),
+            None => (Some(body), None),
         };
         let mut first = Some(parts);
         let deadline = timeouts.request.map(|d| Instant::now() + d);
         let mut attempt: u32 = 0;
         loop {
-            let req = match (first.take(), &template) {
-                (Some(parts), _) => {
-                    let body = first_body
-                        .take()
-                        .unwrap_or_else(|| replay.clone().map_or_else(empty, full));
-                    Request::from_parts(parts, body)
+            let req = match (first.take(), &retryable) {
+                (Some(parts), Some((_, replay))) => Request::from_parts(parts, replay.body()),
+                (Some(parts), None) => {
+                    Request::from_parts(parts, first_body.take().unwrap_or_else(empty))
                 }
-                (None, Some(template)) => template.request(replay.clone().map_or_else(empty, full)),
-                (None, None) => unreachable_retry(),
+                (None, Some((template, replay))) => template.request(replay.body()),
+                // Only a retryable request comes round again.
+                (None, None) => {
+                    return Err(ProxyError::new(ErrorKind::Upstream, "no retry possible"))
+                }
             };
             let method = req.method().clone();
             let result = self
@@ -211,9 +209,8 @@ impl HttpProxy {
                 return result;
             };
             // A streamed body was consumed by the first attempt.
-            let body_replayable = replay.is_some();
-            let may_retry = match (retry, &template) {
-                (Some(policy), Some(_)) if body_replayable => {
+            let may_retry = match (retry, &retryable) {
+                (Some(policy), Some(_)) => {
                     attempt < policy.attempts
                         && is_retryable(
                             &method,
@@ -260,6 +257,7 @@ impl HttpProxy {
             .map_err(|open| ProxyError::new(ErrorKind::CircuitOpen, open.to_string()))?;
         let guard = endpoint.start_request();
         let send = forward(
+            &self.drain,
             &backend.pool,
             endpoint.address(),
             target.upstream,
@@ -295,7 +293,7 @@ impl HttpProxy {
         snapshot: &Snapshot,
         mirror: &Mirror,
         template: &Arc<Template>,
-        body: Bytes,
+        replay: &Replay,
         upstream: Upstream,
         authority: &str,
     ) {
@@ -303,15 +301,24 @@ impl HttpProxy {
             return;
         };
         let template = template.clone();
+        let replay = replay.clone();
+        let drain = self.drain.clone();
         let authority = authority.to_owned();
         tokio::spawn(async move {
             let Some(endpoint) = backend.balancer.pick(None) else {
                 return;
             };
-            let req = template.request(full(body));
+            let req = template.request(replay.body());
             let exchange = async {
-                let response =
-                    forward(&backend.pool, endpoint.address(), upstream, &authority, req).await?;
+                let response = forward(
+                    &drain,
+                    &backend.pool,
+                    endpoint.address(),
+                    upstream,
+                    &authority,
+                    req,
+                )
+                .await?;
                 // Read the answer so the connection can be reused.
                 let _ = response.into_body().collect().await;
                 Ok::<_, ProxyError>(())
@@ -334,6 +341,9 @@ fn outcome_of(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
         Err(e) if e.kind == ErrorKind::Connect => Some(Outcome::ConnectFailure),
         Err(e) if e.kind == ErrorKind::Timeout => Some(Outcome::Timeout),
         Err(e) if e.kind.source() == ErrorSource::Downstream => None,
+        // The proxy refused before the endpoint had a say: nothing to learn
+        // about it, and retrying would only spend budget on an overload.
+        Err(e) if matches!(e.kind, ErrorKind::CircuitOpen | ErrorKind::NoEndpoints) => None,
         Err(_) => Some(Outcome::Error),
     }
 }
@@ -350,13 +360,7 @@ struct Target<'a> {
 /// A filter that cannot apply to this request: the route is misconfigured
 /// for it, so the client gets a 500, and nothing is retried.
 fn filter_error(e: &crate::route::FilterError) -> ProxyError {
-    ProxyError::new(ErrorKind::NoBackend, format!("route filter: {e}"))
-}
-
-fn unreachable_retry() -> Request<Body> {
-    // `send` only loops when a template exists; an empty request is the
-    // harmless answer if that ever changes.
-    Request::new(empty())
+    ProxyError::new(ErrorKind::Filter, format!("route filter: {e}"))
 }
 
 /// The `grpc-status` of a trailers-only gRPC response, if any.
@@ -397,29 +401,5 @@ impl Template {
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
         req
-    }
-}
-
-/// Buffers a body that is small enough to send again. Returns the bytes
-/// (`None` when it's too big), and the body to stream instead when it is.
-async fn replayable(body: Body) -> Result<(Option<Bytes>, Option<Body>), ProxyError> {
-    if body.is_end_stream() {
-        return Ok((Some(Bytes::new()), None));
-    }
-    match body.size_hint().upper() {
-        Some(n) if n <= MAX_REPLAY_BODY => {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| {
-                    ProxyError::new(
-                        ErrorKind::BadRequest,
-                        format!("reading the request body: {e}"),
-                    )
-                })?
-                .to_bytes();
-            Ok((Some(bytes), None))
-        }
-        _ => Ok((None, Some(body))),
     }
 }
