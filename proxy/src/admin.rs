@@ -167,12 +167,7 @@ mod tests {
     fn state(ready: bool) -> (AdminState, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(ready);
         let metrics = Metrics::new();
-        let startup = Arc::new(
-            crate::config::Config::from_args(<crate::config::Args as clap::Parser>::parse_from([
-                "remora-proxy",
-            ]))
-            .unwrap(),
-        );
+        let startup = Arc::new(crate::config::defaults());
         let state = AdminState {
             metrics: metrics.clone(),
             drain: Drain::new(),

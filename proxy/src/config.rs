@@ -158,6 +158,13 @@ impl Config {
     }
 }
 
+/// The defaults, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn defaults() -> Config {
+    let args = <Args as Parser>::parse_from(["remora-proxy"]);
+    Config::from_args(args).expect("the defaults are valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,10 +332,9 @@ impl std::fmt::Display for Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn config() -> Config {
-        Config::from_args(crate::config::Args::parse_from(["remora-proxy"])).unwrap()
+        crate::config::defaults()
     }
 
     #[test]

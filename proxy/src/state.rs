@@ -412,12 +412,7 @@ mod tests {
 
     #[test]
     fn strict_inbound_is_refused_until_mtls_exists() {
-        let startup = Arc::new(
-            Config::from_args(<crate::config::Args as clap::Parser>::parse_from([
-                "remora-proxy",
-            ]))
-            .expect("defaults are valid"),
-        );
+        let startup = Arc::new(crate::config::defaults());
         let state = State::new(startup, Metrics::new());
         let config = MeshConfig::from_yaml("version: a\ninbound: {mode: strict}\n").expect("valid");
         let err = state.apply(config).expect_err("strict is refused");
@@ -432,10 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_documented_example_applies() {
-        let startup = Arc::new(
-            Config::from_args(<crate::config::Args as clap::Parser>::parse_from(["remora-proxy"]))
-                .expect("defaults are valid"),
-        );
+        let startup = Arc::new(crate::config::defaults());
         let state = State::new(startup, Metrics::new());
         let config = MeshConfig::from_yaml(include_str!("../../api/examples/mesh.yaml"))
             .expect("the example is valid");
