@@ -5,6 +5,7 @@
 //! This module owns the app side only; what the mesh does to the calls is
 //! asserted in `tests/grpc.rs`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -148,5 +149,96 @@ impl Echo for EchoService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+}
+
+/// A tonic `echo.Echo` app that fails the first attempts of every call: for
+/// each distinct `SayRequest.text` it answers the first `failures` calls
+/// with a status of `code` and the later ones with the echo. It counts the
+/// attempts per text, so a test sees how many times a retrying proxy sent
+/// each call, and that each retry carried the whole request message (an
+/// empty or truncated message would be counted under another text).
+#[derive(Debug)]
+pub struct FlakyGrpcApp {
+    attempts: Arc<Mutex<BTreeMap<String, u32>>>,
+    task: JoinHandle<()>,
+}
+
+impl FlakyGrpcApp {
+    /// How many `Say` attempts arrived for each request text.
+    pub fn attempts(&self) -> BTreeMap<String, u32> {
+        self.attempts.lock().expect("attempts poisoned").clone()
+    }
+}
+
+impl Drop for FlakyGrpcApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pod {
+    /// Starts a [`FlakyGrpcApp`] on `0.0.0.0:port` inside the pod.
+    pub fn spawn_grpc_flaky_server(&self, port: u16, failures: u32, code: Code) -> FlakyGrpcApp {
+        let listener = self.listen_tcp(port);
+        let attempts = Arc::new(Mutex::new(BTreeMap::new()));
+        let service = EchoServer::new(FlakyEchoService {
+            attempts: attempts.clone(),
+            failures,
+            code,
+        });
+        let task = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = Server::builder()
+                .serve_with_incoming(service, incoming)
+                .await
+            {
+                eprintln!("flaky gRPC app stopped: {e}");
+            }
+        });
+        FlakyGrpcApp { attempts, task }
+    }
+}
+
+#[derive(Debug)]
+struct FlakyEchoService {
+    attempts: Arc<Mutex<BTreeMap<String, u32>>>,
+    failures: u32,
+    code: Code,
+}
+
+#[tonic::async_trait]
+impl Echo for FlakyEchoService {
+    async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|p| p.ip().to_string())
+            .unwrap_or_default();
+        let request = request.into_inner();
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("attempts poisoned");
+            let n = attempts.entry(request.text.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempt <= self.failures {
+            return Err(Status::new(
+                self.code,
+                format!("attempt {attempt} of {:?} fails", request.text),
+            ));
+        }
+        Ok(Response::new(SayReply {
+            text: request.text,
+            peer,
+        }))
+    }
+
+    type ChatStream = ChatStream;
+
+    async fn chat(
+        &self,
+        _request: Request<Streaming<ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("the flaky app only answers Say"))
     }
 }

@@ -75,6 +75,15 @@ impl Pod {
     /// Starts `remora-proxy args` inside the pod as uid/gid 1337 and waits
     /// until `GET /ready` on its admin port answers 200.
     pub async fn start_proxy(&self, args: &[&str]) -> ProxyHandle {
+        let mut proxy = self.spawn_proxy(args);
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Starts `remora-proxy args` inside the pod as uid/gid 1337 without
+    /// waiting for it to become ready: for proxies expected to refuse to
+    /// start (see [`ProxyHandle::wait_exit`] and [`ProxyHandle::log`]).
+    pub fn spawn_proxy(&self, args: &[&str]) -> ProxyHandle {
         let log = std::env::temp_dir().join(format!("{}-proxy.log", self.namespace()));
         let log_file = File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create proxy log {}: {e}", log.display()));
@@ -97,15 +106,13 @@ impl Pod {
         // `ip netns exec` and `setpriv` exec in place: this pid is the proxy.
         self.net.register_child(child.id());
         let admin_port = admin_port(args);
-        let mut proxy = ProxyHandle {
+        ProxyHandle {
             pod: self.clone(),
             child: Some(child),
             exited: None,
             log,
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
-        };
-        proxy.wait_ready().await;
-        proxy
+        }
     }
 
     /// Installs capture with the default flags and starts a proxy with

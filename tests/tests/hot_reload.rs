@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use remora_api::MeshConfig;
 use remora_e2e::http_apps::{HttpClient, CONFIG_UPDATES};
 use remora_e2e::mesh_config::{
-    config_dump, round_robin, route, vip, wait_version, web, Apps, Match, Standalone,
+    config_dump, round_robin, route, vip, wait_version, web, Apps, ConfigFile, Match, Standalone,
 };
+use remora_e2e::{TestNet, WAIT};
 
 /// `/flip` goes to backend `flip`; `/pool` is balanced over `pool`.
 fn config(version: &str, apps: &Apps, flip: &str, pool: &[&str]) -> MeshConfig {
@@ -267,4 +268,81 @@ async fn an_invalid_file_is_rejected_and_the_last_good_config_stays() {
     assert_eq!(dump.last_error, None, "a good config clears lastError");
     let reply = client.get("/flip").await.expect("GET /flip");
     assert_eq!((reply.status, reply.body.as_str()), (200, "b"));
+}
+
+/// `inbound.mode: strict` promises mTLS the proxy cannot enforce yet, so a
+/// proxy refuses to start on it, saying why.
+#[tokio::test]
+async fn a_proxy_refuses_to_start_on_a_strict_inbound_config() {
+    let net = TestNet::new("reload_strict_start");
+    let pod = net.pod("a");
+    let file = ConfigFile::new("reload_strict_start");
+    file.write_json(
+        &serde_json::json!({ "version": "strict-v1", "inbound": { "mode": "strict" } }),
+    );
+    let mut proxy = pod.spawn_proxy(&file.proxy_args());
+    let status = proxy.wait_exit(WAIT).await.unwrap_or_else(|| {
+        panic!(
+            "the proxy is still running on a strict config; its log:\n{}",
+            proxy.log()
+        )
+    });
+    let log = proxy.log();
+    assert!(
+        !status.success(),
+        "the proxy exited with {status} on a strict config; its log:\n{log}"
+    );
+    assert!(
+        log.contains("inbound.mode") && log.contains("mTLS"),
+        "the proxy's error must name inbound.mode and mTLS; its log:\n{log}"
+    );
+}
+
+/// Reloading a running proxy to `inbound.mode: strict` is rejected like any
+/// invalid config: the previous one stays in force.
+#[tokio::test]
+async fn a_reload_to_strict_inbound_is_rejected_and_the_last_good_config_stays() {
+    let t = Standalone::start("reload_strict", &["a", "b", "c1"], |apps| {
+        config("v1", apps, "a", &["c1"])
+    })
+    .await;
+    let mut client = t.http();
+    assert_eq!(client.get("/flip").await.expect("GET /flip").body, "a");
+
+    // Applied, this would also send /flip to b.
+    let mut strict = serde_json::to_value(config("v2", &t.apps, "b", &["c1"])).unwrap();
+    strict["inbound"] = serde_json::json!({ "mode": "strict" });
+    let before = t.proxy.metrics().await;
+    t.file.write_json(&strict);
+    let after = t
+        .proxy
+        .wait_metrics("the strict config rejected", |m| {
+            m.since(&before, CONFIG_UPDATES, &[("result", "rejected")]) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        after.since(&before, CONFIG_UPDATES, &[("result", "rejected")]),
+        1.0,
+        "one rejection\n{after}"
+    );
+    assert_eq!(
+        after.since(&before, CONFIG_UPDATES, &[("result", "applied")]),
+        0.0,
+        "nothing applied\n{after}"
+    );
+    let dump = config_dump(&t.proxy).await;
+    assert_eq!(dump.version, "v1", "the last good version stays");
+    let error = dump.last_error.unwrap_or_default();
+    assert!(
+        error.contains("inbound.mode"),
+        "lastError must name inbound.mode; got {error:?}"
+    );
+    for _ in 0..5 {
+        let reply = client.get("/flip").await.expect("GET /flip");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "a"),
+            "traffic follows the last good config"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use remora_e2e::http_apps::REQUESTS;
+use remora_e2e::http_apps::{HttpClient, REQUESTS};
 use remora_e2e::mesh_config::ConfigFile;
 use remora_e2e::metrics::OPENED;
 use remora_e2e::{within, App, Pod, ProxyHandle, TestNet, INBOUND, WAIT};
@@ -371,5 +371,192 @@ async fn curl_with_http2_prior_knowledge_works_through_the_mesh() {
         a1.since(&a0, REQUESTS, &[("service", SERVICE), ("status", "200")]),
         1.0,
         "curl's request routed to {SERVICE}\n{a1}"
+    );
+}
+
+/// What an app saw of one request: its HTTP version, the URI's authority
+/// (HTTP/2's `:authority`) and its `Host` headers.
+#[derive(Debug, Clone)]
+struct SeenHost {
+    version: http::Version,
+    authority: Option<String>,
+    host: Vec<String>,
+}
+
+impl SeenHost {
+    /// The host the request is for: `:authority` over HTTP/2, `Host` over
+    /// HTTP/1.1. A request carrying both with different values fails the
+    /// test, as it would confuse an app.
+    fn effective(&self) -> String {
+        let host = self.host.first().cloned();
+        match (&self.authority, &host) {
+            (Some(a), Some(h)) => {
+                assert_eq!(a, h, ":authority and Host disagree: {self:?}");
+                a.clone()
+            }
+            (Some(a), None) => a.clone(),
+            (None, Some(h)) => h.clone(),
+            (None, None) => panic!("a request with neither :authority nor Host: {self:?}"),
+        }
+    }
+}
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An app on `port` that records the host of every request and answers
+/// `200 host-recorder`. With `http1` it also speaks HTTP/1.1, choosing by
+/// the connection's first bytes; without, it speaks only HTTP/2.
+fn spawn_host_recorder(pod: &Pod, port: u16, http1: bool) -> (App, Arc<Mutex<Vec<SeenHost>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = pod.spawn_server(port, move |stream: TcpStream| {
+        let record = record.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let record = record.clone();
+                async move {
+                    record.lock().expect("seen poisoned").push(SeenHost {
+                        version: req.version(),
+                        authority: req.uri().authority().map(|a| a.to_string()),
+                        host: req
+                            .headers()
+                            .get_all(http::header::HOST)
+                            .iter()
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .collect(),
+                    });
+                    Ok::<_, Infallible>(Response::new(full("host-recorder")))
+                }
+            });
+            if http1 && !starts_with_h2_preface(&stream).await {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        }
+    });
+    (app, seen)
+}
+
+/// Peeks at the first bytes until they show whether they are the HTTP/2
+/// preface (bounded by [`WAIT`]).
+async fn starts_with_h2_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `URLRewrite` with `hostname` is what the backend sees as its host,
+/// whichever HTTP version each side speaks: an HTTP/2 client on an `http2`
+/// port (HTTP/2 on both sides: the rewrite must reach `:authority`), and an
+/// HTTP/1.1 client and an HTTP/2 client on an `http` port (each forwarded
+/// in its own version: `Host`, then `:authority`).
+///
+/// An HTTP/1.1 client cannot use an `http2` port at all (it is declared
+/// prior-knowledge HTTP/2, so its bytes are not detected), which is why the
+/// HTTP/1.1 client talks to the `http` port.
+#[tokio::test]
+async fn url_rewrite_hostname_reaches_the_backend_over_http2_and_http1() {
+    const H2_VIP: &str = "10.96.0.30:80";
+    const MIXED_VIP: &str = "10.96.0.31:80";
+    const H2_PORT: u16 = 8081;
+    const MIXED_PORT: u16 = 8082;
+    let net = TestNet::new("h2_rewrite_host");
+    let a = net.pod("a");
+    let b = net.pod("b");
+    let (_h2_app, h2_seen) = spawn_host_recorder(&b, H2_PORT, false);
+    let (_mixed_app, mixed_seen) = spawn_host_recorder(&b, MIXED_PORT, true);
+    let rewrite_route = |backend: &str| {
+        json!([{
+            "name": "rewrite-host",
+            "filters": [{ "type": "URLRewrite", "urlRewrite": { "hostname": "rewritten.example" } }],
+            "backendRefs": [{ "name": backend }],
+        }])
+    };
+    let config = ConfigFile::new("h2_rewrite_host");
+    config.write_json(&json!({
+        "version": "rewrite-host",
+        "outbound": { "services": [
+            {
+                "name": "h2only.default",
+                "addresses": ["10.96.0.30"],
+                "ports": [{ "port": 80, "protocol": "http2", "routes": rewrite_route("h2only") }],
+            },
+            {
+                "name": "mixed.default",
+                "addresses": ["10.96.0.31"],
+                "ports": [{ "port": 80, "protocol": "http", "routes": rewrite_route("mixed") }],
+            },
+        ]},
+        "backends": {
+            "h2only": { "endpoints": [{ "address": b.addr4(H2_PORT).to_string() }] },
+            "mixed": { "endpoints": [{ "address": b.addr4(MIXED_PORT).to_string() }] },
+        },
+    }));
+    let _proxy_a = a.mesh_with(&[], &config.proxy_args()).await;
+
+    // HTTP/2 client, `http2` port: HTTP/2 on both sides.
+    let h2_vip: SocketAddr = H2_VIP.parse().unwrap();
+    let sender = within(WAIT, "the h2 connection", h2_connect(&a, h2_vip)).await;
+    let (status, body) = within(
+        WAIT,
+        "GET over h2 to the http2 port",
+        send(&sender, request(Method::GET, h2_vip, "/h2", full(""))),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"host-recorder"[..]));
+    let seen = h2_seen.lock().expect("seen poisoned").clone();
+    assert_eq!(seen.len(), 1, "one request at the h2 app: {seen:?}");
+    assert_eq!(seen[0].version, http::Version::HTTP_2, "{seen:?}");
+    assert_eq!(
+        seen[0].effective(),
+        "rewritten.example",
+        "the host the backend saw, HTTP/2 client -> http2 port: {seen:?}"
+    );
+
+    // HTTP/1.1 client, `http` port: HTTP/1.1 on both sides.
+    let mixed_vip: SocketAddr = MIXED_VIP.parse().unwrap();
+    let reply = HttpClient::new(&a, mixed_vip)
+        .get("/h1")
+        .await
+        .expect("GET over HTTP/1.1 to the http port");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "host-recorder"));
+    // HTTP/2 client, `http` port: detected, forwarded over HTTP/2.
+    let sender = within(WAIT, "the h2 connection", h2_connect(&a, mixed_vip)).await;
+    let (status, _) = within(
+        WAIT,
+        "GET over h2 to the http port",
+        send(&sender, request(Method::GET, mixed_vip, "/h2", full(""))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = mixed_seen.lock().expect("seen poisoned").clone();
+    assert_eq!(seen.len(), 2, "two requests at the mixed app: {seen:?}");
+    assert_eq!(
+        (seen[0].version, seen[0].effective().as_str()),
+        (http::Version::HTTP_11, "rewritten.example"),
+        "the host the backend saw, HTTP/1.1 client -> http port: {seen:?}"
+    );
+    assert_eq!(
+        (seen[1].version, seen[1].effective().as_str()),
+        (http::Version::HTTP_2, "rewritten.example"),
+        "the host the backend saw, HTTP/2 client -> http port: {seen:?}"
     );
 }

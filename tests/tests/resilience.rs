@@ -7,10 +7,15 @@
 //! what a backend would see, not just what the proxy reports.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use remora_e2e::http_apps::{send_many, HttpClient, Req, HTTP_ERRORS, OUTLIER_EJECTIONS, RETRIES};
-use remora_e2e::mesh_config::{round_robin, route, vip, web, Match, Standalone};
+use remora_e2e::mesh_config::{
+    config_dump, round_robin, route, vip, wait_version, web, ConfigFile, Match, Standalone,
+};
+use remora_e2e::{round_trip, within, TestNet, WAIT};
+use serde_json::json;
 
 #[tokio::test]
 async fn retries_and_outlier_detection_hide_an_endpoint_killed_mid_run() {
@@ -418,4 +423,129 @@ async fn proxy_made_errors_have_their_status_and_reason() {
             "{reason} counted once\n{after}"
         );
     }
+}
+
+/// A `tcp` service port balances connections over its backend, and outlier
+/// detection ejects an endpoint that refuses them: after the first refused
+/// connection every later one reaches the live endpoint, the ejection is
+/// counted, and `/config_dump` shows the endpoint ejected.
+#[tokio::test]
+async fn a_tcp_service_port_ejects_an_endpoint_that_refuses_connections() {
+    const TCP_VIP: &str = "10.96.0.50:5000";
+    let net = TestNet::new("res_tcp_eject");
+    let client = net.pod("client");
+    let server = net.pod("srv");
+    let live = server.spawn_echo_server(9001);
+    let dead = server.spawn_echo_server(9002);
+    let (live_addr, dead_addr) = (server.addr4(9001), server.addr4(9002));
+    let vip: SocketAddr = TCP_VIP.parse().expect("TCP_VIP");
+    let file = ConfigFile::new("res_tcp_eject");
+    file.write_json(&json!({
+        "version": "tcp-v1",
+        "outbound": { "services": [{
+            "name": "echo-tcp.default",
+            "addresses": [vip.ip().to_string()],
+            "ports": [{ "port": vip.port(), "protocol": "tcp", "backendRefs": [{ "name": "echo" }] }],
+        }]},
+        "backends": { "echo": {
+            "endpoints": [
+                { "address": live_addr.to_string() },
+                { "address": dead_addr.to_string() },
+            ],
+            "loadBalancer": "roundRobin",
+            "outlierDetection": {
+                "consecutiveConnectFailures": 1,
+                "interval": "1s",
+                "baseEjectionTime": "1m",
+            },
+        }},
+    }));
+    let proxy = client.mesh_with(&[], &file.proxy_args()).await;
+    wait_version(&proxy, "tcp-v1").await;
+
+    // Both endpoints answer before one dies: the service works as balanced.
+    for i in 0..4 {
+        let mut stream = client.connect(vip).await.expect("connect to the tcp VIP");
+        let payload = format!("warm-up {i}");
+        let reply = within(
+            WAIT,
+            "a warm-up echo",
+            round_trip(&mut stream, payload.as_bytes()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("warm-up echo {i}: {e}"));
+        assert_eq!(reply, payload.as_bytes(), "warm-up echo {i}");
+    }
+    assert!(
+        !live.peers().is_empty() && !dead.peers().is_empty(),
+        "round robin spread the warm-up over both endpoints: live {:?}, dead {:?}",
+        live.peers(),
+        dead.peers()
+    );
+
+    drop(dead); // Its listeners close: connections to it are refused.
+    let deadline = Instant::now() + WAIT;
+    while server.connect(dead_addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "{dead_addr} still accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = proxy.metrics().await;
+    const CONNECTIONS: usize = 20;
+    let mut outcomes = Vec::new();
+    for i in 0..CONNECTIONS {
+        let payload = format!("connection {i}");
+        let outcome = match client.connect(vip).await {
+            Ok(mut stream) => {
+                match within(WAIT, "an echo", round_trip(&mut stream, payload.as_bytes())).await {
+                    Ok(reply) if reply == payload.as_bytes() => Ok(()),
+                    Ok(reply) => Err(format!("got {:?}", String::from_utf8_lossy(&reply))),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(format!("connect: {e}")),
+        };
+        outcomes.push(outcome);
+    }
+    let failed: Vec<usize> = (0..CONNECTIONS).filter(|i| outcomes[*i].is_err()).collect();
+    assert!(
+        failed.len() == 1 && failed[0] < 2,
+        "with consecutiveConnectFailures 1, one connection to the refusing endpoint \
+         (among the first two) fails and every later one echoes; failed: {:?}",
+        failed
+            .iter()
+            .map(|i| format!("#{i}: {:?}", outcomes[*i]))
+            .collect::<Vec<_>>()
+    );
+
+    let after = proxy
+        .wait_metrics("the ejection counted", |m| {
+            m.since(&before, OUTLIER_EJECTIONS, &[("backend", "echo")]) >= 1.0
+        })
+        .await;
+    assert!(
+        after.since(&before, OUTLIER_EJECTIONS, &[("backend", "echo")]) >= 1.0,
+        "{after}"
+    );
+    let dump = config_dump(&proxy).await;
+    let endpoints = dump.raw["backends"]["echo"]["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/config_dump has no backends.echo.endpoints: {}", dump.raw))
+        .clone();
+    let ejected = |addr: SocketAddr| {
+        endpoints
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} missing from /config_dump: {endpoints:?}"))["ejected"]
+            .clone()
+    };
+    assert_eq!(
+        ejected(dead_addr),
+        json!(true),
+        "the refusing endpoint: {endpoints:?}"
+    );
+    assert_eq!(
+        ejected(live_addr),
+        json!(false),
+        "the live endpoint: {endpoints:?}"
+    );
 }
