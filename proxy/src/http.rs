@@ -263,13 +263,17 @@ fn prepare_uri(
     upstream: Upstream,
     authority: &str,
 ) -> Result<(), ProxyError> {
+    // The path and query are reused as they are (cheap clones, no parse).
     let path_and_query = req
         .uri()
         .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let bad_uri =
-        |e: http::Error| ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"));
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let bad_uri = |e: http::uri::InvalidUriParts| {
+        ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path_and_query);
     match upstream {
         Upstream::Http1 => {
             if !req.headers().contains_key(header::HOST) {
@@ -278,22 +282,17 @@ fn prepare_uri(
                 })?;
                 req.headers_mut().insert(header::HOST, host);
             }
-            *req.uri_mut() = Uri::builder()
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(bad_uri)?;
             *req.version_mut() = Version::HTTP_11;
         }
         Upstream::Http2 => {
             req.headers_mut().remove(header::HOST);
-            *req.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(bad_uri)?;
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(authority.parse().map_err(|e| {
+                ProxyError::new(ErrorKind::BadRequest, format!("bad authority: {e}"))
+            })?);
             *req.version_mut() = Version::HTTP_2;
         }
     }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(bad_uri)?;
     Ok(())
 }

@@ -25,6 +25,8 @@ mod filters;
 mod select;
 mod split;
 
+use std::sync::Arc;
+
 use remora_api::{Retry, Route, Timeouts};
 
 pub(crate) use filters::{
@@ -48,6 +50,8 @@ pub(crate) struct RouteTable {
 #[derive(Debug)]
 pub(crate) struct CompiledRoute {
     name: Option<String>,
+    /// The `route` metric label, made once.
+    label: Arc<str>,
     filters: Filters,
     backends: Split,
     timeouts: Timeouts,
@@ -165,6 +169,7 @@ impl CompiledRoute {
     fn new(route: &Route) -> Result<Self, FieldError> {
         Ok(Self {
             name: route.name.clone(),
+            label: Arc::from(route.name.as_deref().unwrap_or_default()),
             filters: Filters::compile(&route.filters, "filters")?,
             backends: Split::compile(&route.backend_refs)?,
             timeouts: route.timeouts,
@@ -173,6 +178,11 @@ impl CompiledRoute {
     }
 
     /// The route's name, for metrics and logs.
+    /// The route's name as a metric label ("" when unnamed).
+    pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }

@@ -68,7 +68,7 @@ impl HttpProxy {
             );
         };
         let route = selected.route;
-        labels.route = Arc::from(route.name().unwrap_or_default());
+        labels.route = route.label().clone();
 
         match apply_request_filters(route.filters(), &mut parts, selected.matched_prefix) {
             Ok(FilterOutcome::Continue) => {}
