@@ -5,7 +5,7 @@
 #
 # usage: sudo bench/run.sh [--quick] [--rounds N] [--only a,b,c] [--out DIR]
 #                          [--proxy-args "ARGS"] [--variant NAME="ARGS"]...
-#                          [--no-build] [--no-install]
+#                          [--rate-moderate N] [--no-build] [--no-install]
 set -euo pipefail
 
 # --------------------------------------------------------------------------
@@ -23,6 +23,7 @@ VETH_C=rb-c0
 VETH_S=rb-s0
 IPERF_PORT=5201
 HTTP_PORT=80
+H2_PORT=81                # the origin's h2c (prior knowledge) port
 
 QUICK=0
 ROUNDS=""
@@ -32,6 +33,7 @@ BUILD=1
 INSTALL=1
 REMORA_PROXY_ARGS="${REMORA_PROXY_ARGS:-}"
 VARIANTS=()               # "name=args": extra remora scenarios
+RATE_MOD=10000            # the moderate fixed rate (req/s) for open-loop latency
 
 usage() {
     sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -44,6 +46,7 @@ usage() {
   --out DIR            where logs and results.md go (default bench/out/<utc-time>)
   --proxy-args ARGS    extra flags for remora-proxy in the "remora" scenario
   --variant N=ARGS     add a scenario "remora-N": remora-proxy --workers 1 ARGS
+  --rate-moderate N    the moderate fixed rate for open-loop latency, req/s (default 10000)
   --no-build           do not build; use target/release binaries as they are
   --no-install         do not apt-get install missing tools
 Env: REMORA_PROXY, REMORA_INIT override the binaries (default target/release/).
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --proxy-args) REMORA_PROXY_ARGS="$2"; shift ;;
         --variant) VARIANTS+=("$2"); shift ;;
+        --rate-moderate) RATE_MOD="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --no-install) INSTALL=0 ;;
         -h|--help) usage; exit 0 ;;
@@ -68,15 +72,17 @@ done
 
 if [ "$QUICK" = 1 ]; then
     : "${ROUNDS:=1}"
-    IPERF_T=2; WRK_D=3; CLOSE_D=2; WARM_D=1; IDLE_N=1000
+    IPERF_T=2; WRK_D=3; CLOSE_D=2; WARM_D=1; IDLE_N=1000; H2L_D=3
 else
     : "${ROUNDS:=2}"
-    IPERF_T=5; WRK_D=10; CLOSE_D=5; WARM_D=1; IDLE_N=1000
+    IPERF_T=5; WRK_D=10; CLOSE_D=5; WARM_D=1; IDLE_N=1000; H2L_D=10
 fi
 WRK_T=1; WRK_C=16
+H2L_C=16; H2L_M=10        # h2load: connections; streams per connection (HTTP/2)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+case "$RATE_MOD" in ''|*[!0-9]*) die "--rate-moderate needs a whole number of req/s" ;; esac
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables): sudo bench/run.sh"
 
@@ -302,12 +308,18 @@ $(nginx_temp_paths "$T/ngx/origin")
     listen $IP_S:$HTTP_PORT backlog=4096;
     location / { default_type text/plain; return 200 "ok\n"; }
   }
+  # HTTP/2 over cleartext with prior knowledge (h2c), for the HTTP/2 test.
+  server {
+    listen $IP_S:$H2_PORT http2 backlog=4096;
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
 }
 EOF
     start_bg "$OUT/nginx-origin.log" ip netns exec "$NS_S" nginx -e "$OUT/nginx-origin.err" -c "$T/ngx/origin/nginx.conf"
     wait_listen "$NS_S" "$IPERF_PORT" "$IPERF_PID" || die "iperf3 server did not start"
     wait_listen "$NS_S" "$HTTP_PORT" "$BG_PID" || die "origin nginx did not start"
     in_c curl -sf -m 5 "http://$IP_S:$HTTP_PORT/" >/dev/null || die "origin nginx does not answer over the veth link"
+    in_c curl -sf -m 5 --http2-prior-knowledge "http://$IP_S:$H2_PORT/" >/dev/null || die "origin nginx does not answer h2c on :$H2_PORT"
 }
 
 # --------------------------------------------------------------------------
@@ -379,9 +391,12 @@ $(nginx_temp_paths "$d")
   access_log off;
   keepalive_requests 100000000;
   keepalive_timeout 300s;
-  upstream origin { server $IP_S:$HTTP_PORT; keepalive 64; }
+  upstream origin { server $IP_S:$HTTP_PORT; keepalive 256; }   # >= 16 conns x 10 h2 streams: no upstream churn
   server {
     listen 127.0.0.1:8081;
+    # h2c from the client; nginx cannot proxy to an HTTP/2 upstream, so
+    # upstream stays HTTP/1.1 (reported as "nginx-http (h2 to h1)").
+    listen 127.0.0.1:8082 http2;
     location / {
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -434,6 +449,12 @@ frontend web
   default_backend web
 backend web
   server origin $IP_S:$HTTP_PORT
+# HTTP/2 end to end: h2c from the client, h2c to the origin's :$H2_PORT
+frontend web-h2
+  bind 127.0.0.1:9082 proto h2
+  default_backend web-h2
+backend web-h2
+  server origin-h2 $IP_S:$H2_PORT proto h2
 EOF
         fi
     } >"$cfg"
@@ -463,30 +484,40 @@ outbound:
           protocol: http
           backendRefs:
             - name: origin
+        # the same for HTTP/2: a client speaking h2c makes the proxy speak h2
+        # upstream too, so this port's backend is the origin's h2c port.
+        - port: $H2_PORT
+          protocol: http
+          backendRefs:
+            - name: origin-h2
 backends:
   origin:
     endpoints:
       - address: $IP_S:$HTTP_PORT
+  origin-h2:
+    endpoints:
+      - address: $IP_S:$H2_PORT
 EOF
     chmod 755 "$T/remora-http"; chmod 644 "$T/remora-http/mesh.yaml"
 }
 write_remora_http_config
 
-# name | TCP target (- for none) | HTTP host:port | start command | stop command | label
+# name | TCP target (- for none) | HTTP host:port | fixed-rate latency (1: yes) |
+#   HTTP/2 h2c host:port (- for none) | start command | stop command | label
 SCENARIOS=(
-    "direct|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|none_start|none_stop|no proxy"
-    "remora|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|remora_start remora $REMORA_PROXY_ARGS|remora_stop remora|remora-proxy --workers 1${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture, no mesh config: the origin is an unknown destination, passed through as bytes (L4)"
-    "remora-http|-|$IP_S:$HTTP_PORT|remora_start remora-http --config $T/remora-http/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-http|remora-proxy --workers 1 --config mesh.yaml${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture; the origin is a mesh service on an HTTP port, so requests go through the HTTP data plane: backend, balanced endpoint, pooled upstream connections (L7)"
+    "direct|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|1|$IP_S:$H2_PORT|none_start|none_stop|no proxy"
+    "remora|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|0|-|remora_start remora $REMORA_PROXY_ARGS|remora_stop remora|remora-proxy --workers 1${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture, no mesh config: the origin is an unknown destination, passed through as bytes (L4)"
+    "remora-http|-|$IP_S:$HTTP_PORT|1|$IP_S:$H2_PORT|remora_start remora-http --config $T/remora-http/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-http|remora-proxy --workers 1 --config mesh.yaml${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture; the origin is a mesh service on an HTTP port, so requests go through the HTTP data plane: backend, balanced endpoint, pooled upstream connections (L7); HTTP/2: a second service port ($H2_PORT) whose backend is the origin's h2c port, h2 on both legs"
 )
 for v in "${VARIANTS[@]}"; do
     vn="remora-${v%%=*}"; va="${v#*=}"
-    SCENARIOS+=("$vn|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|remora_start $vn $va|remora_stop $vn|remora-proxy --workers 1 $va, iptables capture")
+    SCENARIOS+=("$vn|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|0|-|remora_start $vn $va|remora_stop $vn|remora-proxy --workers 1 $va, iptables capture")
 done
 SCENARIOS+=(
-    "nginx-stream|127.0.0.1:8201|127.0.0.1:8080|nginx_start nginx-stream stream|nginx_stop|nginx stream{} (L4), 1 worker"
-    "haproxy-tcp|127.0.0.1:9201|127.0.0.1:9080|haproxy_start haproxy-tcp tcp|haproxy_stop|haproxy mode tcp (L4), nbthread 1"
-    "nginx-http|-|127.0.0.1:8081|nginx_start nginx-http http|nginx_stop|nginx http proxy (L7), upstream keepalive, 1 worker"
-    "haproxy-http|-|127.0.0.1:9081|haproxy_start haproxy-http http|haproxy_stop|haproxy mode http (L7), http-reuse always, nbthread 1"
+    "nginx-stream|127.0.0.1:8201|127.0.0.1:8080|0|-|nginx_start nginx-stream stream|nginx_stop|nginx stream{} (L4), 1 worker"
+    "haproxy-tcp|127.0.0.1:9201|127.0.0.1:9080|0|-|haproxy_start haproxy-tcp tcp|haproxy_stop|haproxy mode tcp (L4), nbthread 1"
+    "nginx-http|-|127.0.0.1:8081|1|127.0.0.1:8082|nginx_start nginx-http http|nginx_stop|nginx http proxy (L7), upstream keepalive, 1 worker; HTTP/2: h2c listener on :8082, HTTP/1.1 upstream (nginx cannot proxy to an h2 upstream)"
+    "haproxy-http|-|127.0.0.1:9081|1|127.0.0.1:9082|haproxy_start haproxy-http http|haproxy_stop|haproxy mode http (L7), http-reuse always, nbthread 1; HTTP/2: bind :9082 proto h2, server proto h2 to the origin's h2c port"
 )
 
 selected() {
@@ -578,6 +609,96 @@ measure_close() {         # new connection per request: wrk with Connection: clo
     record "$sc" close_errors "$(wrk_errors "$f")"
 }
 
+# h2load: per-request times from --log-file (start µs, status, duration µs);
+# h2load itself prints only min/max/mean/sd. Prints "n bad p50_ms p99_ms".
+h2load_pcts() {
+    python3 - "$1" <<'EOF'
+import sys
+d = []; bad = 0
+try:
+    for line in open(sys.argv[1]):
+        f = line.split("\t")
+        if len(f) < 3: continue
+        if not f[1].startswith("2"): bad += 1
+        d.append(int(f[2]))
+except OSError:
+    pass
+if not d:
+    print("0 0 NA NA"); sys.exit()
+d.sort()
+pct = lambda p: d[min(len(d) - 1, max(0, int(-(-p * len(d) // 100)) - 1))] / 1000.0   # nearest rank
+print("%d %d %.3f %.3f" % (len(d), bad, pct(50), pct(99)))
+EOF
+}
+h2load_summary() {        # h2load_summary OUTPUT: "req/s errors" from h2load's own summary
+    awk '/^finished in/{gsub(/,/,""); rps=$4}
+         /^requests:/{gsub(/,/,""); e+=$10+$12+$14}
+         /^status codes:/{gsub(/,/,""); e+=$5+$7+$9}
+         END{printf "%s %d\n", (rps==""?"NA":rps), e}' "$1"
+}
+
+# Open loop: h2load --rps sends each connection's requests on a timer, at a
+# fixed rate, whether or not earlier responses came back. HTTP/1.1 allows one
+# request in flight per connection, so a request that falls due while its
+# connection is busy waits in h2load, and its time is measured from when it
+# is sent, not from when it fell due: when a proxy cannot sustain the rate the
+# achieved rate falls short and the latency is that of a saturated proxy (see
+# README). The achieved rate is recorded next to the target.
+measure_fixed() {         # measure_fixed SCENARIO HOST:PORT RATE TAG
+    local sc="$1" url="http://$2/" rate="$3" tag="$4" per f="$OUT/$1-h1rate-$4.r$ROUND.txt" st pc
+    local rps errs n bad p50 p99
+    per=$(( (rate + H2L_C - 1) / H2L_C ))   # --rps is per connection
+    local cmd=(h2load --h1 -c "$H2L_C" -t 1 --rps="$per" -D "$H2L_D" --warm-up-time=1 "$url")
+    shcmd "${cmd[@]}" >"$OUT/$sc-h1rate-$tag.cmd"
+    rm -f "$T/h2load.log"
+    timeout $((H2L_D + 25)) ip netns exec "$NS_C" "${cmd[@]}" --log-file="$T/h2load.log" >"$f" 2>&1 || true
+    st=$(h2load_summary "$f"); pc=$(h2load_pcts "$T/h2load.log")
+    rm -f "$T/h2load.log"
+    read -r rps errs <<<"$st"
+    read -r n bad p50 p99 <<<"$pc"
+    [ "$rps" = NA ] && log "  $sc: h2load (fixed rate $tag) failed; see $f"
+    record "$sc" "fr_${tag}_target" $((per * H2L_C))
+    record "$sc" "fr_${tag}_rps" "$rps"
+    record "$sc" "fr_${tag}_p50_ms" "$p50"
+    record "$sc" "fr_${tag}_p99_ms" "$p99"
+    record "$sc" "fr_${tag}_errors" "$((errs + bad))"
+}
+
+measure_h2() {            # measure_h2 SCENARIO HOST:PORT: closed-loop HTTP/2 (h2c prior knowledge)
+    local sc="$1" url="http://$2/" f="$OUT/$1-h2.r$ROUND.txt" st pc c0 c1
+    local rps errs n bad p50 p99
+    local cmd=(h2load -c "$H2L_C" -m "$H2L_M" -t 1 -D "$H2L_D" --warm-up-time=1 "$url")
+    shcmd "${cmd[@]}" >"$OUT/$sc-h2.cmd"
+    rm -f "$T/h2load.log"
+    [ -n "$PROXY_PIDS" ] && c0=$(cpu_ticks $PROXY_PIDS)
+    timeout $((H2L_D + 25)) ip netns exec "$NS_C" "${cmd[@]}" --log-file="$T/h2load.log" >"$f" 2>&1 || true
+    [ -n "$PROXY_PIDS" ] && c1=$(cpu_ticks $PROXY_PIDS)
+    st=$(h2load_summary "$f"); pc=$(h2load_pcts "$T/h2load.log")
+    rm -f "$T/h2load.log"
+    read -r rps errs <<<"$st"
+    read -r n bad p50 p99 <<<"$pc"
+    if ! grep -q '^Application protocol: h2c' "$f"; then
+        log "  $sc: h2load did not speak h2c; see $f"; rps=NA; p50=NA; p99=NA; errs=$((errs + 1))
+    fi
+    [ "$rps" = NA ] && log "  $sc: h2load (HTTP/2) failed; see $f"
+    record "$sc" h2_rps "$rps"
+    record "$sc" h2_p50_ms "$p50"
+    record "$sc" h2_p99_ms "$p99"
+    record "$sc" h2_errors "$((errs + bad))"
+    record "$sc" h2_logged "$n"
+    if [ -n "$PROXY_PIDS" ] && [ "$rps" != NA ]; then
+        # h2load counts (and logs) the main-duration requests only, but the CPU
+        # window also holds the 1 s warm-up: requests = req/s * (D + 1).
+        record "$sc" h2_cpu_us_per_req "$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v r="$rps" -v d="$H2L_D" 'BEGIN{printf "%.2f", c / hz * 1e6 / (r * (d + 1))}')"
+    fi
+}
+
+# The rate at half of direct's closed-loop capacity, from direct's wrk run in
+# this round (direct always runs first in a round).
+half_direct_rate() {
+    awk -F'\t' -v r="$ROUND" '$1=="direct" && $2==r && $3=="http_rps" && $4!="NA" {printf "%d\n", $4 / 2}' "$RAW" | tail -1
+}
+
 measure_idle_conns() {    # RSS with IDLE_N idle keep-alive connections through the proxy
     local sc="$1" host="${2%:*}" port="${2##*:}" f="$OUT/$1-idle.r$ROUND.log" pid n=300 max=0 v i
     start_bg "$f" ip netns exec "$NS_C" python3 "$BENCH/idle_conns.py" "$host" "$port" "$IDLE_N" --hold 60
@@ -602,7 +723,7 @@ measure_idle_conns() {    # RSS with IDLE_N idle keep-alive connections through 
 
 run_scenario() {          # run_scenario "name|tcp|http|start|stop|label"
     local sc tcp http start stop label
-    IFS='|' read -r sc tcp http start stop label <<<"$1"
+    IFS='|' read -r sc tcp http fr h2 start stop label <<<"$1"
     selected "$sc" || return 0
     log "round $ROUND: $sc"
     # shellcheck disable=SC2086
@@ -612,6 +733,13 @@ run_scenario() {          # run_scenario "name|tcp|http|start|stop|label"
     [ "$tcp" != - ] && measure_iperf "$sc" "$tcp"
     measure_http "$sc" "$http"
     measure_close "$sc" "$http"
+    if [ "$fr" = 1 ]; then
+        local half; half=$(half_direct_rate)
+        if [ -n "$half" ] && [ "$half" -gt 0 ]; then measure_fixed "$sc" "$http" "$half" half
+        else log "  $sc: no direct capacity in this round; skipping the half-capacity rate"; fi
+        measure_fixed "$sc" "$http" "$RATE_MOD" mod
+    fi
+    [ "$h2" != - ] && measure_h2 "$sc" "$h2"
     [ -n "$PROXY_PIDS" ] && measure_idle_conns "$sc" "$http"
     if [ -n "$PROXY_PIDS" ] && ! kill -0 "$PROXY_PIDS" 2>/dev/null; then
         die "$sc: the proxy died during the run"
@@ -635,6 +763,8 @@ ratio() {                 # ratio VALUE BASE
 fmt() {                   # fmt VALUE DECIMALS
     awk -v a="$1" -v d="$2" 'BEGIN{ if (a=="NA" || a=="") print "-"; else printf "%." d "f", a }'
 }
+diffms() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || a=="" || b=="") print "-"; else printf "%+.3f", a-b }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || a=="" || b+0==0) print "-"; else printf "%.0f %%", 100*a/b }'; }
 mib() { awk -v a="$1" 'BEGIN{ if (a=="NA" || a=="") print "-"; else printf "%.1f", a/1024 }'; }
 
 report() {
@@ -661,13 +791,15 @@ report() {
         echo "- HTTP keep-alive: \`$(cat "$OUT/direct-wrk.cmd")\` (closed loop: wrk sends the next request when the last one returns)"
         echo "- HTTP new connection per request: \`$(cat "$OUT/direct-wrk-close.cmd")\`"
         echo "- idle: $IDLE_N keep-alive connections (one GET each, then idle) via \`bench/idle_conns.py\`"
+        [ -f "$OUT/direct-h1rate-mod.cmd" ] && echo "- HTTP/1.1 fixed rate (open loop): \`$(cat "$OUT/direct-h1rate-mod.cmd")\` (--rps is per connection: ×$H2L_C = $(( (RATE_MOD + H2L_C - 1) / H2L_C * H2L_C )) req/s), and the same at half of direct's wrk req/s in that round; p50/p99 from h2load's --log-file"
+        [ -f "$OUT/direct-h2.cmd" ] && echo "- HTTP/2 (h2c, prior knowledge): \`$(cat "$OUT/direct-h2.cmd")\` (closed loop, $H2L_M streams per connection); p50/p99 from --log-file"
         echo
         echo "Ratios are against **direct** in the same run. Throughput and req/s: higher is better. Latency: lower is better."
         echo
         echo "| scenario | TCP Gbit/s | HTTP req/s | p50 ms | p99 ms | conn-per-req req/s | proxy CPU µs/req | RSS idle MiB | RSS under load MiB | RSS $IDLE_N idle conns MiB | errors |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|"
         for s in "${SCENARIOS[@]}"; do
-            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
             selected "$sc" || continue
             local v_tcp v_rps v_p50 v_p99 v_close errs
             v_tcp=$(median "$sc" tcp_gbps); v_rps=$(median "$sc" http_rps)
@@ -685,10 +817,58 @@ report() {
                 echo "| $sc | $c_tcp | $c_rps | $c_p50 | $c_p99 | $c_close | $(fmt "$(median "$sc" cpu_us_per_req)" 1) | $(mib "$(median "$sc" rss_idle_kb)") | $(mib "$(median "$sc" rss_load_kb)") | $(mib "$(median "$sc" rss_idle_conns_kb)") | $errs |"
             fi
         done
+        local any_fr=0 any_h2=0
+        for s in "${SCENARIOS[@]}"; do
+            IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
+            selected "$sc" || continue
+            [ "$fr" = 1 ] && any_fr=1
+            [ "$h2" != - ] && any_h2=1
+        done
+        if [ "$any_fr" = 1 ]; then
+            local dh99 dm99
+            dh99=$(median direct fr_half_p99_ms); dm99=$(median direct fr_mod_p99_ms)
+            echo
+            echo "**HTTP/1.1 keep-alive at a fixed rate (open loop, h2load --h1 -c$H2L_C --rps).** \"half\": half of direct's wrk req/s in the same round (the issue's target rate); \"moderate\": $RATE_MOD req/s, which every peer sustains. \"achieved\" below ~97 % of the target means the proxy could not keep up: its latency is then that of a saturated proxy, not of the offered rate. \"added p99\" is the scenario's p99 minus direct's at the same rate."
+            echo
+            echo "| scenario | half: target req/s | half: achieved req/s | half: p50 ms | half: p99 ms | half: added p99 ms | moderate: achieved req/s | moderate: p50 ms | moderate: p99 ms | moderate: added p99 ms | errors |"
+            echo "|---|---|---|---|---|---|---|---|---|---|---|"
+            for s in "${SCENARIOS[@]}"; do
+                IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
+                selected "$sc" && [ "$fr" = 1 ] || continue
+                local ht ha hp50 hp99 ma mp50 mp99 fe
+                ht=$(median "$sc" fr_half_target); ha=$(median "$sc" fr_half_rps)
+                hp50=$(median "$sc" fr_half_p50_ms); hp99=$(median "$sc" fr_half_p99_ms)
+                ma=$(median "$sc" fr_mod_rps); mp50=$(median "$sc" fr_mod_p50_ms); mp99=$(median "$sc" fr_mod_p99_ms)
+                fe=$(( $(total "$sc" fr_half_errors) + $(total "$sc" fr_mod_errors) ))
+                local hadd="-" madd="-"
+                [ "$sc" != direct ] && hadd=$(diffms "$hp99" "$dh99") && madd=$(diffms "$mp99" "$dm99")
+                echo "| $sc | $(fmt "$ht" 0) | $(fmt "$ha" 0) ($(pct "$ha" "$ht")) | $(fmt "$hp50" 3) | $(fmt "$hp99" 3) | $hadd | $(fmt "$ma" 0) ($(pct "$ma" "$(median "$sc" fr_mod_target)")) | $(fmt "$mp50" 3) | $(fmt "$mp99" 3) | $madd | $fe |"
+            done
+        fi
+        if [ "$any_h2" = 1 ]; then
+            local dh2; dh2=$(median direct h2_rps)
+            echo
+            echo "**HTTP/2 (h2c with prior knowledge), closed loop: h2load -c$H2L_C -m$H2L_M.** Ratios against direct over h2c. nginx cannot proxy to an HTTP/2 upstream: its row is h2 from the client and HTTP/1.1 (keepalive) to the origin."
+            echo
+            echo "| scenario | h2 req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |"
+            echo "|---|---|---|---|---|---|"
+            for s in "${SCENARIOS[@]}"; do
+                IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
+                selected "$sc" && [ "$h2" != - ] || continue
+                local v name="$sc"
+                [ "$sc" = nginx-http ] && name="nginx-http (h2 → h1 upstream)"
+                v=$(median "$sc" h2_rps)
+                if [ "$sc" = direct ]; then
+                    echo "| direct | $(fmt "$v" 0) | $(fmt "$(median "$sc" h2_p50_ms)" 3) | $(fmt "$(median "$sc" h2_p99_ms)" 3) | - | $(total "$sc" h2_errors) |"
+                else
+                    echo "| $name | $(fmt "$v" 0) ($(ratio "$v" "$dh2")) | $(fmt "$(median "$sc" h2_p50_ms)" 3) | $(fmt "$(median "$sc" h2_p99_ms)" 3) | $(fmt "$(median "$sc" h2_cpu_us_per_req)" 1) | $(total "$sc" h2_errors) |"
+                fi
+            done
+        fi
         echo
         echo "Scenarios:"
         for s in "${SCENARIOS[@]}"; do
-            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
             selected "$sc" || continue
             echo "- **$sc**: $label; TCP target ${tcp}, HTTP target $http"
         done
@@ -696,7 +876,7 @@ report() {
         echo "RSS is VmRSS from /proc/PID/status (nginx: master + worker). \"errors\" counts wrk socket errors, non-2xx responses and failed idle connections over all rounds."
         local notes=""
         for s in "${SCENARIOS[@]}"; do
-            IFS='|' read -r sc tcp http start stop label <<<"$s"
+            IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
             case "$sc" in remora*) ;; *) continue ;; esac
             selected "$sc" || continue
             local warns merr
@@ -712,7 +892,7 @@ report() {
     printf 'machine: %s CPUs (%s), kernel %s; commit %s%s\n' "$(nproc)" "$cpu" "$kernel" "$commit" "$dirty"
     printf 'command: %s\n\n' "$CMDLINE"
     for s in "${SCENARIOS[@]}"; do
-        IFS='|' read -r sc tcp http start stop label <<<"$s"
+        IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
         selected "$sc" || continue
         local v
         printf '%-14s' "$sc"
@@ -730,6 +910,18 @@ report() {
             printf ' | RSS idle/load/%s conns %s/%s/%s MiB' "$IDLE_N" \
                 "$(mib "$(median "$sc" rss_idle_kb)")" "$(mib "$(median "$sc" rss_load_kb)")" "$(mib "$(median "$sc" rss_idle_conns_kb)")"
         fi
+        echo
+    done
+    for s in "${SCENARIOS[@]}"; do
+        IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
+        selected "$sc" || continue
+        [ "$fr" = 1 ] || [ "$h2" != - ] || continue
+        printf '%-14s' "$sc"
+        [ "$fr" = 1 ] && printf ' | h1 @%s req/s: got %s, p99 %s ms | h1 @%s: p99 %s ms' \
+            "$(fmt "$(median "$sc" fr_half_target)" 0)" "$(fmt "$(median "$sc" fr_half_rps)" 0)" "$(fmt "$(median "$sc" fr_half_p99_ms)" 3)" \
+            "$RATE_MOD" "$(fmt "$(median "$sc" fr_mod_p99_ms)" 3)"
+        [ "$h2" != - ] && printf ' | h2 %s req/s (%s) p99 %s ms' "$(fmt "$(median "$sc" h2_rps)" 0)" \
+            "$(ratio "$(median "$sc" h2_rps)" "$(median direct h2_rps)")" "$(fmt "$(median "$sc" h2_p99_ms)" 3)"
         echo
     done
     echo
