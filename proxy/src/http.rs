@@ -236,7 +236,9 @@ pub(crate) async fn forward(
                     Ok((down, up)) => {
                         let mut down = TokioIo::new(down);
                         let mut up = TokioIo::new(up);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        if let Err(e) =
+                            crate::io::copy_bidirectional(&mut down, &mut up, 16 * 1024).await
+                        {
                             debug!(error = %e, "upgraded connection ended with an error");
                         }
                     }

@@ -210,10 +210,7 @@ impl Proxy {
                 return;
             }
         };
-        if let Err(e) =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUF, COPY_BUF)
-                .await
-        {
+        if let Err(e) = crate::io::copy_bidirectional(&mut client, &mut upstream, COPY_BUF).await {
             debug!(%peer, %dst, error = %e, "connection ended with an error");
             self.metrics.tcp_error(direction, TcpErrorReason::Io);
         }
