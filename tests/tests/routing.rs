@@ -597,6 +597,13 @@ async fn requests_cross_both_sidecars_to_a_meshed_server() {
     let seen = app.last_request().expect("the app got it");
     assert_eq!(seen.path, "/hello");
     assert_eq!(seen.header_values("x-from"), ["client-sidecar"]);
+    // The app sees 127.0.0.6 as its peer; who called is in the headers.
+    assert_eq!(
+        seen.header_values("x-forwarded-for"),
+        [client.ip4().to_string()],
+        "the inbound sidecar appends the calling pod's address"
+    );
+    assert_eq!(seen.header_values("x-forwarded-proto"), ["http"]);
     assert_eq!(app.received(), 5);
     let peers: Vec<String> = app.peers().iter().map(|p| p.ip().to_string()).collect();
     assert!(
