@@ -549,3 +549,71 @@ async fn a_tcp_service_port_ejects_an_endpoint_that_refuses_connections() {
         "the live endpoint: {endpoints:?}"
     );
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_failing_endpoint_out_and_bring_it_back() {
+    let t = Standalone::start("res_health_checks", &["ok", "sick"], |apps| {
+        let mut pool = round_robin(&[apps.addr("ok"), apps.addr("sick")]);
+        // Outlier detection off: only the health checks may take it out.
+        pool.outlier_detection.max_ejection_percent = 0;
+        pool.health_check = Some(
+            serde_json::from_value(json!({
+                "path": "/healthz",
+                "interval": "100ms",
+                "timeout": "100ms",
+                "healthyThreshold": 1,
+                "unhealthyThreshold": 2,
+            }))
+            .expect("a health check"),
+        );
+        web(
+            "v1",
+            vec![route().name("pool").to("pool")],
+            BTreeMap::from([("pool".to_owned(), pool)]),
+        )
+    })
+    .await;
+    let sick = t.apps.get("sick");
+    sick.fail_with(503);
+
+    // The checker probes /healthz; two failures mark the endpoint down.
+    let endpoint_healthy = |dump: &serde_json::Value, addr: SocketAddr| {
+        dump["backends"]["pool"]["endpoints"]
+            .as_array()
+            .and_then(|eps| eps.iter().find(|e| e["address"] == addr.to_string()))
+            .and_then(|e| e["healthy"].as_bool())
+    };
+    let sick_addr = t.apps.addr("sick");
+    within(WAIT, "sick marked unhealthy", async {
+        while endpoint_healthy(&config_dump(&t.proxy).await.raw, sick_addr) != Some(false) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        sick.requests().iter().any(|r| r.path == "/healthz"),
+        "the endpoint was probed at /healthz"
+    );
+
+    // Round robin now sends every request to the healthy endpoint.
+    let mut client = t.http();
+    for i in 0..40 {
+        let reply = client.get("/work").await.expect("GET /work");
+        assert_eq!((reply.status, reply.pod()), (200, "ok"), "request {i}");
+    }
+    let work_at_sick = sick.requests().iter().filter(|r| r.path == "/work").count();
+    assert_eq!(work_at_sick, 0, "no request reached the unhealthy endpoint");
+
+    // Recovered: one good probe brings it back into rotation.
+    sick.recover();
+    within(WAIT, "sick back in rotation", async {
+        loop {
+            let reply = client.get("/work").await.expect("GET /work");
+            if reply.pod() == "sick" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
