@@ -6,13 +6,10 @@
 //! (`balance`), apply timeouts, or buffer bodies for replay: it is told
 //! whether a body can be sent again.
 
-// Wired into the HTTP layer next.
-#![allow(dead_code, unused_imports)]
-
 mod breaker;
 mod budget;
 mod retry;
 
-pub(crate) use breaker::{BreakerOpen, CircuitBreaker, Limit, Permit};
+pub(crate) use breaker::{BreakerOpen, CircuitBreaker, Permit};
 pub(crate) use budget::RetryBudget;
-pub(crate) use retry::{backoff, is_retryable, RequestBody, DEFAULT_BACKOFF};
+pub(crate) use retry::{backoff, is_retryable, RequestBody};

@@ -18,9 +18,6 @@
 //! parsed, and the (route, match) pairs are sorted by precedence so that
 //! `select` is a linear scan that stops at the first hit.
 
-// Wired into the HTTP layer next.
-#![allow(dead_code, unused_imports)]
-
 mod filters;
 mod select;
 mod split;
@@ -80,6 +77,7 @@ pub(crate) enum RouteError {
 
 impl RouteError {
     /// The index in the port's `routes` of the route at fault.
+    #[cfg(test)]
     pub(crate) fn route_index(&self) -> usize {
         match self {
             Self::Regex { route, .. } | Self::Invalid { route, .. } => *route,
@@ -200,11 +198,6 @@ impl CompiledRoute {
         self.retry.as_ref()
     }
 
-    /// Every backend of the route, including weight-0 ones, in config order.
-    pub(crate) fn backends(&self) -> &[CompiledBackend] {
-        self.backends.backends()
-    }
-
     /// Chooses a backend by weight. `None` when the route has no backend
     /// with a weight above 0: the caller answers 500, as Gateway API says.
     pub(crate) fn pick_backend<R: rand::Rng + ?Sized>(
@@ -217,11 +210,13 @@ impl CompiledRoute {
     /// The backend at `point` of the cumulative weight line; `point` is
     /// taken modulo the total weight. Deterministic, for callers with their
     /// own source of randomness and for tests.
+    #[cfg(test)]
     pub(crate) fn backend_at(&self, point: u64) -> Option<&CompiledBackend> {
         self.backends.at(point)
     }
 
     /// The sum of the backends' weights.
+    #[cfg(test)]
     pub(crate) fn total_weight(&self) -> u64 {
         self.backends.total_weight()
     }

@@ -24,6 +24,11 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
+    /// No bytes and no trailers.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.trailers.is_none()
+    }
+
     /// A fresh body with the same bytes and trailers.
     pub(crate) fn body(&self) -> Body {
         ReplayBody {

@@ -103,6 +103,14 @@ impl HttpProxy {
             );
         };
         labels.backend = backend.name.clone();
+        tracing::trace!(
+            service = %port.service,
+            route = route.name().unwrap_or_default(),
+            route_index = selected.route_index,
+            backend = backend_ref.name(),
+            weight = backend_ref.weight(),
+            "request routed"
+        );
 
         let upstream = match (port.protocol, conn.version) {
             (remora_api::Protocol::Http2 | remora_api::Protocol::Grpc, _)
@@ -209,16 +217,15 @@ impl HttpProxy {
                 return result;
             };
             // A streamed body was consumed by the first attempt.
+            let body_kind = match &retryable {
+                Some((_, replay)) if replay.is_empty() => RequestBody::Empty,
+                Some(_) => RequestBody::Replayable,
+                None => RequestBody::Streamed,
+            };
             let may_retry = match (retry, &retryable) {
                 (Some(policy), Some(_)) => {
                     attempt < policy.attempts
-                        && is_retryable(
-                            &method,
-                            outcome,
-                            grpc_status(&result),
-                            policy,
-                            RequestBody::Replayable,
-                        )
+                        && is_retryable(&method, outcome, grpc_status(&result), policy, body_kind)
                         && deadline.is_none_or(|d| Instant::now() < d)
                 }
                 _ => false,

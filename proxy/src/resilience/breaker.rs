@@ -135,6 +135,7 @@ impl CircuitBreaker {
     }
 
     /// Units of `limit` in use now.
+    #[cfg(test)]
     pub(crate) fn in_use(&self, limit: Limit) -> u32 {
         self.gauge(limit).in_use.load(Ordering::Relaxed)
     }

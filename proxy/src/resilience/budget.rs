@@ -16,7 +16,9 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 use remora_api as api;
 
@@ -98,11 +100,7 @@ impl RetryBudget {
         }
     }
 
-    /// Whole retries available right now.
-    pub(crate) fn available(&self) -> u64 {
-        self.available_at(Instant::now())
-    }
-
+    #[cfg(test)]
     fn available_at(&self, now: Instant) -> u64 {
         self.rotate(now);
         u64::try_from(self.balance() / TOKEN).unwrap_or(0)

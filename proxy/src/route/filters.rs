@@ -84,6 +84,7 @@ impl Mirror {
     }
 
     /// The share of requests mirrored, 0 to 100.
+    #[cfg(test)]
     pub(crate) fn percent(&self) -> u8 {
         self.percent
     }
@@ -197,6 +198,7 @@ impl Filters {
 
     /// Whether the list answers every request with a redirect, so the
     /// route needs no backend.
+    #[cfg(test)]
     pub(crate) fn redirects(&self) -> bool {
         self.request
             .iter()

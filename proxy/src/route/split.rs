@@ -67,6 +67,7 @@ impl Split {
         })
     }
 
+    #[cfg(test)]
     pub(super) fn backends(&self) -> &[CompiledBackend] {
         &self.backends
     }
