@@ -121,7 +121,14 @@ impl Metrics {
         let requests = counter(
             "remora_requests_total",
             "HTTP requests answered, by route, backend and status code",
-            &["direction", "service", "route", "backend", "status"],
+            &[
+                "direction",
+                "service",
+                "route",
+                "backend",
+                "status",
+                "class",
+            ],
         );
         let http_errors = counter(
             "remora_http_errors_total",
@@ -194,7 +201,14 @@ impl Metrics {
     ) {
         let (service, route, backend) = (&*labels.service, &*labels.route, &*labels.backend);
         self.requests
-            .with_label_values(&[direction.as_str(), service, route, backend, status.as_str()])
+            .with_label_values(&[
+                direction.as_str(),
+                service,
+                route,
+                backend,
+                status.as_str(),
+                status_class(status),
+            ])
             .inc();
         self.request_duration
             .with_label_values(&[direction.as_str(), service, route, backend])
@@ -258,6 +272,17 @@ impl Metrics {
     }
 }
 
+/// The response class label: `2xx`, `4xx`, `5xx`, …
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Label handles for one connection.
 #[derive(Debug)]
 pub(crate) struct ConnectionMetrics {
@@ -277,6 +302,21 @@ impl Drop for ConnectionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_carry_their_status_and_class() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels::default();
+        metrics.request(
+            Direction::Inbound,
+            &labels,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(3),
+        );
+        let text = metrics.render();
+        assert!(text.contains("status=\"503\""), "{text}");
+        assert!(text.contains("class=\"5xx\""), "{text}");
+    }
 
     #[test]
     fn a_connection_is_counted_open_then_closed() {
