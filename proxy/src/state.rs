@@ -58,6 +58,9 @@ pub(crate) struct ServicePort {
     pub(crate) routes: RouteTable,
     /// A `tcp` port's backends, for connection-level balancing.
     pub(crate) tcp_backends: Vec<BackendRef>,
+    /// An HTTP port with neither routes nor `backendRefs`: requests go to
+    /// the original destination (counted under the service).
+    pub(crate) passthrough: bool,
 }
 
 /// A backend with its runtime state.
@@ -245,6 +248,7 @@ impl State {
                         protocol: port.protocol,
                         routes,
                         tcp_backends: port.backend_refs.clone(),
+                        passthrough: port.routes.is_empty() && port.backend_refs.is_empty(),
                     }),
                 ));
             }

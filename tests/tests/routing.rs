@@ -621,3 +621,34 @@ async fn requests_cross_both_sidecars_to_a_meshed_server() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn a_known_http_port_without_routes_or_backends_goes_to_the_original_destination() {
+    // A service listed for its protocol and metrics only: the proxy parses
+    // the requests, counts them under the service, and sends each to the
+    // address the app dialled.
+    let t = Standalone::start("route_port_passthrough", &["direct"], |apps| {
+        let mut config = mesh("v1");
+        let app = apps.addr("direct");
+        config
+            .outbound
+            .services
+            .push(service("direct.default", app.ip(), app.port(), Vec::new()));
+        config
+    })
+    .await;
+    let before = t.proxy.metrics().await;
+    let mut client = HttpClient::new(&t.client, t.apps.addr("direct"));
+    for _ in 0..3 {
+        assert_eq!(who(&mut client, Req::get("/as-is")).await, "direct");
+    }
+    let service = &[("direction", "outbound"), ("service", "direct.default")];
+    let after = t
+        .proxy
+        .wait_metrics("three requests counted", |m| {
+            m.since(&before, REQUESTS, service) >= 3.0
+        })
+        .await;
+    assert_eq!(after.since(&before, REQUESTS, service), 3.0, "{after}");
+    assert_eq!(t.apps.get("direct").received(), 3);
+}

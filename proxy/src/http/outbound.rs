@@ -31,7 +31,14 @@ impl HttpProxy {
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
         let snapshot = self.state.load();
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
-        let Some(port) = snapshot.service_for(conn.orig_dst, &authority).cloned() else {
+        let port = snapshot.service_for(conn.orig_dst, &authority).cloned();
+        let mut labels = RequestLabels {
+            service: port.as_ref().map(|p| p.service.clone()).unwrap_or_default(),
+            ..RequestLabels::default()
+        };
+        // Unknown destinations, and known HTTP ports that route nothing, go
+        // to the original destination as they are.
+        let Some(port) = port.filter(|p| !p.passthrough) else {
             let upstream = match conn.version {
                 Version::HTTP_2 => Upstream::Http2,
                 _ => Upstream::Http1,
@@ -45,11 +52,7 @@ impl HttpProxy {
                 req,
             )
             .await;
-            return (result, RequestLabels::default());
-        };
-        let mut labels = RequestLabels {
-            service: port.service.clone(),
-            ..RequestLabels::default()
+            return (result, labels);
         };
 
         let (mut parts, body) = req.into_parts();
