@@ -228,17 +228,42 @@ async fn a_retry_budget_caps_retries_to_a_backend_that_always_fails() {
     );
 }
 
-#[tokio::test]
-async fn max_connections_caps_upstream_connections_and_pooled_ones_are_reused() {
-    let t = Standalone::start("res_max_connections", &["slow"], |apps| {
+/// Which circuit-breaker limit a test sets to one.
+enum Limit {
+    Connections,
+    Requests,
+}
+
+/// A service whose one backend, `slow`, answers after 1.5 s and whose
+/// circuit breaker allows one `limit`.
+async fn slow_backend_limited_to_one(test: &str, limit: Limit) -> Standalone {
+    let t = Standalone::start(test, &["slow"], |apps| {
         let mut backends = apps.one_backend_each();
         let slow = backends.get_mut("slow").expect("slow backend");
-        slow.circuit_breaker.max_connections = 1;
+        match limit {
+            Limit::Connections => slow.circuit_breaker.max_connections = 1,
+            Limit::Requests => slow.circuit_breaker.max_requests = 1,
+        }
         web("v1", vec![route().name("slow").to("slow")], backends)
     })
     .await;
+    t.apps.get("slow").set_delay(Duration::from_millis(1500));
+    t
+}
+
+/// Waits (at most 5 s) until a request is inside `app`.
+async fn first_request_arrived(app: &remora_e2e::http_apps::HttpApp) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.in_flight() < 1 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn max_connections_caps_upstream_connections_and_pooled_ones_are_reused() {
+    let t = slow_backend_limited_to_one("res_max_connections", Limit::Connections).await;
     let app = t.apps.get("slow");
-    app.set_delay(Duration::from_millis(1500));
     let before = t.proxy.metrics().await;
 
     let mut first_client = t.http();
@@ -246,11 +271,7 @@ async fn max_connections_caps_upstream_connections_and_pooled_ones_are_reused() 
     let second = async {
         // The first request holds the backend's only allowed connection;
         // a second one at the same time would need another.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while app.in_flight() < 1 {
-            assert!(Instant::now() < deadline, "the first request never arrived");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        first_request_arrived(app).await;
         t.http().send(&Req::get("/second")).await
     };
     let (first, second) = tokio::join!(first, second);
@@ -285,26 +306,15 @@ async fn max_connections_caps_upstream_connections_and_pooled_ones_are_reused() 
 
 #[tokio::test]
 async fn a_circuit_breaker_fails_requests_beyond_max_requests_fast() {
-    let t = Standalone::start("res_circuit_breaker", &["slow"], |apps| {
-        let mut backends = apps.one_backend_each();
-        let slow = backends.get_mut("slow").expect("slow backend");
-        slow.circuit_breaker.max_requests = 1;
-        web("v1", vec![route().name("slow").to("slow")], backends)
-    })
-    .await;
+    let t = slow_backend_limited_to_one("res_circuit_breaker", Limit::Requests).await;
     let app = t.apps.get("slow");
-    app.set_delay(Duration::from_millis(1500));
     let before = t.proxy.metrics().await;
 
     let mut first_client = t.http();
     let first = first_client.get("/first");
     let overflow = async {
         // Wait until the first request is inside the backend, then pile on.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while app.in_flight() < 1 {
-            assert!(Instant::now() < deadline, "the first request never arrived");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        first_request_arrived(app).await;
         let tasks: Vec<_> = (0..5)
             .map(|_| {
                 let mut client: HttpClient = t.http();
