@@ -70,6 +70,11 @@ pub(crate) fn respond(
         (&Method::GET, "/ready") => {
             if state.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(problem) = state.state.config_problem() {
+                owned_text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {problem}\n"),
+                )
             } else if *state.ready.borrow() {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -151,7 +156,11 @@ fn backends_dump(snapshot: &crate::state::Snapshot) -> serde_json::Value {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    owned_text(status, body)
+}
+
+fn owned_text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

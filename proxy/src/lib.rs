@@ -90,7 +90,12 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     if let Some(path) = &config.config_path {
         // The first config must be good: there is no last good one to keep.
         source::load(path, &state).context("loading the mesh config")?;
-        source::watch(path.clone(), state.clone()).context("watching the mesh config")?;
+        source::watch(
+            path.clone(),
+            state.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .context("watching the mesh config")?;
     }
 
     let listeners = bind_listeners(&config)?;

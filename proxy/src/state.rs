@@ -163,7 +163,22 @@ pub(crate) struct State {
     /// than by snapshots, so that a snapshot kept alive by a long request
     /// never keeps an outdated checker running.
     health: Mutex<HashMap<String, HealthTask>>,
+    /// Whether config can still be applied, for `/ready`.
+    config_health: Mutex<ConfigHealth>,
 }
+
+/// What `/ready` needs to know about applying config.
+#[derive(Debug, Default)]
+struct ConfigHealth {
+    /// When the apply in progress started.
+    applying_since: Option<std::time::Instant>,
+    /// Why the config source stopped, if it did.
+    source_stopped: Option<&'static str>,
+}
+
+/// An apply running longer than this means the proxy is wedged: `/ready`
+/// fails so that the kubelet restarts it.
+pub(crate) const APPLY_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl State {
     pub(crate) fn new(startup: Arc<Config>, metrics: Metrics) -> Self {
@@ -173,7 +188,37 @@ impl State {
             metrics,
             startup,
             health: Mutex::default(),
+            config_health: Mutex::default(),
         }
+    }
+
+    fn lock_config_health(&self) -> std::sync::MutexGuard<'_, ConfigHealth> {
+        self.config_health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the config source can no longer deliver updates.
+    pub(crate) fn source_stopped(&self, reason: &'static str) {
+        warn!(
+            reason,
+            "the config source stopped; no further config will be applied"
+        );
+        self.lock_config_health().source_stopped = Some(reason);
+    }
+
+    /// Why the proxy cannot apply config, if it cannot: the source stopped,
+    /// or an apply has been running for longer than [`APPLY_STALL`].
+    pub(crate) fn config_problem(&self) -> Option<String> {
+        let health = self.lock_config_health();
+        if let Some(reason) = health.source_stopped {
+            return Some(format!("config: {reason}"));
+        }
+        let running = health.applying_since?.elapsed();
+        (running > APPLY_STALL).then(|| {
+            format!(
+                "config: an update has been applying for {}s",
+                running.as_secs()
+            )
+        })
     }
 
     /// The snapshot in force. Hold it for the whole request.
@@ -199,7 +244,10 @@ impl State {
     /// Compiles `config` and swaps it in, or rejects it with the reason.
     pub(crate) fn apply(&self, config: MeshConfig) -> Result<(), StateError> {
         let previous = self.current.load_full();
-        match self.compile(config, &previous) {
+        self.lock_config_health().applying_since = Some(std::time::Instant::now());
+        let compiled = self.compile(config, &previous);
+        self.lock_config_health().applying_since = None;
+        match compiled {
             Ok(next) => {
                 info!(version = next.version(), "config applied");
                 self.sync_health_checks(&next);
