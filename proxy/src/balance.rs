@@ -34,6 +34,8 @@ use rand::Rng;
 use remora_api as api;
 use tracing::warn;
 
+use crate::transport::{Identity, Peer};
+
 pub(crate) use hash::hash_key;
 pub(crate) use health::spawn_health_checks;
 
@@ -66,7 +68,7 @@ pub(crate) enum Outcome {
 pub(crate) struct EndpointState {
     address: SocketAddr,
     weight: u32,
-    identity: Option<Arc<str>>,
+    identity: Option<Identity>,
     zone: Option<Arc<str>>,
     in_flight: AtomicU32,
     latency: Mutex<PeakEwma>,
@@ -82,7 +84,7 @@ impl EndpointState {
         Self {
             address: endpoint.address,
             weight: endpoint.weight.max(1),
-            identity: endpoint.identity.as_deref().map(Arc::from),
+            identity: endpoint.identity.as_deref().map(Identity::new),
             zone: endpoint.zone.as_deref().map(Arc::from),
             in_flight: AtomicU32::new(0),
             latency: Mutex::new(PeakEwma::new(now)),
@@ -105,7 +107,7 @@ impl EndpointState {
     fn describes(&self, endpoint: &api::Endpoint) -> bool {
         self.address == endpoint.address
             && self.weight == endpoint.weight.max(1)
-            && self.identity.as_deref() == endpoint.identity.as_deref()
+            && self.identity() == endpoint.identity.as_deref()
             && self.zone.as_deref() == endpoint.zone.as_deref()
     }
 
@@ -119,7 +121,15 @@ impl EndpointState {
 
     /// The SPIFFE id the endpoint must present; `None` means plaintext.
     pub(crate) fn identity(&self) -> Option<&str> {
-        self.identity.as_deref()
+        self.identity.as_ref().map(Identity::as_str)
+    }
+
+    /// The endpoint as the pool dials it.
+    pub(crate) fn peer(&self) -> Peer {
+        Peer {
+            addr: self.address,
+            identity: self.identity.clone(),
+        }
     }
 
     pub(crate) fn zone(&self) -> Option<&str> {

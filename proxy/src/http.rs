@@ -27,6 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::transport::Identity;
+pub(crate) use crate::transport::Peer;
 pub(crate) use client::{Pool, PoolSettings, Upstream};
 pub(crate) use error::{BoxError, ErrorKind, ErrorSource, ProxyError};
 
@@ -61,6 +63,20 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     pub(crate) orig_dst: SocketAddr,
     pub(crate) version: Version,
+    /// The identity the client proved (mesh mTLS), if any.
+    #[allow(dead_code)] // Read by inbound policy, which mTLS brings.
+    pub(crate) peer_identity: Option<Identity>,
+}
+
+/// Who is on the other end of a downstream connection, as the listener and
+/// the acceptor step found out.
+#[derive(Debug)]
+pub(crate) struct Downstream {
+    pub(crate) direction: Direction,
+    pub(crate) peer: SocketAddr,
+    pub(crate) orig_dst: SocketAddr,
+    /// The identity the client proved (mesh mTLS), if any.
+    pub(crate) peer_identity: Option<Identity>,
 }
 
 /// The HTTP layer shared by every HTTP connection.
@@ -83,9 +99,7 @@ impl HttpProxy {
         self: Arc<Self>,
         io: I,
         protocol: Protocol,
-        direction: Direction,
-        peer: SocketAddr,
-        orig_dst: SocketAddr,
+        downstream: Downstream,
         drain: &Drain,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -99,11 +113,18 @@ impl HttpProxy {
         let limits = self.state.load().http.clone();
         let max_header_bytes = limits.max_header_bytes as usize;
         let max_headers = limits.max_headers as usize;
+        let Downstream {
+            direction,
+            peer,
+            orig_dst,
+            peer_identity,
+        } = downstream;
         let conn = Arc::new(ConnInfo {
             direction,
             peer,
             orig_dst,
             version,
+            peer_identity,
         });
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let proxy = self.clone();
@@ -208,7 +229,7 @@ pub(crate) fn authority_of(uri: &Uri, headers: &http::HeaderMap, orig_dst: Socke
 pub(crate) async fn forward(
     tunnels: &Drain,
     pool: &Arc<Pool>,
-    endpoint: SocketAddr,
+    endpoint: &Peer,
     upstream: Upstream,
     authority: &str,
     mut req: Request<Body>,

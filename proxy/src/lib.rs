@@ -27,6 +27,7 @@ mod resilience;
 mod route;
 mod source;
 mod state;
+mod transport;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -102,8 +103,16 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let http = Arc::new(HttpProxy {
         metrics: metrics.clone(),
         state: state.clone(),
-        passthrough: Pool::new(state::passthrough_pool_settings(&config), None),
-        inbound: Pool::new(state::inbound_pool_settings(&config), None),
+        passthrough: Pool::new(
+            state::passthrough_pool_settings(&config),
+            state.connector().clone(),
+            None,
+        ),
+        inbound: Pool::new(
+            state::inbound_pool_settings(&config),
+            state.connector().clone(),
+            None,
+        ),
         drain: drain.clone(),
     });
     let proxy = Arc::new(Proxy {
@@ -112,6 +121,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         drain: drain.clone(),
         state,
         http,
+        acceptor: transport::Acceptor::plaintext(),
     });
     let mut accept_loops = Vec::new();
     for (listener, direction) in listeners {

@@ -17,11 +17,12 @@ use crate::balance::{EndpointState, Outcome};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
-use crate::http::HttpProxy;
+use crate::http::{Downstream, HttpProxy};
 use crate::io::{Counted, Rewind};
 use crate::metrics::{Metrics, TcpErrorReason};
 use crate::net;
 use crate::state::{Snapshot, State};
+use crate::transport::{Accepted, Acceptor, Dial};
 use remora_api::Protocol as ApiProtocol;
 
 /// Buffer size for each direction of an opaque TCP copy.
@@ -53,6 +54,8 @@ pub(crate) struct Proxy {
     pub(crate) drain: Drain,
     pub(crate) state: Arc<State>,
     pub(crate) http: Arc<HttpProxy>,
+    /// The acceptor step every captured connection goes through.
+    pub(crate) acceptor: Acceptor,
 }
 
 impl Proxy {
@@ -96,11 +99,15 @@ impl Proxy {
         );
     }
 
-    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr, direction: Direction) {
+    async fn handle(&self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
         let _ = stream.set_nodelay(true);
         let Some(dst) = self.destination(&stream, direction) else {
             return;
         };
+        let Accepted {
+            io: mut stream,
+            peer_identity,
+        } = self.acceptor.accept(stream);
         let snapshot = self.state.load();
         let declared = match direction {
             Direction::Outbound => snapshot.service_by_addr(dst).map(|s| s.protocol),
@@ -146,7 +153,17 @@ impl Proxy {
             drop(snapshot);
             self.http
                 .clone()
-                .serve(client, detected.protocol, direction, peer, dst, &self.drain)
+                .serve(
+                    client,
+                    detected.protocol,
+                    Downstream {
+                        direction,
+                        peer,
+                        orig_dst: dst,
+                        peer_identity,
+                    },
+                    &self.drain,
+                )
                 .await;
             return;
         }
@@ -172,13 +189,14 @@ impl Proxy {
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let (upstream_addr, connect_timeout, guard) = match target {
-            TcpTarget::Original => (dst, self.config.connect_timeout, None),
+        let (upstream_addr, identity, connect_timeout, guard) = match target {
+            TcpTarget::Original => (dst, None, self.config.connect_timeout, None),
             TcpTarget::Endpoint {
                 endpoint,
                 connect_timeout,
             } => (
                 endpoint.address(),
+                endpoint.peer().identity,
                 connect_timeout,
                 Some(endpoint.start_request()),
             ),
@@ -188,12 +206,13 @@ impl Proxy {
                 return;
             }
         };
-        let connected = net::connect(
-            upstream_addr,
-            self.source_for(direction, upstream_addr),
-            connect_timeout,
-        )
-        .await;
+        let dial = Dial {
+            addr: upstream_addr,
+            source: self.source_for(direction, upstream_addr),
+            timeout: connect_timeout,
+            identity: identity.clone(),
+        };
+        let connected = self.state.connector().connect(&dial).await;
         // The balancer learns whether the endpoint took the connection, so
         // outlier detection can eject one that refuses.
         if let Some(guard) = guard {

@@ -28,6 +28,7 @@ use crate::http::{Pool, PoolSettings};
 use crate::metrics::Metrics;
 use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
+use crate::transport::Connector;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Why a config was not applied.
@@ -165,6 +166,8 @@ pub(crate) struct State {
     health: Mutex<HashMap<String, HealthTask>>,
     /// Whether config can still be applied, for `/ready`.
     config_health: Mutex<ConfigHealth>,
+    /// The one connector every upstream dial goes through.
+    connector: Arc<Connector>,
 }
 
 /// What `/ready` needs to know about applying config.
@@ -189,7 +192,13 @@ impl State {
             startup,
             health: Mutex::default(),
             config_health: Mutex::default(),
+            connector: Arc::new(Connector::plaintext()),
         }
+    }
+
+    /// The connector every upstream dial goes through.
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 
     fn lock_config_health(&self) -> std::sync::MutexGuard<'_, ConfigHealth> {
@@ -355,6 +364,7 @@ impl State {
                 _task: AbortOnDropHandle::new(spawn_health_checks(
                     backend.balancer.clone(),
                     check.clone(),
+                    self.connector.clone(),
                     std::future::pending(),
                 )),
             });
@@ -412,6 +422,7 @@ impl State {
                     idle_timeout: config.idle_timeout,
                     max_idle_per_endpoint: self.startup.max_idle_per_endpoint,
                 },
+                self.connector.clone(),
                 Some(breaker.clone()),
             ),
         };

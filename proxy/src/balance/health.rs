@@ -24,12 +24,12 @@ use http::StatusCode;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use remora_api::HealthCheck;
-use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
 use super::{Balancer, EndpointState};
+use crate::transport::{Connector, Dial, Peer};
 
 /// Consecutive passes and failures, and the verdict they led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +137,7 @@ pub(super) enum ProbeError {
 pub(crate) fn spawn_health_checks<D>(
     balancer: Arc<Balancer>,
     check: HealthCheck,
+    connector: Arc<Connector>,
     drain: D,
 ) -> JoinHandle<()>
 where
@@ -155,8 +156,10 @@ where
             let mut probes = JoinSet::new();
             for endpoint in balancer.endpoints() {
                 let check = Arc::clone(&check);
+                let connector = Arc::clone(&connector);
                 let backend: Arc<str> = Arc::from(balancer.backend());
-                probes.spawn(async move { check_one(&backend, &endpoint, &check).await });
+                probes
+                    .spawn(async move { check_one(&connector, &backend, &endpoint, &check).await });
             }
             let all_done = async { while probes.join_next().await.is_some() {} };
             tokio::select! {
@@ -167,8 +170,13 @@ where
     })
 }
 
-async fn check_one(backend: &str, endpoint: &EndpointState, check: &HealthCheck) {
-    let result = probe(endpoint.address(), check).await;
+async fn check_one(
+    connector: &Connector,
+    backend: &str,
+    endpoint: &EndpointState,
+    check: &HealthCheck,
+) {
+    let result = probe(connector, &endpoint.peer(), check).await;
     if let Err(e) = &result {
         debug!(backend, endpoint = %endpoint.address(), error = %e, "health check failed");
     }
@@ -184,14 +192,26 @@ async fn check_one(backend: &str, endpoint: &EndpointState, check: &HealthCheck)
     }
 }
 
-/// One `GET path` to `address` (or its IP at `check.port`): Ok on 2xx.
-pub(super) async fn probe(address: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+/// One `GET path` to the endpoint (or its IP at `check.port`), dialed
+/// through the connector like any request: Ok on 2xx.
+pub(super) async fn probe(
+    connector: &Connector,
+    peer: &Peer,
+    check: &HealthCheck,
+) -> Result<(), ProbeError> {
+    let address = peer.addr;
     let target = SocketAddr::new(address.ip(), check.port.unwrap_or(address.port()));
+    let dial = Dial {
+        addr: target,
+        source: None,
+        timeout: check.timeout,
+        identity: peer.identity.clone(),
+    };
     let exchange = async {
-        let stream = TcpStream::connect(target)
+        let stream = connector
+            .connect(&dial)
             .await
             .map_err(ProbeError::Connect)?;
-        let _ = stream.set_nodelay(true);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
         let request = http::Request::get(check.path.as_str())
@@ -322,10 +342,20 @@ mod tests {
     #[tokio::test]
     async fn probe_passes_on_2xx_and_fails_otherwise() {
         let c = check(1, 1);
-        assert!(probe(server("204 No Content").await, &c).await.is_ok());
-        let err = probe(server("503 Service Unavailable").await, &c)
-            .await
-            .unwrap_err();
+        assert!(probe(
+            &Connector::plaintext(),
+            &Peer::plaintext(server("204 No Content").await),
+            &c
+        )
+        .await
+        .is_ok());
+        let err = probe(
+            &Connector::plaintext(),
+            &Peer::plaintext(server("503 Service Unavailable").await),
+            &c,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, ProbeError::Status(StatusCode::SERVICE_UNAVAILABLE)),
             "{err}"
@@ -339,10 +369,19 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        assert!(matches!(probe(addr, &c).await, Err(ProbeError::Connect(_))));
+        assert!(matches!(
+            probe(&Connector::plaintext(), &Peer::plaintext(addr), &c).await,
+            Err(ProbeError::Connect(_))
+        ));
         // A listener that never answers times out.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = probe(silent.local_addr().unwrap(), &c).await.unwrap_err();
+        let err = probe(
+            &Connector::plaintext(),
+            &Peer::plaintext(silent.local_addr().unwrap()),
+            &c,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ProbeError::Timeout(_)), "{err}");
     }
 
@@ -354,6 +393,12 @@ mod tests {
             ..check(1, 1)
         };
         // The endpoint's own port is closed; the health port answers.
-        assert!(probe(SocketAddr::new(up.ip(), 1), &c).await.is_ok());
+        assert!(probe(
+            &Connector::plaintext(),
+            &Peer::plaintext(SocketAddr::new(up.ip(), 1)),
+            &c
+        )
+        .await
+        .is_ok());
     }
 }

@@ -339,7 +339,8 @@ async fn health_checks_take_a_dead_endpoint_out() {
     be.health_check = Some(check.clone());
     let b = Arc::new(Balancer::new("reviews", &be, None));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = spawn_health_checks(b.clone(), check, async move {
+    let connector = Arc::new(crate::transport::Connector::plaintext());
+    let task = spawn_health_checks(b.clone(), check, connector, async move {
         let _ = stopped.await;
     });
 

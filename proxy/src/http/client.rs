@@ -1,9 +1,13 @@
 //! Upstream HTTP connections: a pool per set of endpoints, HTTP/1.1 with
 //! keep-alive reuse and HTTP/2 with one multiplexed connection per endpoint.
 //!
-//! The pool owns dialing (through `net::connect`, so the inbound source
-//! address rule applies) and connection reuse. It does not choose endpoints
-//! or retry; callers do that with what `send` tells them.
+//! Connections are keyed by endpoint, protocol and the identity the peer
+//! must prove ([`PoolKey`]), so that a connection made for one identity is
+//! never reused for another. Dialing goes through the transport seam's one
+//! [`Connector`]. HTTP/2 dials are single-flight: requests that arrive
+//! while the endpoint's connection is being made wait for it and share it,
+//! rather than each dialing their own. The pool does not choose endpoints or
+//! retry; callers do that with what `send` tells them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,18 +23,29 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 use tracing::debug;
 
 use super::error::{ErrorKind, ProxyError};
 use super::{Body, BoxError};
-use crate::net;
 use crate::resilience::{BreakerOpen, CircuitBreaker, Permit};
+#[cfg(test)]
+use crate::transport::Identity;
+use crate::transport::{Connection, Connector, Dial, Peer};
 
 /// The protocol spoken to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Upstream {
     Http1,
     Http2,
+}
+
+/// What a pooled connection is for: only a request for the same endpoint,
+/// protocol and identity may reuse it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub(crate) peer: Peer,
+    pub(crate) upstream: Upstream,
 }
 
 /// How a pool dials.
@@ -53,21 +68,56 @@ struct Idle {
     since: Instant,
 }
 
+/// The outcome of an HTTP/2 dial, as the requests waiting for it see it.
+type Dialed = Option<Result<http2::SendRequest<Body>, (ErrorKind, Arc<str>)>>;
+
+/// An endpoint's HTTP/2 connection: up, or being made.
+#[derive(Debug)]
+enum H2Slot {
+    Ready(http2::SendRequest<Body>),
+    /// A request is dialing; the others wait for what it gets.
+    Connecting(watch::Receiver<Dialed>),
+}
+
+impl H2Slot {
+    /// Whether the slot still stands for something: an open connection, or
+    /// a dial whose request has not gone away.
+    fn is_live(&self) -> bool {
+        match self {
+            H2Slot::Ready(sender) => !sender.is_closed(),
+            H2Slot::Connecting(rx) => rx.has_changed().is_ok(),
+        }
+    }
+}
+
+/// What a request does about an endpoint's HTTP/2 connection.
+enum H2Step {
+    Use(http2::SendRequest<Body>),
+    Wait(watch::Receiver<Dialed>),
+    Dial(watch::Sender<Dialed>),
+}
+
 /// Pooled connections to any number of endpoints.
 #[derive(Debug)]
 pub(crate) struct Pool {
     settings: PoolSettings,
+    connector: Arc<Connector>,
     /// A backend's pool counts its connections, and the requests waiting
     /// for one, against the backend's circuit breaker.
     breaker: Option<Arc<CircuitBreaker>>,
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h1_idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    h2: Mutex<HashMap<PoolKey, H2Slot>>,
 }
 
 impl Pool {
-    pub(crate) fn new(settings: PoolSettings, breaker: Option<Arc<CircuitBreaker>>) -> Arc<Self> {
+    pub(crate) fn new(
+        settings: PoolSettings,
+        connector: Arc<Connector>,
+        breaker: Option<Arc<CircuitBreaker>>,
+    ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             settings,
+            connector,
             breaker,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
@@ -87,107 +137,155 @@ impl Pool {
             list.retain(|idle| idle.since.elapsed() < idle_timeout && !idle.sender.is_closed());
             !list.is_empty()
         });
-        self.lock_h2().retain(|_, sender| !sender.is_closed());
+        self.lock_h2().retain(|_, slot| slot.is_live());
     }
 
-    /// Sends `req` to `endpoint`. A `Connect` error means nothing was sent.
+    /// Sends `req` to `peer`. A `Connect` error means nothing was sent.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        peer: &Peer,
         upstream: Upstream,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
+        let key = PoolKey {
+            peer: peer.clone(),
+            upstream,
+        };
         match upstream {
-            Upstream::Http1 => self.send_h1(endpoint, req).await,
-            Upstream::Http2 => Ok(self.send_h2(endpoint, req).await?.map(super::incoming)),
+            Upstream::Http1 => self.send_h1(key, req).await,
+            Upstream::Http2 => Ok(self.send_h2(&key, req).await?.map(super::incoming)),
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        key: PoolKey,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         // Counted as pending until a connection takes the request.
         let mut pending = self.permit(CircuitBreaker::try_acquire_pending)?;
         // A reused connection may have been closed by the server while idle;
         // the request then comes back unsent and goes on a fresh connection.
-        while let Some(mut sender) = self.take_idle(endpoint) {
+        while let Some(mut sender) = self.take_idle(&key) {
             if sender.ready().await.is_err() {
                 continue;
             }
             pending = None;
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.recycle(endpoint, sender, response)),
+                Ok(response) => return Ok(self.recycle(key, sender, response)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(upstream_error(endpoint, e.into_error())),
+                    None => return Err(upstream_error(&key.peer, e.into_error())),
                 },
             }
         }
-        let mut sender = self.connect_h1(endpoint).await?;
+        let mut sender = self.connect_h1(&key.peer).await?;
         drop(pending);
         let response = sender
             .send_request(req)
             .await
-            .map_err(|e| upstream_error(endpoint, e))?;
-        Ok(self.recycle(endpoint, sender, response))
+            .map_err(|e| upstream_error(&key.peer, e))?;
+        Ok(self.recycle(key, sender, response))
     }
 
     async fn send_h2(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        key: &PoolKey,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let pending = self.permit(CircuitBreaker::try_acquire_pending)?;
-        let existing = self
-            .lock_h2()
-            .get(&endpoint)
-            .filter(|s| !s.is_closed())
-            .cloned();
-        let mut sender = match existing {
-            Some(sender) => sender,
-            None => {
-                let sender = self.connect_h2(endpoint).await?;
-                self.lock_h2().insert(endpoint, sender.clone());
-                sender
-            }
-        };
+        let mut sender = self.h2_sender(key).await?;
         sender
             .ready()
             .await
-            .map_err(|e| upstream_error(endpoint, e))?;
+            .map_err(|e| upstream_error(&key.peer, e))?;
         drop(pending);
         sender
             .send_request(req)
             .await
-            .map_err(|e| upstream_error(endpoint, e))
+            .map_err(|e| upstream_error(&key.peer, e))
     }
 
-    async fn dial(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<TokioIo<tokio::net::TcpStream>, ProxyError> {
-        let source = match endpoint {
+    /// The endpoint's HTTP/2 connection: the open one, the one being made
+    /// (waited for), or a new one that this request dials for everyone.
+    async fn h2_sender(&self, key: &PoolKey) -> Result<http2::SendRequest<Body>, ProxyError> {
+        loop {
+            let step = {
+                let mut slots = self.lock_h2();
+                match slots.get(key) {
+                    Some(H2Slot::Ready(sender)) if !sender.is_closed() => {
+                        H2Step::Use(sender.clone())
+                    }
+                    Some(slot @ H2Slot::Connecting(rx)) if slot.is_live() => {
+                        H2Step::Wait(rx.clone())
+                    }
+                    _ => {
+                        let (tx, rx) = watch::channel(None);
+                        slots.insert(key.clone(), H2Slot::Connecting(rx));
+                        H2Step::Dial(tx)
+                    }
+                }
+            };
+            match step {
+                H2Step::Use(sender) => return Ok(sender),
+                H2Step::Wait(mut rx) => {
+                    let dialed = match rx.wait_for(Option::is_some).await {
+                        Ok(dialed) => dialed.clone(),
+                        // The dialing request went away before it finished:
+                        // the next one in line dials.
+                        Err(_) => continue,
+                    };
+                    match dialed {
+                        Some(Ok(sender)) => return Ok(sender),
+                        Some(Err((kind, detail))) => return Err(ProxyError::new(kind, &*detail)),
+                        None => continue,
+                    }
+                }
+                H2Step::Dial(tx) => {
+                    let dialed = self.connect_h2(&key.peer).await;
+                    let mut slots = self.lock_h2();
+                    match &dialed {
+                        Ok(sender) => {
+                            slots.insert(key.clone(), H2Slot::Ready(sender.clone()));
+                            let _ = tx.send(Some(Ok(sender.clone())));
+                        }
+                        Err(e) => {
+                            slots.remove(key);
+                            let _ = tx.send(Some(Err((e.kind, Arc::from(e.detail())))));
+                        }
+                    }
+                    return dialed;
+                }
+            }
+        }
+    }
+
+    async fn dial(&self, peer: &Peer) -> Result<TokioIo<Connection>, ProxyError> {
+        let source = match peer.addr {
             SocketAddr::V4(_) => self.settings.source_v4,
             SocketAddr::V6(_) => self.settings.source_v6,
         };
-        net::connect(endpoint, source, self.settings.connect_timeout)
+        let dial = Dial {
+            addr: peer.addr,
+            source,
+            timeout: self.settings.connect_timeout,
+            identity: peer.identity.clone(),
+        };
+        self.connector
+            .connect(&dial)
             .await
             .map(TokioIo::new)
-            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{peer}: {e}")))
     }
 
-    async fn connect_h1(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+    async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<Body>, ProxyError> {
         let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
-        let io = self.dial(endpoint).await?;
+        let io = self.dial(peer).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{peer}: {e}")))?;
+        let endpoint = peer.addr;
         tokio::spawn(async move {
             // The connection counts against the breaker while it lives.
             let _permit = permit;
@@ -198,19 +296,17 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_h2(
-        &self,
-        endpoint: SocketAddr,
-    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn connect_h2(&self, peer: &Peer) -> Result<http2::SendRequest<Body>, ProxyError> {
         let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
-        let io = self.dial(endpoint).await?;
+        let io = self.dial(peer).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .handshake(io)
             .await
-            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{endpoint}: {e}")))?;
+            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{peer}: {e}")))?;
+        let endpoint = peer.addr;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.await {
@@ -233,9 +329,9 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.lock_h1();
-        let list = idle.get_mut(&endpoint)?;
+        let list = idle.get_mut(key)?;
         while let Some(entry) = list.pop() {
             if entry.since.elapsed() < self.settings.idle_timeout && !entry.sender.is_closed() {
                 return Some(entry.sender);
@@ -249,13 +345,13 @@ impl Pool {
     /// is dropped half-read takes its connection with it.
     fn recycle(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        key: PoolKey,
         sender: http1::SendRequest<Body>,
         response: Response<Incoming>,
     ) -> Response<Body> {
         let ret = Recycle {
             pool: Arc::downgrade(self),
-            endpoint,
+            key,
             sender,
         };
         response.map(|body| {
@@ -267,10 +363,10 @@ impl Pool {
         })
     }
 
-    fn put_idle(&self, endpoint: SocketAddr, sender: http1::SendRequest<Body>) {
+    fn put_idle(&self, key: PoolKey, sender: http1::SendRequest<Body>) {
         let max = self.settings.max_idle_per_endpoint;
         let mut idle = self.lock_h1();
-        let list = idle.entry(endpoint).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < max {
             list.push(Idle {
                 sender,
@@ -279,18 +375,15 @@ impl Pool {
         }
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
         self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Body>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, H2Slot>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Classifies a failed exchange. hyper reports a failure of the request
-/// body it was sending (the downstream client cut its upload short) as a
-/// "user" error: that is the client's doing, not the endpoint's.
 /// Sweeps `pool` until it is dropped.
 async fn sweep(pool: Weak<Pool>) {
     let every = match pool.upgrade() {
@@ -314,14 +407,14 @@ async fn sweep(pool: Weak<Pool>) {
 #[derive(Debug)]
 struct Recycle {
     pool: Weak<Pool>,
-    endpoint: SocketAddr,
+    key: PoolKey,
     sender: http1::SendRequest<Body>,
 }
 
 impl Recycle {
     fn put(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put_idle(self.endpoint, self.sender);
+            pool.put_idle(self.key, self.sender);
         }
     }
 }
@@ -372,7 +465,10 @@ impl Drop for PooledBody {
     }
 }
 
-fn upstream_error(endpoint: SocketAddr, e: hyper::Error) -> ProxyError {
+/// Classifies a failed exchange. hyper reports a failure of the request
+/// body it was sending (the downstream client cut its upload short) as a
+/// "user" error: that is the client's doing, not the endpoint's.
+fn upstream_error(endpoint: &Peer, e: hyper::Error) -> ProxyError {
     if e.is_user() {
         return ProxyError::new(
             ErrorKind::BadRequest,
@@ -387,8 +483,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// An HTTP/1 server on loopback that counts the connections it accepts.
-    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A server on loopback that counts the connections it accepts and
+    /// answers "ok" to every request after `delay`, over HTTP/1 or HTTP/2.
+    async fn counting_server(http2: bool, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -397,16 +494,32 @@ mod tests {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
                         Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    let _ = if http2 {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await
+                    };
                 });
             }
         });
         (addr, accepted)
+    }
+
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        counting_server(false, Duration::ZERO).await
+    }
+
+    async fn h2_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        counting_server(true, delay).await
     }
 
     fn pool(idle_timeout: Duration) -> Arc<Pool> {
@@ -418,6 +531,7 @@ mod tests {
                 idle_timeout,
                 max_idle_per_endpoint: 4,
             },
+            Arc::new(Connector::plaintext()),
             None,
         )
     }
@@ -435,7 +549,10 @@ mod tests {
         let (addr, accepted) = server().await;
         let pool = pool(Duration::from_secs(60));
         for _ in 0..5 {
-            let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+            let response = pool
+                .send(&Peer::plaintext(addr), Upstream::Http1, get(addr))
+                .await
+                .unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "ok");
         }
@@ -450,9 +567,16 @@ mod tests {
     async fn expired_idle_connections_are_swept() {
         let (addr, accepted) = server().await;
         let pool = pool(Duration::from_millis(50));
-        let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+        let response = pool
+            .send(&Peer::plaintext(addr), Upstream::Http1, get(addr))
+            .await
+            .unwrap();
         drop(response.into_body().collect().await.unwrap());
-        assert_eq!(pool.lock_h1().get(&addr).map_or(0, Vec::len), 1);
+        let key = PoolKey {
+            peer: Peer::plaintext(addr),
+            upstream: Upstream::Http1,
+        };
+        assert_eq!(pool.lock_h1().get(&key).map_or(0, Vec::len), 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
         pool.sweep_once();
         assert!(
@@ -460,8 +584,89 @@ mod tests {
             "the expired connection and its endpoint are gone"
         );
         // The next request dials afresh.
-        let response = pool.send(addr, Upstream::Http1, get(addr)).await.unwrap();
+        let response = pool
+            .send(&Peer::plaintext(addr), Upstream::Http1, get(addr))
+            .await
+            .unwrap();
         drop(response.into_body().collect().await.unwrap());
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    fn h2_get(addr: SocketAddr) -> Request<Body> {
+        Request::builder()
+            .uri(format!("http://{addr}/"))
+            .version(http::Version::HTTP_2)
+            .body(super::super::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_http2_requests_share_one_dial() {
+        let (addr, accepted) = h2_server(Duration::from_millis(20)).await;
+        let pool = pool(Duration::from_secs(60));
+        let peer = Peer::plaintext(addr);
+        let sends = (0..50).map(|_| {
+            let (pool, peer) = (pool.clone(), peer.clone());
+            async move {
+                let response = pool.send(&peer, Upstream::Http2, h2_get(addr)).await?;
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::new(ErrorKind::Upstream, e.to_string()))?;
+                Ok::<_, ProxyError>(body.to_bytes())
+            }
+        });
+        let results = futures_util::future::join_all(sends).await;
+        for result in results {
+            assert_eq!(result.expect("every request is answered"), "ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "50 requests, one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_http2_dial_fails_its_waiters_and_the_next_request_dials_again() {
+        // Nothing listens here.
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let pool = pool(Duration::from_secs(60));
+        let peer = Peer::plaintext(addr);
+        let sends = (0..10).map(|_| {
+            let (pool, peer) = (pool.clone(), peer.clone());
+            async move {
+                pool.send(&peer, Upstream::Http2, h2_get(addr))
+                    .await
+                    .map(|_| ())
+            }
+        });
+        for result in futures_util::future::join_all(sends).await {
+            let err = result.expect_err("nothing listens");
+            assert_eq!(err.kind, ErrorKind::Connect, "{err}");
+        }
+        assert!(pool.lock_h2().is_empty(), "a failed dial leaves no slot");
+    }
+
+    #[tokio::test]
+    async fn connections_are_not_shared_across_identities() {
+        let (addr, accepted) = h2_server(Duration::ZERO).await;
+        let pool = pool(Duration::from_secs(60));
+        for identity in [None, Some("spiffe://cluster.local/ns/a/sa/x"), None] {
+            let peer = Peer {
+                addr,
+                identity: identity.map(Identity::new),
+            };
+            let response = pool
+                .send(&peer, Upstream::Http2, h2_get(addr))
+                .await
+                .unwrap();
+            drop(response.into_body().collect().await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "one per identity");
     }
 }

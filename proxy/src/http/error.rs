@@ -91,6 +91,13 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// What went wrong, without the kind.
+    pub(crate) fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.detail)

@@ -4,7 +4,9 @@
 
 use http::{Request, Response, Version};
 
-use super::{authority_of, forward, headers, Body, ConnInfo, HttpProxy, ProxyError, Upstream};
+use super::{
+    authority_of, forward, headers, Body, ConnInfo, HttpProxy, Peer, ProxyError, Upstream,
+};
 use crate::metrics::RequestLabels;
 
 impl HttpProxy {
@@ -25,7 +27,7 @@ impl HttpProxy {
         let result = forward(
             &self.drain,
             &self.inbound,
-            conn.orig_dst,
+            &Peer::plaintext(conn.orig_dst),
             upstream,
             &authority,
             req,

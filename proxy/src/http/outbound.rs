@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::body::{buffer, Buffered, Replay};
 use super::{
-    authority_of, empty, forward, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy, ProxyError,
-    Upstream,
+    authority_of, empty, forward, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy, Peer,
+    ProxyError, Upstream,
 };
 use crate::balance::{hash_key, Outcome};
 use crate::metrics::RequestLabels;
@@ -46,7 +46,7 @@ impl HttpProxy {
             let result = forward(
                 &self.drain,
                 &self.passthrough,
-                conn.orig_dst,
+                &Peer::plaintext(conn.orig_dst),
                 upstream,
                 &authority,
                 req,
@@ -266,10 +266,11 @@ impl HttpProxy {
             .try_acquire_request()
             .map_err(|open| ProxyError::new(ErrorKind::CircuitOpen, open.to_string()))?;
         let guard = endpoint.start_request();
+        let peer = endpoint.peer();
         let send = forward(
             &self.drain,
             &backend.pool,
-            endpoint.address(),
+            &peer,
             target.upstream,
             target.authority,
             req,
@@ -319,16 +320,10 @@ impl HttpProxy {
                 return;
             };
             let req = template.request(replay.body());
+            let peer = endpoint.peer();
             let exchange = async {
-                let response = forward(
-                    &drain,
-                    &backend.pool,
-                    endpoint.address(),
-                    upstream,
-                    &authority,
-                    req,
-                )
-                .await?;
+                let response =
+                    forward(&drain, &backend.pool, &peer, upstream, &authority, req).await?;
                 // Read the answer so the connection can be reused.
                 let _ = response.into_body().collect().await;
                 Ok::<_, ProxyError>(())
