@@ -170,7 +170,11 @@ impl CompiledRoute {
             label: Arc::from(route.name.as_deref().unwrap_or_default()),
             filters: Filters::compile(&route.filters, "filters")?,
             backends: Split::compile(&route.backend_refs)?,
-            timeouts: route.timeouts,
+            // Gateway API: a timeout of zero disables that timeout.
+            timeouts: Timeouts {
+                request: route.timeouts.request.filter(|d| !d.is_zero()),
+                backend_request: route.timeouts.backend_request.filter(|d| !d.is_zero()),
+            },
             retry: route.retry.clone(),
         })
     }
@@ -233,6 +237,29 @@ mod tests {
         let routes: Vec<Route> =
             serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         RouteTable::new(&routes).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    #[test]
+    fn a_zero_timeout_is_no_timeout() {
+        let routes: Vec<Route> = serde_json::from_str(
+            r#"[{"timeouts": {"request": "0s", "backendRequest": "250ms"}, "backendRefs": [{"name": "a"}]},
+                {"timeouts": {"request": "2s", "backendRequest": "0s"}, "backendRefs": [{"name": "a"}]}]"#,
+        )
+        .expect("routes");
+        let table = RouteTable::new(&routes).expect("compiles");
+        let [first, second] = table.routes() else {
+            panic!("two routes");
+        };
+        assert_eq!(first.timeouts().request, None);
+        assert_eq!(
+            first.timeouts().backend_request,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            second.timeouts().request,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(second.timeouts().backend_request, None);
     }
 
     pub(super) fn request(

@@ -91,6 +91,9 @@ pub(crate) struct Snapshot {
     pub(crate) config: Option<Arc<MeshConfig>>,
     by_addr: HashMap<SocketAddr, Arc<ServicePort>>,
     by_host: HashMap<(String, u16), Arc<ServicePort>>,
+    /// Wildcard host names (`*.example.com`) by their suffix with its dot
+    /// (`.example.com`).
+    by_wildcard: HashMap<(String, u16), Arc<ServicePort>>,
     host_ports: HashSet<u16>,
     pub(crate) backends: HashMap<String, Arc<BackendState>>,
     pub(crate) inbound: InboundConfig,
@@ -128,7 +131,19 @@ impl Snapshot {
             return None;
         }
         let host = strip_port(authority).to_ascii_lowercase();
-        self.by_host.get(&(host, dst.port()))
+        let port = dst.port();
+        if let Some(found) = self.by_host.get(&(host.clone(), port)) {
+            return Some(found);
+        }
+        if self.by_wildcard.is_empty() {
+            return None;
+        }
+        // Gateway API: `*.example.com` matches one or more labels before
+        // `.example.com` (not `example.com` itself); the longest suffix,
+        // the most specific, wins. Suffixes are tried longest first.
+        host.match_indices('.')
+            .filter(|(at, _)| *at > 0)
+            .find_map(|(at, _)| self.by_wildcard.get(&(host[at..].to_owned(), port)))
     }
 
     /// The protocol declared for an inbound port.
@@ -313,6 +328,7 @@ impl State {
 
         let mut by_addr = HashMap::new();
         let mut by_host = HashMap::new();
+        let mut by_wildcard = HashMap::new();
         let mut host_ports = HashSet::new();
         for (si, port) in ports {
             let service = &config.outbound.services[si];
@@ -320,7 +336,13 @@ impl State {
                 by_addr.insert(SocketAddr::new(*ip, port.port), port.clone());
             }
             for host in &service.hostnames {
-                by_host.insert((host.to_ascii_lowercase(), port.port), port.clone());
+                let host = host.to_ascii_lowercase();
+                match host.strip_prefix('*') {
+                    Some(suffix) => {
+                        by_wildcard.insert((suffix.to_owned(), port.port), port.clone())
+                    }
+                    None => by_host.insert((host, port.port), port.clone()),
+                };
                 host_ports.insert(port.port);
             }
         }
@@ -337,6 +359,7 @@ impl State {
         Ok(Snapshot {
             by_addr,
             by_host,
+            by_wildcard,
             host_ports,
             backends,
             inbound: config.inbound.clone(),
@@ -499,6 +522,41 @@ mod tests {
         assert_eq!(snapshot.version(), "2024-06-01.1");
         let reviews = "10.96.0.20:9080".parse().expect("addr");
         assert!(snapshot.service_by_addr(reviews).is_some());
+    }
+
+    #[tokio::test]
+    async fn wildcard_host_names_match_one_or_more_labels_most_specific_first() {
+        let startup = Arc::new(crate::config::defaults());
+        let state = State::new(startup, Metrics::new());
+        let config = MeshConfig::from_json(
+            r#"{"version": "w", "outbound": {"services": [
+                {"name": "any", "hostnames": ["*.example.com"], "ports": [{"port": 80}]},
+                {"name": "api", "hostnames": ["*.api.example.com"], "ports": [{"port": 80}]},
+                {"name": "exact", "hostnames": ["www.example.com"], "ports": [{"port": 80}]}
+            ]}}"#,
+        )
+        .expect("valid");
+        state.apply(config).expect("applies");
+        let snapshot = state.load();
+        let dst: SocketAddr = "10.1.2.3:80".parse().expect("addr");
+        let service = |host: &str| {
+            snapshot
+                .service_for(dst, host)
+                .map(|p| p.service.to_string())
+        };
+        assert_eq!(service("foo.example.com").as_deref(), Some("any"));
+        assert_eq!(service("a.b.example.com:80").as_deref(), Some("any"));
+        assert_eq!(service("FOO.Example.COM").as_deref(), Some("any"));
+        assert_eq!(service("v1.api.example.com").as_deref(), Some("api"));
+        assert_eq!(service("www.example.com").as_deref(), Some("exact"));
+        assert_eq!(service("example.com"), None, "the wildcard needs a label");
+        assert_eq!(service(".example.com"), None);
+        assert_eq!(service("example.com.evil"), None);
+        assert_eq!(service("fooexample.com"), None);
+        let other_port: SocketAddr = "10.1.2.3:81".parse().expect("addr");
+        assert!(snapshot
+            .service_for(other_port, "foo.example.com")
+            .is_none());
     }
 
     #[test]
