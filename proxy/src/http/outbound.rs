@@ -10,7 +10,7 @@ use http::{request, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::body::{buffer, Buffered, Replay};
+use super::body::{Replay, MAX_REPLAY_BODY};
 use super::{
     authority_of, empty, forward, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy, Peer,
     ProxyError, Upstream,
@@ -132,21 +132,19 @@ impl HttpProxy {
                 .filter(|m| m.sample(&mut rng))
                 .collect()
         };
-        let body = if mirrors.is_empty() {
-            body
-        } else {
-            match buffer(body).await {
-                Ok(Buffered::Complete(replay)) => {
-                    let template = Arc::new(Template::of(&parts));
-                    for mirror in mirrors {
-                        self.mirror(&snapshot, mirror, &template, &replay, upstream, &authority);
-                    }
-                    replay.body()
+        // A retry or a mirror needs the body again: it streams to the first
+        // attempt at once while a bounded copy is kept.
+        let body = if route.retry().is_some() || !mirrors.is_empty() {
+            let replay = Replay::new(body, MAX_REPLAY_BODY);
+            if !mirrors.is_empty() && !replay.exceeds_cap() {
+                let template = Arc::new(Template::of(&parts));
+                for mirror in mirrors {
+                    self.mirror(&snapshot, mirror, &template, &replay, upstream, &authority);
                 }
-                // Too big to copy: the request goes on, unmirrored.
-                Ok(Buffered::Streamed(body)) => body,
-                Err(e) => return (Err(e), labels),
             }
+            Outgoing::Replay(replay)
+        } else {
+            Outgoing::Once(body)
         };
         let hash = match &backend.config.load_balancer {
             remora_api::LoadBalancer::ConsistentHash(on) => hash_key(on, &parts, conn.peer),
@@ -178,7 +176,7 @@ impl HttpProxy {
         target: &Target<'_>,
         route: &CompiledRoute,
         parts: request::Parts,
-        body: Body,
+        body: Outgoing,
         labels: &RequestLabels,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = target.backend;
@@ -186,29 +184,25 @@ impl HttpProxy {
         let retry = route.retry();
         backend.budget.deposit();
 
-        // A retried request needs its body again: keep small ones. A body
-        // too big to keep is sent once and never retried.
-        let (mut first_body, retryable) = match retry {
-            Some(_) => match buffer(body).await? {
-                Buffered::Complete(replay) => (None, Some((Template::of(&parts), replay))),
-                Buffered::Streamed(body) => (Some(body), None),
-            },
-            None => (Some(body), None),
+        let (replay, mut once) = match body {
+            Outgoing::Replay(replay) => (Some(replay), None),
+            Outgoing::Once(body) => (None, Some(body)),
         };
+        // Only a request that may be retried needs its head again.
+        let template = retry.map(|_| Template::of(&parts));
         let mut first = Some(parts);
         let deadline = timeouts.request.map(|d| Instant::now() + d);
         let mut attempt: u32 = 0;
         loop {
-            let req = match (first.take(), &retryable) {
-                (Some(parts), Some((_, replay))) => Request::from_parts(parts, replay.body()),
-                (Some(parts), None) => {
-                    Request::from_parts(parts, first_body.take().unwrap_or_else(empty))
-                }
-                (None, Some((template, replay))) => template.request(replay.body()),
-                // Only a retryable request comes round again.
-                (None, None) => {
-                    return Err(ProxyError::new(ErrorKind::Upstream, "no retry possible"))
-                }
+            let body = match (&replay, once.take()) {
+                (Some(replay), _) => replay.attempt(),
+                (None, body) => body,
+            };
+            let req = match (first.take(), &template, body) {
+                (Some(parts), _, Some(body)) => Request::from_parts(parts, body),
+                (None, Some(template), Some(body)) => template.request(body),
+                // Only a replayable request comes round again.
+                _ => return Err(ProxyError::new(ErrorKind::Upstream, "no retry possible")),
             };
             let method = req.method().clone();
             let result = self
@@ -219,19 +213,19 @@ impl HttpProxy {
             let Some(outcome) = outcome_of(&result) else {
                 return result;
             };
-            // A streamed body was consumed by the first attempt.
-            let body_kind = match &retryable {
-                Some((_, replay)) if replay.is_empty() => RequestBody::Empty,
-                Some(_) => RequestBody::Replayable,
-                None => RequestBody::Streamed,
+            // A retry needs the whole body again: empty, or still all kept.
+            let body_kind = match &replay {
+                Some(replay) if replay.is_empty() => RequestBody::Empty,
+                Some(replay) if replay.is_replayable() => RequestBody::Replayable,
+                _ => RequestBody::Streamed,
             };
-            let may_retry = match (retry, &retryable) {
-                (Some(policy), Some(_)) => {
+            let may_retry = match retry {
+                Some(policy) => {
                     attempt < policy.attempts
                         && is_retryable(&method, outcome, grpc_status(&result), policy, body_kind)
                         && deadline.is_none_or(|d| Instant::now() < d)
                 }
-                _ => false,
+                None => false,
             };
             if !may_retry || !backend.budget.try_withdraw() {
                 return result;
@@ -311,15 +305,17 @@ impl HttpProxy {
         let Some(backend) = snapshot.backends.get(mirror.backend()).cloned() else {
             return;
         };
+        let Some(body) = replay.mirror() else {
+            return;
+        };
         let template = template.clone();
-        let replay = replay.clone();
         let drain = self.drain.clone();
         let authority = authority.to_owned();
         tokio::spawn(async move {
             let Some(endpoint) = backend.balancer.pick(None) else {
                 return;
             };
-            let req = template.request(replay.body());
+            let req = template.request(body);
             let peer = endpoint.peer();
             let exchange = async {
                 let response =
@@ -351,6 +347,14 @@ fn outcome_of(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
         Err(e) if matches!(e.kind, ErrorKind::CircuitOpen | ErrorKind::NoEndpoints) => None,
         Err(_) => Some(Outcome::Error),
     }
+}
+
+/// A request body as the attempts get it.
+enum Outgoing {
+    /// Sent once: no retry or mirror needs it again.
+    Once(Body),
+    /// Streamed to the first attempt, with a bounded copy kept.
+    Replay(Replay),
 }
 
 /// Where the attempts of one request go.

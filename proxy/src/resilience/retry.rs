@@ -7,10 +7,15 @@
 //! - a connect failure, whatever the method and body, when
 //!   `onConnectFailure` is set: nothing reached the app, and the body has
 //!   not been read;
+//! - a connection error (the connection was reset or closed before the
+//!   response head arrived) or an attempt that ran out its per-try timeout
+//!   (`timeouts.backendRequest`), whatever the method, when the body can be
+//!   sent again: Gateway API's `HTTPRouteRetry` retries connection errors
+//!   whenever a retry stanza is set, as Envoy's `reset` and
+//!   `per-try-timeout` do;
 //! - a status in `codes`, only when the method is idempotent (RFC 9110:
 //!   GET, HEAD, OPTIONS, TRACE, PUT, DELETE) **and** the body can be sent
-//!   again (empty, or buffered whole). An attempt that timed out counts as
-//!   504 and one that broke after connecting as 502, as they are answered;
+//!   again (empty, or kept whole while it streamed);
 //! - a gRPC response whose `grpc-status` (trailers-only, so in the header)
 //!   is in `grpcCodes`, when the body can be sent again. gRPC is always
 //!   POST; listing a code is how a route declares its calls safe to repeat.
@@ -61,10 +66,9 @@ pub(crate) fn is_retryable(
 ) -> bool {
     let status = match outcome {
         Outcome::ConnectFailure => return retry.on_connect_failure,
+        Outcome::Timeout | Outcome::Error => return body.can_resend(),
         Outcome::Success => 200,
         Outcome::Status(status) => status,
-        Outcome::Timeout => 504,
-        Outcome::Error => 502,
     };
     if !body.can_resend() {
         return false;
@@ -163,26 +167,28 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_and_broken_exchanges_count_as_504_and_502() {
-        let r = retry(&[504], &[], true);
-        assert!(is_retryable(
-            &Method::GET,
-            Outcome::Timeout,
-            None,
-            &r,
-            RequestBody::Empty
-        ));
+    fn connection_errors_and_per_try_timeouts_are_retried_for_any_method_when_the_body_resends() {
+        // Gateway API: a retry stanza retries connection errors, whatever
+        // its codes; Envoy's reset and per-try-timeout do the same.
+        let r = retry(&[], &[], false);
+        for method in [Method::GET, Method::POST] {
+            for outcome in [Outcome::Error, Outcome::Timeout] {
+                for body in [RequestBody::Empty, RequestBody::Replayable] {
+                    assert!(
+                        is_retryable(&method, outcome, None, &r, body),
+                        "{method} {outcome:?} {body:?}"
+                    );
+                }
+                assert!(
+                    !is_retryable(&method, outcome, None, &r, RequestBody::Streamed),
+                    "{method} {outcome:?}: the body is gone"
+                );
+            }
+        }
+        // A 502 or 504 the endpoint answered itself is a status like others.
         assert!(!is_retryable(
             &Method::GET,
-            Outcome::Error,
-            None,
-            &r,
-            RequestBody::Empty
-        ));
-        let r = retry(&[502], &[], true);
-        assert!(is_retryable(
-            &Method::GET,
-            Outcome::Error,
+            Outcome::Status(502),
             None,
             &r,
             RequestBody::Empty
