@@ -264,6 +264,60 @@ impl Metrics {
             .inc();
     }
 
+    /// Drops the series of the request metrics whose `service`, `route` or
+    /// `backend` label names something `keep` says is gone, so that removed
+    /// resources do not linger in `/metrics`. Walks every series: call it
+    /// off the data path, when a config removed something.
+    pub(crate) fn retain_series(&self, keep: impl Fn(&str, &str, &str) -> bool) {
+        use prometheus::core::Collector;
+        let label = |metric: &prometheus::proto::Metric, name: &str| {
+            metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let mut doomed: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+        let families: [&dyn Collector; 4] = [
+            &self.requests,
+            &self.request_duration,
+            &self.retries,
+            &self.ejections,
+        ];
+        for (index, collector) in families.iter().enumerate() {
+            for family in collector.collect() {
+                for metric in family.get_metric() {
+                    let (service, route, backend) = (
+                        label(metric, "service"),
+                        label(metric, "route"),
+                        label(metric, "backend"),
+                    );
+                    if !keep(&service, &route, &backend) {
+                        let labels = metric
+                            .get_label()
+                            .iter()
+                            .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                            .collect();
+                        doomed.push((index, labels));
+                    }
+                }
+            }
+        }
+        for (index, labels) in doomed {
+            let labels: std::collections::HashMap<&str, &str> = labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let _ = match index {
+                0 => self.requests.remove(&labels),
+                1 => self.request_duration.remove(&labels),
+                2 => self.retries.remove(&labels),
+                _ => self.ejections.remove(&labels),
+            };
+        }
+    }
+
     /// The registry in the Prometheus text format.
     pub(crate) fn render(&self) -> String {
         TextEncoder::new()

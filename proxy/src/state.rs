@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use remora_api::{
     Backend, BackendRef, HealthCheck, HttpSettings, InboundConfig, InboundMode, MeshConfig,
-    Protocol, Route,
+    Protocol, Route, Service,
 };
 use tracing::{info, warn};
 
@@ -89,6 +89,8 @@ struct HealthTask {
 pub(crate) struct Snapshot {
     /// The config as loaded, for `/config_dump`; `None` before the first.
     pub(crate) config: Option<Arc<MeshConfig>>,
+    /// Each service's compiled ports, by service name.
+    services: HashMap<String, Vec<Arc<ServicePort>>>,
     by_addr: HashMap<SocketAddr, Arc<ServicePort>>,
     by_host: HashMap<(String, u16), Arc<ServicePort>>,
     /// Wildcard host names (`*.example.com`) by their suffix with its dot
@@ -144,6 +146,33 @@ impl Snapshot {
         host.match_indices('.')
             .filter(|(at, _)| *at > 0)
             .find_map(|(at, _)| self.by_wildcard.get(&(host[at..].to_owned(), port)))
+    }
+
+    /// Whether some service, route or backend of `previous` is gone or
+    /// rebuilt here, so metric series may need dropping.
+    fn drops_resources_of(&self, previous: &Snapshot) -> bool {
+        previous.services.iter().any(|(name, ports)| {
+            self.services
+                .get(name)
+                .is_none_or(|now| !now.iter().zip(ports).all(|(a, b)| Arc::ptr_eq(a, b)))
+        }) || previous
+            .backends
+            .keys()
+            .any(|name| !self.backends.contains_key(name))
+    }
+
+    /// Whether a metric series labelled with `service`, `route` and
+    /// `backend` (empty when not about one) names only what this snapshot
+    /// has.
+    fn has_series(&self, service: &str, route: &str, backend: &str) -> bool {
+        let service_ok = service.is_empty()
+            || self.services.get(service).is_some_and(|ports| {
+                route.is_empty()
+                    || ports
+                        .iter()
+                        .any(|p| p.routes.routes().iter().any(|r| &**r.label() == route))
+            });
+        service_ok && (backend.is_empty() || self.backends.contains_key(backend))
     }
 
     /// The protocol declared for an inbound port.
@@ -275,7 +304,13 @@ impl State {
             Ok(next) => {
                 info!(version = next.version(), "config applied");
                 self.sync_health_checks(&next);
-                self.current.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.current.store(next.clone());
+                if next.drops_resources_of(&previous) {
+                    self.metrics.retain_series(|service, route, backend| {
+                        next.has_series(service, route, backend)
+                    });
+                }
                 self.metrics.config_update(true);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
@@ -298,33 +333,37 @@ impl State {
                          use permissive (plaintext is accepted either way)",
             });
         }
-        let mut ports = Vec::new();
+        // Incremental: a service whose config is unchanged keeps its
+        // compiled ports (route tables, compiled regexes) as they are.
+        let previous_configs: HashMap<&str, &Service> = previous
+            .config
+            .iter()
+            .flat_map(|c| c.outbound.services.iter())
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        let mut services = HashMap::with_capacity(config.outbound.services.len());
         for (si, service) in config.outbound.services.iter().enumerate() {
-            let name: Arc<str> = Arc::from(service.name.as_str());
-            for (pi, port) in service.ports.iter().enumerate() {
-                let routes = if port.routes.is_empty() && !port.backend_refs.is_empty() {
-                    RouteTable::new(&[catch_all(&port.backend_refs)])
-                } else {
-                    RouteTable::new(&port.routes)
-                }
-                .map_err(|source| StateError::Route {
-                    service: si,
-                    port: pi,
-                    source,
-                })?;
-                ports.push((
-                    si,
-                    Arc::new(ServicePort {
-                        service: name.clone(),
-                        port: port.port,
-                        protocol: port.protocol,
-                        routes,
-                        tcp_backends: port.backend_refs.clone(),
-                        passthrough: port.routes.is_empty() && port.backend_refs.is_empty(),
-                    }),
-                ));
-            }
+            let unchanged = previous_configs
+                .get(service.name.as_str())
+                .is_some_and(|old| *old == service);
+            let ports = match previous.services.get(&service.name) {
+                Some(ports) if unchanged => ports.clone(),
+                _ => compile_service(si, service)?,
+            };
+            services.insert(service.name.clone(), ports);
         }
+        let ports = config
+            .outbound
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(si, s)| {
+                services
+                    .get(&s.name)
+                    .into_iter()
+                    .flatten()
+                    .map(move |port| (si, port.clone()))
+            });
 
         let mut by_addr = HashMap::new();
         let mut by_host = HashMap::new();
@@ -357,6 +396,7 @@ impl State {
             .collect();
 
         Ok(Snapshot {
+            services,
             by_addr,
             by_host,
             by_wildcard,
@@ -460,6 +500,33 @@ impl State {
     }
 }
 
+/// Compiles one service's ports: route tables, and how each port is used.
+fn compile_service(si: usize, service: &Service) -> Result<Vec<Arc<ServicePort>>, StateError> {
+    let name: Arc<str> = Arc::from(service.name.as_str());
+    let mut ports = Vec::with_capacity(service.ports.len());
+    for (pi, port) in service.ports.iter().enumerate() {
+        let routes = if port.routes.is_empty() && !port.backend_refs.is_empty() {
+            RouteTable::new(&[catch_all(&port.backend_refs)])
+        } else {
+            RouteTable::new(&port.routes)
+        }
+        .map_err(|source| StateError::Route {
+            service: si,
+            port: pi,
+            source,
+        })?;
+        ports.push(Arc::new(ServicePort {
+            service: name.clone(),
+            port: port.port,
+            protocol: port.protocol,
+            routes,
+            tcp_backends: port.backend_refs.clone(),
+            passthrough: port.routes.is_empty() && port.backend_refs.is_empty(),
+        }));
+    }
+    Ok(ports)
+}
+
 /// The route a port with `backendRefs` and no routes sends everything to.
 fn catch_all(backend_refs: &[BackendRef]) -> Route {
     Route {
@@ -557,6 +624,99 @@ mod tests {
         assert!(snapshot
             .service_for(other_port, "foo.example.com")
             .is_none());
+    }
+
+    fn two_services(version: &str, b_route: &str, with_b: bool) -> MeshConfig {
+        let b = if with_b {
+            format!(
+                r#",{{"name": "b", "addresses": ["10.0.0.2"], "ports": [{{"port": 80,
+                    "routes": [{{"name": "{b_route}", "backendRefs": [{{"name": "bb"}}]}}]}}]}}"#
+            )
+        } else {
+            String::new()
+        };
+        let bb = if with_b {
+            r#","bb": {"endpoints": [{"address": "10.1.0.2:80"}]}"#
+        } else {
+            ""
+        };
+        MeshConfig::from_json(&format!(
+            r#"{{"version": "{version}", "outbound": {{"services": [
+                {{"name": "a", "addresses": ["10.0.0.1"], "ports": [{{"port": 80,
+                    "routes": [{{"name": "ra", "backendRefs": [{{"name": "aa"}}]}}]}}]}}{b}
+            ]}},
+            "backends": {{"aa": {{"endpoints": [{{"address": "10.1.0.1:80"}}]}}{bb}}}}}"#
+        ))
+        .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn unchanged_services_keep_their_compiled_ports_and_changed_ones_are_rebuilt() {
+        let state = State::new(Arc::new(crate::config::defaults()), Metrics::new());
+        state.apply(two_services("1", "rb", true)).expect("applies");
+        let first = state.load();
+        state
+            .apply(two_services("2", "rb2", true))
+            .expect("applies");
+        let second = state.load();
+        let a = |s: &Snapshot| s.services["a"][0].clone();
+        let b = |s: &Snapshot| s.services["b"][0].clone();
+        assert!(Arc::ptr_eq(&a(&first), &a(&second)), "a is unchanged: kept");
+        assert!(!Arc::ptr_eq(&b(&first), &b(&second)), "b changed: rebuilt");
+        assert!(
+            Arc::ptr_eq(&first.backends["aa"], &second.backends["aa"]),
+            "unchanged backends keep their state, balancer and pool"
+        );
+    }
+
+    #[tokio::test]
+    async fn metric_series_of_removed_services_routes_and_backends_are_dropped() {
+        let metrics = Metrics::new();
+        let state = State::new(Arc::new(crate::config::defaults()), metrics.clone());
+        state.apply(two_services("1", "rb", true)).expect("applies");
+        let count = |service: &str, route: &str, backend: &str| {
+            let labels = crate::metrics::RequestLabels {
+                service: Arc::from(service),
+                route: Arc::from(route),
+                backend: Arc::from(backend),
+            };
+            metrics.request(
+                crate::proxy::Direction::Outbound,
+                &labels,
+                http::StatusCode::OK,
+                std::time::Duration::from_millis(1),
+            );
+        };
+        count("a", "ra", "aa");
+        count("b", "rb", "bb");
+        count("", "", "");
+        let text = metrics.render();
+        assert!(text.contains(r#"service="b""#), "{text}");
+
+        // b's route renamed: the old route's series go, a's stay.
+        state
+            .apply(two_services("2", "rb2", true))
+            .expect("applies");
+        let text = metrics.render();
+        assert!(!text.contains(r#"route="rb""#), "{text}");
+        assert!(text.contains(r#"route="ra""#), "{text}");
+
+        // b and its backend removed.
+        count("b", "rb2", "bb");
+        state
+            .apply(two_services("3", "rb2", false))
+            .expect("applies");
+        let text = metrics.render();
+        assert!(!text.contains(r#"service="b""#), "{text}");
+        assert!(!text.contains(r#"backend="bb""#), "{text}");
+        assert!(
+            text.contains(r#"remora_requests_total{backend="aa""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"remora_requests_total{backend="",class="2xx",direction="outbound",route="",service="",status="200"} 1"#),
+            "series about no resource stay\n{text}"
+        );
     }
 
     #[test]
