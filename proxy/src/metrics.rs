@@ -46,6 +46,7 @@ pub(crate) struct Metrics {
     retries: IntCounterVec,
     ejections: IntCounterVec,
     config_updates: IntCounterVec,
+    config_apply_seconds: prometheus::Gauge,
 }
 
 /// Why a proxied connection failed; the `reason` label.
@@ -162,6 +163,14 @@ impl Metrics {
         registry
             .register(Box::new(request_duration.clone()))
             .expect("each metric is registered once");
+        let config_apply_seconds = prometheus::Gauge::new(
+            "remora_config_apply_seconds",
+            "How long the last accepted config took to compile and swap in (off the data path)",
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(config_apply_seconds.clone()))
+            .expect("each metric is registered once");
         let tcp_active = IntGaugeVec::new(
             Opts::new(
                 "remora_tcp_connections_active",
@@ -188,6 +197,7 @@ impl Metrics {
             retries,
             ejections,
             config_updates,
+            config_apply_seconds,
         }
     }
 
@@ -230,6 +240,10 @@ impl Metrics {
     /// The counter a backend's balancer bumps on each ejection.
     pub(crate) fn ejections(&self, backend: &str) -> IntCounter {
         self.ejections.with_label_values(&[backend])
+    }
+
+    pub(crate) fn config_applied_in(&self, took: Duration) {
+        self.config_apply_seconds.set(took.as_secs_f64());
     }
 
     pub(crate) fn config_update(&self, applied: bool) {

@@ -297,7 +297,8 @@ impl State {
     /// Compiles `config` and swaps it in, or rejects it with the reason.
     pub(crate) fn apply(&self, config: MeshConfig) -> Result<(), StateError> {
         let previous = self.current.load_full();
-        self.lock_config_health().applying_since = Some(std::time::Instant::now());
+        let started = std::time::Instant::now();
+        self.lock_config_health().applying_since = Some(started);
         let compiled = self.compile(config, &previous);
         self.lock_config_health().applying_since = None;
         match compiled {
@@ -311,6 +312,7 @@ impl State {
                         next.has_series(service, route, backend)
                     });
                 }
+                self.metrics.config_applied_in(started.elapsed());
                 self.metrics.config_update(true);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
