@@ -158,7 +158,7 @@ impl Proxy {
         limit: &ConnectionLimit,
         refusals: &mut Throttle,
     ) {
-        if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        if let Err(e) = stream.set_zero_linger() {
             debug!(%peer, error = %e, "cannot set SO_LINGER; closing the refused connection normally");
         }
         drop(stream);
