@@ -9,20 +9,24 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use remora_e2e::http_apps::HttpClient;
 use remora_e2e::metrics::{CLOSED, ERRORS, OPENED, REFUSED};
+use remora_e2e::ws::ws_round_trip;
 use remora_e2e::{
     assert_closed_without_data, exchange, within, Pod, ProxyHandle, TestNet, INBOUND, OUTBOUND,
     WAIT,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: usize = 50;
 const FLOOD: usize = 80;
 const INBOUND_LIMIT: &[(&str, &str)] = &[("direction", "inbound"), ("reason", "limit")];
 const OUTBOUND_LIMIT: &[(&str, &str)] = &[("direction", "outbound"), ("reason", "limit")];
 const OUTBOUND_IDLE: &[(&str, &str)] = &[("direction", "outbound"), ("reason", "idle_timeout")];
+const INBOUND_IDLE: &[(&str, &str)] = &[("direction", "inbound"), ("reason", "idle_timeout")];
 
 /// Silent connections: open ones, and how many were reset so soon that
 /// `connect` itself reported it.
@@ -297,4 +301,73 @@ async fn idle_opaque_connections_are_closed_and_busy_ones_are_not() {
         .await;
     assert_eq!(after.since(&before, ERRORS, OUTBOUND_IDLE), 2.0, "{after}");
     assert_eq!(after.since(&before, CLOSED, OUTBOUND), 2.0, "{after}");
+}
+
+#[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_slot_until_it_closes_and_closes_when_idle() {
+    let net = TestNet::new("conn_tunnel");
+    let client = net.pod("client");
+    let server = net.pod("server");
+    let _ws = server.spawn_ws_echo_server(8080);
+    let proxy = server
+        .mesh_with(&[], &["--max-connections", "2", "--tcp-idle-timeout", "2s"])
+        .await;
+    let target = server.addr4(8080);
+    let before = proxy.metrics().await;
+
+    // The server's inbound proxy handles the upgrade: after the 101 its HTTP
+    // connection is over, but the tunnel holds the socket, and its slot.
+    let mut ws = within(
+        WAIT,
+        "the WebSocket upgrade",
+        client.ws_connect(target, "/"),
+    )
+    .await
+    .expect("WebSocket upgrade through the server's inbound proxy");
+    let hello = Message::text("hello");
+    let reply = within(WAIT, "the echo", ws_round_trip(&mut ws, hello.clone()))
+        .await
+        .expect("echo through the tunnel");
+    assert_eq!(reply, hello);
+    let last_frame = Instant::now();
+
+    // Slot 2 of 2 for a silent connection; a third connection is refused.
+    let mut second = open_silent(&client, target, 1).await;
+    let mut third = open_silent(&client, target, 1).await;
+    assert_eq!(
+        third.count_reset().await,
+        1,
+        "the tunnel still holds a slot"
+    );
+    assert_eq!(second.count_reset().await, 0);
+
+    // No frame for 2 s: the proxy closes the tunnel.
+    let end = within(WAIT, "the idle tunnel to close", ws.next()).await;
+    let closed_after = last_frame.elapsed();
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "the tunnel ended without data: {end:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(1900) && closed_after < Duration::from_secs(3),
+        "tunnel closed {closed_after:?} after its last frame: expected the 2 s idle timeout"
+    );
+
+    // Its slot came back: a new connection is accepted.
+    let mut after = open_silent(&client, target, 1).await;
+    assert_eq!(
+        after.count_reset().await,
+        0,
+        "the tunnel's slot was released"
+    );
+    let metrics = proxy
+        .wait_metrics("the silent connection's idle timeout", |m| {
+            m.since(&before, ERRORS, INBOUND_IDLE) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        metrics.since(&before, REFUSED, INBOUND_LIMIT),
+        1.0,
+        "only the third was refused\n{metrics}"
+    );
 }
