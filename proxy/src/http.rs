@@ -204,14 +204,22 @@ impl HttpProxy {
                 match stall {
                     None => dispatch.await,
                     // A body that stalls before the response has started
-                    // ends the request (dropping the upstream attempt).
-                    Some(stall) => tokio::select! {
-                        r = dispatch => r,
-                        () = stall.stalled() => {
+                    // ends the request (dropping the upstream attempt); the
+                    // upstream failure it caused may come back first.
+                    Some(stall) => {
+                        let stalled = || {
                             let e = idle_body::BodyIdle(timeout);
-                            (Err(ProxyError::new(ErrorKind::BodyTimeout, e.to_string())), Default::default())
+                            Err(ProxyError::new(ErrorKind::BodyTimeout, e.to_string()))
+                        };
+                        tokio::select! {
+                            biased;
+                            () = stall.stalled() => (stalled(), Default::default()),
+                            (result, labels) = dispatch => match result {
+                                Err(_) if stall.has_fired() => (stalled(), labels),
+                                other => (other, labels),
+                            },
                         }
-                    },
+                    }
                 }
             }
             Err(e) => (Err(e), Default::default()),

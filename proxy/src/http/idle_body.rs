@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,12 +30,29 @@ pub(crate) struct BodyIdle(pub(crate) Duration);
 
 /// Fires once when the body it watches stalls.
 #[derive(Debug, Default)]
-pub(crate) struct Stall(Notify);
+pub(crate) struct Stall {
+    notify: Notify,
+    fired: AtomicBool,
+}
 
 impl Stall {
     /// Resolves when the body has stalled (at once if it already has).
     pub(crate) async fn stalled(&self) {
-        self.0.notified().await;
+        if self.has_fired() {
+            return;
+        }
+        self.notify.notified().await;
+    }
+
+    /// Whether the body has stalled: an upstream failure seen meanwhile
+    /// is this stall's doing.
+    pub(crate) fn has_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_one();
     }
 }
 
@@ -88,7 +106,7 @@ impl HttpBody for IdleTimeout {
         }
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                this.stall.0.notify_one();
+                this.stall.fire();
                 Poll::Ready(Some(Err(BodyIdle(this.timeout).into())))
             }
             Poll::Pending => Poll::Pending,
