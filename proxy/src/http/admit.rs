@@ -114,28 +114,38 @@ pub(crate) fn parse_authority(text: &str) -> Result<Authority, AuthorityError> {
     Ok(authority)
 }
 
-/// The authority an HTTP/1 request addressed: an absolute-form target's
-/// own (whatever `Host` says, RFC 9112 3.2.2), else its one `Host`.
+/// The text of a request's one `Host` header, if it has one.
+fn one_host(headers: &HeaderMap) -> Result<Option<&str>, AuthorityError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    let more = hosts.count();
+    if more > 0 {
+        return Err(AuthorityError::ManyHosts(more + 1));
+    }
+    first
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                AuthorityError::Invalid(String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })
+        })
+        .transpose()
+}
+
+/// Checks the authority an HTTP/1 request addressed: an absolute-form
+/// target's own, which wins over `Host` (RFC 9112 3.2.2) and is returned to
+/// be sent as `Host`; else its one `Host`, which stays as it is.
 fn h1_host(
     version: Version,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Option<Authority>, AuthorityError> {
-    let hosts: Vec<&HeaderValue> = headers.get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
-        return Err(AuthorityError::ManyHosts(hosts.len()));
-    }
+    let host = one_host(headers)?;
     if let Some(authority) = uri.authority() {
         check_scheme(uri)?;
         return parse_authority(authority.as_str()).map(Some);
     }
-    match hosts.first() {
-        Some(value) => {
-            let text = value.to_str().map_err(|_| {
-                AuthorityError::Invalid(String::from_utf8_lossy(value.as_bytes()).into())
-            })?;
-            parse_authority(text).map(Some)
-        }
+    match host {
+        Some(text) => parse_authority(text).map(|_| None),
         // HTTP/1.0 may leave it out; HTTP/1.1 must send it (RFC 9112 3.2).
         None if version == Version::HTTP_11 => Err(AuthorityError::MissingHost),
         None => Ok(None),
@@ -146,17 +156,7 @@ fn h1_host(
 /// agree with (RFC 9113 8.3.1 lets a server refuse one that differs, and
 /// this proxy does), else the `Host` alone.
 fn h2_authority(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, AuthorityError> {
-    let hosts: Vec<&HeaderValue> = headers.get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
-        return Err(AuthorityError::ManyHosts(hosts.len()));
-    }
-    let host = hosts
-        .first()
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| AuthorityError::Invalid(String::from_utf8_lossy(v.as_bytes()).into()))
-        })
-        .transpose()?;
+    let host = one_host(headers)?;
     let Some(authority) = uri.authority() else {
         return host.map(parse_authority).transpose();
     };
