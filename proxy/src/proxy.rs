@@ -194,7 +194,17 @@ impl Proxy {
         };
 
         // Declared ports skip detection: opaque and tcp ones are bytes, and
-        // http2 and grpc ones speak HTTP/2 with prior knowledge.
+        // http2 and grpc ones speak HTTP/2 with prior knowledge. A port
+        // listed as http (a service port, or an inbound port) speaks HTTP,
+        // so a late or bad request head is answered as HTTP, not opaque.
+        let declared_http = match direction {
+            Direction::Outbound => declared == Some(ApiProtocol::Http),
+            Direction::Inbound => snapshot
+                .inbound
+                .ports
+                .iter()
+                .any(|p| p.port == dst.port() && p.protocol == ApiProtocol::Http),
+        };
         let declared_protocol = match declared {
             Some(ApiProtocol::Opaque | ApiProtocol::Tcp) => Some(Protocol::Opaque),
             Some(ApiProtocol::Http2 | ApiProtocol::Grpc) => Some(Protocol::H2),
@@ -207,6 +217,15 @@ impl Proxy {
                 prefix: bytes::Bytes::new(),
                 timed_out: false,
             }
+        } else if declared_http {
+            match crate::http::sniff(&mut stream, snapshot.http.request_headers_timeout).await {
+                Ok(detected) => detected,
+                Err(e) => {
+                    debug!(%peer, %dst, error = %e, "client failed before its request head");
+                    self.metrics.tcp_error(direction, TcpErrorReason::Detect);
+                    return;
+                }
+            }
         } else {
             match detect::detect(&mut stream, self.config.detect_timeout).await {
                 Ok(detected) => detected,
@@ -217,7 +236,7 @@ impl Proxy {
                 }
             }
         };
-        if detected.timed_out {
+        if detected.timed_out && !declared_http {
             self.metrics.detect_timeout(direction);
         }
 
@@ -228,6 +247,11 @@ impl Proxy {
             conn.sent.clone(),
         )
         .holding(slot);
+        if declared_http && detected.timed_out {
+            drop(snapshot);
+            self.http.late_head(client, direction).await;
+            return;
+        }
         let is_http = matches!(detected.protocol, Protocol::Http1 | Protocol::H2);
         if is_http && wants_http(&snapshot, direction, dst, declared) {
             drop(snapshot);

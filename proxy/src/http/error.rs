@@ -37,6 +37,13 @@ pub(crate) enum ErrorKind {
     BadRequest,
     /// A route filter cannot apply to this request: the route needs fixing.
     Filter,
+    /// The request uses a feature the proxy does not implement (a transfer
+    /// coding other than chunked).
+    NotImplemented,
+    /// The client did not send its request head in time.
+    HeaderTimeout,
+    /// The client stopped sending its request body for too long.
+    BodyTimeout,
 }
 
 impl ErrorKind {
@@ -48,6 +55,8 @@ impl ErrorKind {
             ErrorKind::Connect | ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::HeaderTimeout | ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -63,13 +72,19 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Filter => "filter",
+            ErrorKind::NotImplemented => "not_implemented",
+            ErrorKind::HeaderTimeout => "header_timeout",
+            ErrorKind::BodyTimeout => "body_timeout",
         }
     }
 
     pub(crate) fn source(self) -> ErrorSource {
         match self {
             ErrorKind::NoRoute | ErrorKind::NoBackend | ErrorKind::Filter => ErrorSource::Internal,
-            ErrorKind::BadRequest => ErrorSource::Downstream,
+            ErrorKind::BadRequest
+            | ErrorKind::NotImplemented
+            | ErrorKind::HeaderTimeout
+            | ErrorKind::BodyTimeout => ErrorSource::Downstream,
             _ => ErrorSource::Upstream,
         }
     }
