@@ -4,14 +4,11 @@
 //! multiplexing, upgrades, header limits, graceful drain) and forwards each
 //! request: outbound through a route to a balanced backend endpoint
 //! (`outbound`), or to an unknown destination unchanged; inbound to the app
-//! (`inbound`). Connections and their reuse live in `client`. Every request
+//! (`inbound`). Connections and their reuse live in `crate::pool`. Every request
 //! is first refused or normalised (`admit`); a connection's start on a
 //! declared HTTP port is `head`'s.
 
 mod admit;
-mod body;
-mod client;
-mod error;
 mod head;
 mod headers;
 mod idle_body;
@@ -24,44 +21,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+pub(crate) use crate::body::{empty, full, incoming, Body};
+pub(crate) use crate::error::{BoxError, ErrorKind, ProxyError};
+pub(crate) use crate::pool::{Pool, Upstream};
 use crate::transport::Identity;
 pub(crate) use crate::transport::Peer;
-pub(crate) use client::{Pool, PoolSettings, Upstream};
-pub(crate) use error::{BoxError, ErrorKind, ErrorSource, ProxyError};
 pub(crate) use head::sniff;
 
-use crate::detect::Protocol;
+use crate::direction::Direction;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
-use crate::proxy::Direction;
 use crate::state::State;
-
-/// Request and response bodies as the proxy passes them along: streamed,
-/// never buffered whole unless a feature (retries) needs it.
-pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub(crate) fn empty() -> Body {
-    full(Bytes::new())
-}
-
-pub(crate) fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
-}
+use crate::transport::detect::Protocol;
 
 /// What the request handlers know about the downstream connection.
 #[derive(Debug)]

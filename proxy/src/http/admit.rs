@@ -17,9 +17,9 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Version};
 use remora_api::{HttpSettings, PathNormalizationMode};
 
-use super::error::{ErrorKind, ProxyError};
 use super::headers::{self, TransferCodingError};
 use super::normalize::{normalize_path, PathOptions};
+use crate::error::{ErrorKind, ProxyError};
 
 /// Why an authority (`Host`, `:authority`, an absolute-form target's) was
 /// refused.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::detect::{Detected, Protocol, H2_PREFACE};
+use crate::transport::detect::{Detected, Protocol, H2_PREFACE};
 
 /// How long the proxy tries to deliver its 408 to a client that is not
 /// reading.

@@ -1,6 +1,8 @@
-//! Data-plane errors for HTTP. Each records where it came from and whether a
-//! retry may help, so retries, logs, metrics and the response status all
-//! decide the same way (after pingora-error).
+//! The data plane's one error type, for connections (L4) and requests (L7)
+//! alike. Each [`ErrorKind`] records where the failure came from
+//! ([`ErrorSource`]) and whether another attempt may help ([`Retry`]), so
+//! that retries, logs, metrics (the `reason` label) and the response status
+//! all decide the same way (after pingora-error).
 
 use std::fmt;
 
@@ -44,6 +46,33 @@ pub(crate) enum ErrorKind {
     HeaderTimeout,
     /// The client stopped sending its request body for too long.
     BodyTimeout,
+    /// A connection had no original destination, or was made straight to a
+    /// capture port (forwarding it would loop).
+    OriginalDst,
+    /// Reading the client's first bytes for protocol detection failed.
+    Detect,
+    /// A read or write failed mid-stream on an opaque connection (a reset,
+    /// most often).
+    Io,
+    /// Closed by force at the drain deadline.
+    Drain,
+    /// An opaque connection carried no bytes for `--tcp-idle-timeout`.
+    IdleTimeout,
+}
+
+/// Whether another attempt of a failed request may help, and why: what a
+/// retry policy looks at, whatever the method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Nothing reached the endpoint: always safe to try again.
+    ConnectFailure,
+    /// The connection broke before the response head arrived.
+    ConnectionError,
+    /// The attempt ran out of time.
+    Timeout,
+    /// Trying again would not help (the client's fault, a refusal of the
+    /// proxy's own, or not a request at all).
+    Never,
 }
 
 impl ErrorKind {
@@ -57,6 +86,13 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::HeaderTimeout | ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // Connection-level failures have no response; were one needed,
+            // it would be a gateway's.
+            ErrorKind::OriginalDst
+            | ErrorKind::Detect
+            | ErrorKind::Io
+            | ErrorKind::Drain
+            | ErrorKind::IdleTimeout => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -75,6 +111,21 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "not_implemented",
             ErrorKind::HeaderTimeout => "header_timeout",
             ErrorKind::BodyTimeout => "body_timeout",
+            ErrorKind::OriginalDst => "original_dst",
+            ErrorKind::Detect => "detect",
+            ErrorKind::Io => "io",
+            ErrorKind::Drain => "drain",
+            ErrorKind::IdleTimeout => "idle_timeout",
+        }
+    }
+
+    /// Whether another attempt may help.
+    pub(crate) fn retry(self) -> Retry {
+        match self {
+            ErrorKind::Connect => Retry::ConnectFailure,
+            ErrorKind::Upstream => Retry::ConnectionError,
+            ErrorKind::Timeout => Retry::Timeout,
+            _ => Retry::Never,
         }
     }
 
@@ -84,7 +135,12 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::NotImplemented
             | ErrorKind::HeaderTimeout
-            | ErrorKind::BodyTimeout => ErrorSource::Downstream,
+            | ErrorKind::BodyTimeout
+            | ErrorKind::OriginalDst
+            | ErrorKind::Detect => ErrorSource::Downstream,
+            ErrorKind::Drain | ErrorKind::IdleTimeout => ErrorSource::Internal,
+            // Mid-stream, either side may have broken it.
+            ErrorKind::Io => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
     }
@@ -120,3 +176,29 @@ impl fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_metrics_and_statuses_read_the_same_kind() {
+        assert_eq!(ErrorKind::Connect.retry(), Retry::ConnectFailure);
+        assert_eq!(ErrorKind::Upstream.retry(), Retry::ConnectionError);
+        assert_eq!(ErrorKind::Timeout.retry(), Retry::Timeout);
+        for never in [
+            ErrorKind::BadRequest,
+            ErrorKind::CircuitOpen,
+            ErrorKind::NoEndpoints,
+            ErrorKind::BodyTimeout,
+        ] {
+            assert_eq!(never.retry(), Retry::Never, "{never:?}");
+        }
+        // The L4 reasons keep the labels dashboards know.
+        assert_eq!(ErrorKind::IdleTimeout.as_str(), "idle_timeout");
+        assert_eq!(ErrorKind::OriginalDst.as_str(), "original_dst");
+        assert_eq!(ErrorKind::Connect.as_str(), "connect");
+        assert_eq!(ErrorKind::Detect.source(), ErrorSource::Downstream);
+        assert_eq!(ErrorKind::BadRequest.status(), StatusCode::BAD_REQUEST);
+    }
+}
