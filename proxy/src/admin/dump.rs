@@ -67,13 +67,8 @@ pub(crate) fn parse_query(query: Option<&str>) -> Result<DumpQuery, QueryError> 
             .decode_utf8()
             .map_err(|_| QueryError::Encoding)?;
         let this = match key {
-            "backend" | "service" if value.is_empty() => {
-                return Err(QueryError::MissingName(if key == "backend" {
-                    "backend"
-                } else {
-                    "service"
-                }))
-            }
+            "backend" if value.is_empty() => return Err(QueryError::MissingName("backend")),
+            "service" if value.is_empty() => return Err(QueryError::MissingName("service")),
             "backend" => DumpQuery::Backend(value.into_owned()),
             "service" => DumpQuery::Service(value.into_owned()),
             "full" if matches!(&*value, "" | "1" | "true") => DumpQuery::Full,
@@ -399,13 +394,18 @@ impl FullDump {
             },
             Stage::Balancers(after) => match next_backend(snapshot, after.as_deref()) {
                 Some((name, _)) => {
-                    if let Some(state) = snapshot.backends.get(name) {
-                        write_key(buf, name, after.is_none())?;
-                        let endpoints = state.balancer.endpoints();
-                        serde_json::to_writer(
-                            &mut *buf,
-                            &balancer_view(&state.balancer, &endpoints),
-                        )?;
+                    write_key(buf, name, after.is_none())?;
+                    // Every configured backend is compiled; `null` would
+                    // say one was not.
+                    match snapshot.backends.get(name) {
+                        Some(state) => {
+                            let endpoints = state.balancer.endpoints();
+                            serde_json::to_writer(
+                                &mut *buf,
+                                &balancer_view(&state.balancer, &endpoints),
+                            )?;
+                        }
+                        None => buf.extend_from_slice(b"null"),
                     }
                     Stage::Balancers(Some(name.to_owned()))
                 }
