@@ -5,29 +5,86 @@
 # virtual IP, which its sidecar routes by Gateway API rules: a canary header
 # goes to v2, the rest is split 80/20 between v1 and v2. Metrics prove
 # which sidecars carried what.
+#
+# It leaves nothing behind: on exit, Ctrl-C or SIGTERM it stops every process
+# inside its namespaces (found by namespace, not by remembered PIDs), then
+# deletes the namespaces and its temporary files. Its names (remora-demo-*)
+# and addresses (10.90.0.0/24) are its own; the e2e harness uses rm-* and
+# 10.99.0.0/24. REMORA_BIN_DIR=DIR uses the binaries in DIR instead of
+# building them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 ensure_root "$@"
 ensure_deps
 
-cargo build --bins --quiet -p remora-proxy -p remora-iptables
-BIN=${CARGO_TARGET_DIR:-target}/debug
+# One demo at a time: a second would tear down the first one's pods.
+LOCK=/run/remora-demo.lock
+exec 9>"$LOCK"
+if ! flock -n 9; then
+  echo "remora demo: another demo is running (it holds $LOCK); wait for it to finish" >&2
+  exit 1
+fi
+
+if [ -n "${REMORA_BIN_DIR:-}" ]; then
+  BIN=$REMORA_BIN_DIR
+else
+  cargo build --bins --quiet -p remora-proxy -p remora-iptables
+  BIN=${CARGO_TARGET_DIR:-target}/debug
+fi
 
 NODE=remora-demo-node
 PODS=(client server server-v2)
 declare -A IP=([client]=10.90.0.2 [server]=10.90.0.3 [server-v2]=10.90.0.4)
-CONFIG=$(mktemp -d)/mesh.yaml
-PIDS=()
+TMP=$(mktemp -d /tmp/remora-demo.XXXXXX)
+CONFIG=$TMP/mesh.yaml
+
+# Whether any of the PIDs is still running (zombies, exited but not yet
+# reaped by this shell, do not count).
+any_alive() {
+  local pid state
+  for pid in "$@"; do
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || continue
+    [ "${state:0:1}" = Z ] || return 0
+  done
+  return 1
+}
+
+# Stops every process in the demo's namespaces: TERM, up to 5 s to exit
+# (the proxies drain), then KILL. `ip netns pids` finds them however they
+# were started, even if they forked or a PID was never recorded.
+stop_pods() {
+  local ns pids=()
+  for ns in "$NODE" "${PODS[@]/#/remora-demo-}"; do
+    [ -e "/run/netns/$ns" ] || continue
+    pids+=($(ip netns pids "$ns" 2>/dev/null || true))
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    any_alive "${pids[@]}" || return 0
+    sleep 0.1
+  done
+  echo "remora demo: killing what did not exit within 5 s after SIGTERM" >&2
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+}
 
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  trap - EXIT INT TERM
+  stop_pods
   wait 2>/dev/null || true
   for pod in "${PODS[@]}"; do ip netns del "remora-demo-$pod" 2>/dev/null || true; done
   ip netns del "$NODE" 2>/dev/null || true
+  rm -rf "$TMP"
 }
 trap cleanup EXIT
-cleanup
+# An interrupted demo exits (running the EXIT trap) with the signal's code.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# A previous run killed with SIGKILL may have left pods behind.
+stop_pods
+for pod in "${PODS[@]}"; do ip netns del "remora-demo-$pod" 2>/dev/null || true; done
+ip netns del "$NODE" 2>/dev/null || true
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_pod() { local pod=$1; shift; ip netns exec "remora-demo-$pod" "$@"; }
@@ -80,15 +137,16 @@ backends:
     endpoints: [{address: "${IP[server-v2]}:8080"}]
 YAML
 cat "$CONFIG"
-chmod 0644 "$CONFIG"; chmod 0755 "$(dirname "$CONFIG")"
+chmod 0644 "$CONFIG"; chmod 0755 "$TMP"
 
 step "remora-proxy in each pod, as uid 1337"
 for pod in "${PODS[@]}"; do
   args=()
   [ "$pod" = client ] && args=(--config "$CONFIG")
-  in_pod "$pod" setpriv --reuid=1337 --regid=1337 --clear-groups -- \
-    "$BIN/remora-proxy" "${args[@]}" >"/tmp/remora-demo-$pod.log" 2>&1 &
-  PIDS+=($!)
+  # Not through in_pod: a backgrounded function is a subshell, whose PID
+  # is not the proxy's. (stop_pods finds them by namespace either way.)
+  ip netns exec "remora-demo-$pod" setpriv --reuid=1337 --regid=1337 --clear-groups -- \
+    "$BIN/remora-proxy" "${args[@]}" >"/tmp/remora-demo-$pod.log" 2>&1 9>&- &
 done
 for pod in "${PODS[@]}"; do
   for _ in $(seq 50); do
@@ -100,11 +158,11 @@ done
 
 step "the apps: an HTTP server on :8080 in each server pod"
 for pod in server server-v2; do
-  www=$(mktemp -d)
+  www=$TMP/www-$pod
+  mkdir -p "$www"
   echo "hello from $pod" >"$www/index.html"
   chmod -R a+rX "$www"
-  in_pod "$pod" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$www" >/dev/null 2>&1 &
-  PIDS+=($!)
+  ip netns exec "remora-demo-$pod" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$www" >/dev/null 2>&1 9>&- &
   for _ in $(seq 50); do
     in_pod "$pod" curl -sf -o /dev/null "http://127.0.0.1:8080/" 2>/dev/null && break
     sleep 0.1
@@ -129,3 +187,5 @@ for _ in $(seq 50); do in_pod client curl -sS http://10.96.0.10/; done | sort | 
 
 step "the client sidecar's request metrics, by route and backend"
 in_pod client curl -s http://127.0.0.1:15020/metrics | grep -E '^remora_requests_total' || true
+
+step "done: the demo's pods go now; the proxies' logs stay in /tmp/remora-demo-*.log"

@@ -21,6 +21,8 @@ ensure_deps() {
     iptables-legacy:iptables \
     ip6tables:iptables \
     setpriv:util-linux \
+    flock:util-linux \
+    ps:procps \
     curl:curl \
     python3:python3 \
     protoc:protobuf-compiler \

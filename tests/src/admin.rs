@@ -18,6 +18,18 @@ pub struct HttpResponse {
     pub status: u16,
     /// The decoded body as text.
     pub body: String,
+    /// The response headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Pod {
@@ -72,11 +84,13 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .ok_or_else(|| malformed(status_line))?;
     let mut chunked = false;
     let mut length = None;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
         let value = value.trim();
+        headers.push((name.to_ascii_lowercase(), value.to_owned()));
         if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -95,6 +109,7 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
     Ok(HttpResponse {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        headers,
     })
 }
 
@@ -136,6 +151,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((chunked.status, chunked.body.as_str()), (503, "not ready"));
+        assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
         let to_eof = parse_response(b"HTTP/1.0 202 Accepted\r\n\r\ndraining").unwrap();
         assert_eq!((to_eof.status, to_eof.body.as_str()), (202, "draining"));
     }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 /// Overrides where the binaries are looked up.
 const BIN_DIR_ENV: &str = "REMORA_BIN_DIR";
 
-/// The path of binary `name`: in `$REMORA_BIN_DIR` if set, else in the cargo
-/// profile directory this test runs from (`target/debug/deps/x` ->
-/// `target/debug`). Panics with a hint if it has not been built.
-pub(crate) fn bin_path(name: &str) -> PathBuf {
-    let dir = match std::env::var_os(BIN_DIR_ENV) {
+/// The directory holding the binaries under test: `$REMORA_BIN_DIR` if
+/// set, else the cargo profile directory this test runs from
+/// (`target/debug/deps/x` -> `target/debug`).
+pub fn bin_dir() -> PathBuf {
+    match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
         None => {
             let exe = std::env::current_exe().expect("cannot locate the test executable");
@@ -22,8 +22,13 @@ pub(crate) fn bin_path(name: &str) -> PathBuf {
             }
             dir
         }
-    };
-    let path = dir.join(name);
+    }
+}
+
+/// The path of binary `name` in [`bin_dir`]. Panics with a hint if it has
+/// not been built.
+pub(crate) fn bin_path(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
     if !path.is_file() {
         panic!(
             "{} not found; run `cargo build --workspace --bins` first (or set {BIN_DIR_ENV})",

@@ -25,6 +25,7 @@ pub mod ws;
 
 pub use admin::HttpResponse;
 pub use apps::{assert_closed_without_data, echo, exchange, round_trip, App};
+pub use binaries::bin_dir;
 pub use grpc_apps::GrpcApp;
 pub use iptables::Family;
 pub use metrics::{Metrics, Sample, INBOUND, OUTBOUND};

@@ -407,6 +407,21 @@ pub async fn config_dump(proxy: &ProxyHandle) -> ConfigDump {
     }
 }
 
+/// `GET /config_dump?backend=NAME` from inside the proxy's pod: the
+/// backend's `name`, `config`, `endpoints` (as its balancer sees them),
+/// `ejectedNow` and `ejectionsTotal`.
+pub async fn backend_dump(proxy: &ProxyHandle, name: &str) -> Value {
+    let path = format!("/config_dump?backend={name}");
+    let response = proxy
+        .get(&path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(response.status, 200, "GET {path}: {}", response.body);
+    let raw: Value = serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {}", response.body));
+    raw["backend"].clone()
+}
+
 /// Waits (at most 5 s) until `/config_dump` shows `version` in force.
 pub async fn wait_version(proxy: &ProxyHandle, version: &str) -> ConfigDump {
     eventually(

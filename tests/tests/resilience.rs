@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use remora_e2e::http_apps::{send_many, HttpClient, Req, HTTP_ERRORS, OUTLIER_EJECTIONS, RETRIES};
 use remora_e2e::mesh_config::{
-    config_dump, round_robin, route, vip, wait_version, web, ConfigFile, Match, Standalone,
+    backend_dump, round_robin, route, vip, wait_version, web, ConfigFile, Match, Standalone,
 };
 use remora_e2e::{round_trip, within, TestNet, WAIT};
 use serde_json::json;
@@ -536,10 +536,10 @@ async fn a_tcp_service_port_ejects_an_endpoint_that_refuses_connections() {
         after.since(&before, OUTLIER_EJECTIONS, &[("backend", "echo")]) >= 1.0,
         "{after}"
     );
-    let dump = config_dump(&proxy).await;
-    let endpoints = dump.raw["backends"]["echo"]["endpoints"]
+    let dump = backend_dump(&proxy, "echo").await;
+    let endpoints = dump["endpoints"]
         .as_array()
-        .unwrap_or_else(|| panic!("/config_dump has no backends.echo.endpoints: {}", dump.raw))
+        .unwrap_or_else(|| panic!("/config_dump?backend=echo has no endpoints: {dump}"))
         .clone();
     let ejected = |addr: SocketAddr| {
         endpoints
@@ -587,15 +587,15 @@ async fn active_health_checks_take_a_failing_endpoint_out_and_bring_it_back() {
     sick.fail_with(503);
 
     // The checker probes /healthz; two failures mark the endpoint down.
-    let endpoint_healthy = |dump: &serde_json::Value, addr: SocketAddr| {
-        dump["backends"]["pool"]["endpoints"]
+    let endpoint_healthy = |backend: &serde_json::Value, addr: SocketAddr| {
+        backend["endpoints"]
             .as_array()
             .and_then(|eps| eps.iter().find(|e| e["address"] == addr.to_string()))
             .and_then(|e| e["healthy"].as_bool())
     };
     let sick_addr = t.apps.addr("sick");
     within(WAIT, "sick marked unhealthy", async {
-        while endpoint_healthy(&config_dump(&t.proxy).await.raw, sick_addr) != Some(false) {
+        while endpoint_healthy(&backend_dump(&t.proxy, "pool").await, sick_addr) != Some(false) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
