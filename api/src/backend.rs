@@ -87,9 +87,11 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
 /// (`roundRobin`, `leastRequest`) or, for hashing, a one-key map
 /// (`{consistentHash: {header: x-user}}`, `{consistentHash: sourceIp}`).
 //
-// `Deserialize` is written by hand because serde_yaml 0.9 reads enums with
-// data only from `!tag` syntax, and the one-key map is what people write
-// (and what JSON has).
+// `Deserialize` is written by hand for its errors. serde-saphyr and
+// serde_json both read the one-key map into a derived enum, but a derived
+// one answers `consistentHash` alone with "unexpected mapping end" (YAML) or
+// "invalid type: unit variant, expected newtype variant" (JSON); this one
+// says what to write.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {

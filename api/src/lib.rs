@@ -5,14 +5,17 @@
 //! JSON Schema, and the checks a config must pass before a proxy uses it. It
 //! does no I/O: callers hand it text or bytes.
 //!
-//! The proxy calls [`MeshConfig::from_yaml`] or [`MeshConfig::from_json`]
-//! (which both validate), and [`MeshConfig::validate`] for configs it builds
-//! itself. docs/config.md describes the model field by field.
+//! Text from outside the process goes through [`MeshConfig::parse`], which
+//! tells JSON from YAML, bounds the cost with [`ParseLimits`] and validates;
+//! [`MeshConfig::from_yaml`] and [`MeshConfig::from_json`] do the same for a
+//! known format with the default limits, and [`MeshConfig::validate`] checks
+//! configs built in code. docs/config.md describes the model field by field.
 
 mod backend;
 mod duration;
 mod error;
 mod mesh;
+mod parse;
 mod route;
 mod validate;
 
@@ -21,11 +24,12 @@ pub use backend::{
     RetryBudget,
 };
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
-pub use error::{ConfigError, FieldError, ValidationError};
+pub use error::{ConfigError, FieldError, LimitError, ValidationError};
 pub use mesh::{
     HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig, Protocol,
     Service, ServicePort, XForwardedFor,
 };
+pub use parse::ParseLimits;
 pub use route::{
     BackendObjectRef, BackendRef, GrpcCode, GrpcMethodMatch, HeaderMatch, HeaderModifier,
     HttpHeader, HttpMethod, MatchType, PathMatch, PathMatchType, PathModifier, QueryParamMatch,
