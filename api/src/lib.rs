@@ -16,6 +16,7 @@ mod duration;
 mod error;
 mod mesh;
 mod parse;
+pub mod ranges;
 mod route;
 mod validate;
 
@@ -65,6 +66,28 @@ mod tests {
             committed == generated,
             "{} is stale: run UPDATE_SCHEMA=1 cargo test -p remora-api and commit it",
             path.display()
+        );
+    }
+
+    /// Editors see the ranges validation enforces.
+    #[test]
+    fn schema_carries_the_numeric_ranges() {
+        let schema = super::json_schema();
+        let defs = &schema["$defs"];
+        let http = &defs["HttpSettings"]["properties"];
+        assert_eq!(http["maxHeaders"]["minimum"], 1);
+        assert_eq!(http["maxHeaders"]["maximum"], 1000);
+        assert_eq!(http["maxHeaderBytes"]["maximum"], 1_048_576);
+        assert_eq!(defs["ServicePort"]["properties"]["port"]["minimum"], 1);
+        let codes = &defs["Retry"]["properties"]["codes"]["items"];
+        assert_eq!(
+            (&codes["minimum"], &codes["maximum"]),
+            (&400.into(), &599.into())
+        );
+        assert_eq!(defs["Retry"]["properties"]["attempts"]["maximum"], 10);
+        assert_eq!(
+            defs["RetryBudget"]["properties"]["ratio"]["maximum"],
+            1000.0
         );
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::error::{ConfigError, ValidationError};
 use crate::parse::ParseLimits;
+use crate::ranges;
 use crate::route::{BackendRef, Route};
 
 /// Everything one proxy needs to know. The proxy swaps it in whole.
@@ -119,6 +120,7 @@ pub struct Service {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     /// The port the app connects to, 1 to 65535.
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: u16,
     /// For metrics, e.g. `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +191,7 @@ pub enum InboundMode {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InboundPort {
     /// 1 to 65535.
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -200,11 +203,13 @@ pub struct InboundPort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSettings {
-    /// Largest request header block; larger gets 431.
+    /// Largest request header block, 1024 to 1048576 bytes; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
+    #[schemars(range(min = ranges::MAX_HEADER_BYTES.min, max = ranges::MAX_HEADER_BYTES.max))]
     pub max_header_bytes: u32,
-    /// Most header fields in a request; more gets 431.
+    /// Most header fields in a request, 1 to 1000; more gets 431.
     #[serde(default = "default_max_headers")]
+    #[schemars(range(min = ranges::MAX_HEADERS.min, max = ranges::MAX_HEADERS.max))]
     pub max_headers: u32,
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,

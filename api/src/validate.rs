@@ -15,15 +15,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::backend::{Backend, HashOn, LoadBalancer};
+use crate::duration::format_duration;
 use crate::error::{FieldError, ValidationError};
 use crate::mesh::{MeshConfig, Protocol, Service, ServicePort};
+use crate::ranges::{self, Range};
 use crate::route::{
     BackendRef, GrpcMethodMatch, HeaderModifier, MatchType, PathMatchType, PathModifier,
     RouteFilter, RouteMatch,
 };
-
-/// Largest `weight` Gateway API allows.
-const MAX_WEIGHT: u32 = 1_000_000;
 
 pub(crate) fn validate(config: &MeshConfig) -> Result<(), ValidationError> {
     let mut c = Checker {
@@ -137,9 +136,7 @@ impl Checker<'_> {
     }
 
     fn service_port(&mut self, path: &str, port: &ServicePort) {
-        if port.port == 0 {
-            self.error(format!("{path}.port"), "must be 1 to 65535");
-        }
+        self.in_range(format!("{path}.port"), port.port, ranges::PORT);
         match port.protocol {
             Protocol::Tcp | Protocol::Opaque if !port.routes.is_empty() => self.error(
                 format!("{path}.routes"),
@@ -183,27 +180,36 @@ impl Checker<'_> {
             if let (Some(request), Some(backend)) =
                 (route.timeouts.request, route.timeouts.backend_request)
             {
-                if !request.is_zero() && (backend.is_zero() || backend > request) {
+                // 0s turns either off. Gateway API's own rule: one attempt
+                // may not outlast the whole request, and no attempt limit
+                // under a request limit is fine.
+                if !request.is_zero() && !backend.is_zero() && backend > request {
                     self.error(
                         format!("{route_path}.timeouts.backendRequest"),
-                        "must not be longer than timeouts.request (0s means none, which is longer)",
+                        "must not be longer than timeouts.request",
                     );
                 }
             }
             if let Some(retry) = &route.retry {
+                let rp = format!("{route_path}.retry");
+                self.in_range(
+                    format!("{rp}.attempts"),
+                    retry.attempts,
+                    ranges::RETRY_ATTEMPTS,
+                );
                 for (c, code) in retry.codes.iter().enumerate() {
-                    if !(400..=599).contains(code) {
+                    if !ranges::RETRY_CODE.contains(code) {
                         self.error(
-                            format!("{route_path}.retry.codes[{c}]"),
-                            format!("{code} cannot be retried: use a status from 400 to 599"),
+                            format!("{rp}.codes[{c}]"),
+                            format!(
+                                "{code} cannot be retried: use a status from {}",
+                                ranges::RETRY_CODE
+                            ),
                         );
                     }
                 }
-                if retry.backoff.is_some_and(|b| b.is_zero()) {
-                    self.error(
-                        format!("{route_path}.retry.backoff"),
-                        "must be more than 0s: leave it out for the default",
-                    );
+                if let Some(backoff) = retry.backoff {
+                    self.duration_in(format!("{rp}.backoff"), backoff, ranges::RETRY_BACKOFF);
                 }
             }
         }
@@ -353,8 +359,8 @@ impl Checker<'_> {
                     if let Some(modifier) = &r.path {
                         self.path_modifier(&format!("{rp}.path"), modifier, matches, scope);
                     }
-                    if r.port == Some(0) {
-                        self.error(format!("{rp}.port"), "must be 1 to 65535");
+                    if let Some(port) = r.port {
+                        self.in_range(format!("{rp}.port"), port, ranges::PORT);
                     }
                     if ![301, 302, 303, 307, 308].contains(&r.status_code) {
                         self.error(
@@ -380,9 +386,7 @@ impl Checker<'_> {
                 RouteFilter::RequestMirror(m) => {
                     let mp = format!("{p}.requestMirror");
                     self.backend_name(&format!("{mp}.backendRef.name"), &m.backend_ref.name);
-                    if m.percent > 100 {
-                        self.error(format!("{mp}.percent"), "must be 0 to 100");
-                    }
+                    self.in_range(format!("{mp}.percent"), m.percent, ranges::PERCENT);
                 }
             }
         }
@@ -461,9 +465,7 @@ impl Checker<'_> {
         for (i, r) in refs.iter().enumerate() {
             let p = format!("{path}[{i}]");
             self.backend_name(&format!("{p}.name"), &r.name);
-            if r.weight > MAX_WEIGHT {
-                self.error(format!("{p}.weight"), "must be 0 to 1000000");
-            }
+            self.in_range(format!("{p}.weight"), r.weight, ranges::BACKEND_WEIGHT);
             total += u64::from(r.weight);
             match scope {
                 Some(scope) => self.filters(&format!("{p}.filters"), &r.filters, scope, &[]),
@@ -512,9 +514,7 @@ impl Checker<'_> {
                     format!("{} is listed twice: add the weights instead", e.address),
                 );
             }
-            if e.weight == 0 || e.weight > MAX_WEIGHT {
-                self.error(format!("{p}.weight"), "must be 1 to 1000000");
-            }
+            self.in_range(format!("{p}.weight"), e.weight, ranges::ENDPOINT_WEIGHT);
             if let Some(id) = &e.identity {
                 if let Err(why) = spiffe_id(id) {
                     self.error(format!("{p}.identity"), why);
@@ -551,63 +551,94 @@ impl Checker<'_> {
             if let Err(why) = http_path(&hc.path) {
                 self.error(format!("{p}.path"), why);
             }
-            if hc.port == Some(0) {
-                self.error(format!("{p}.port"), "must be 1 to 65535");
+            if let Some(port) = hc.port {
+                self.in_range(format!("{p}.port"), port, ranges::PORT);
             }
-            self.positive(&format!("{p}.interval"), hc.interval);
-            self.positive(&format!("{p}.timeout"), hc.timeout);
+            self.duration_in(
+                format!("{p}.interval"),
+                hc.interval,
+                ranges::HEALTH_INTERVAL,
+            );
+            self.duration_in(format!("{p}.timeout"), hc.timeout, ranges::HEALTH_TIMEOUT);
             if hc.timeout > hc.interval {
                 self.error(format!("{p}.timeout"), "must not be longer than interval");
             }
-            if hc.healthy_threshold == 0 {
-                self.error(format!("{p}.healthyThreshold"), "must be at least 1");
-            }
-            if hc.unhealthy_threshold == 0 {
-                self.error(format!("{p}.unhealthyThreshold"), "must be at least 1");
+            for (field, value) in [
+                ("healthyThreshold", hc.healthy_threshold),
+                ("unhealthyThreshold", hc.unhealthy_threshold),
+            ] {
+                self.in_range(format!("{p}.{field}"), value, ranges::HEALTH_THRESHOLD);
             }
         }
         let od = &backend.outlier_detection;
-        self.positive(&format!("{path}.outlierDetection.interval"), od.interval);
-        self.positive(
-            &format!("{path}.outlierDetection.baseEjectionTime"),
-            od.base_ejection_time,
-        );
-        if od.max_ejection_percent > 100 {
-            self.error(
-                format!("{path}.outlierDetection.maxEjectionPercent"),
-                "must be 0 to 100",
-            );
+        let p = format!("{path}.outlierDetection");
+        for (field, value) in [
+            ("consecutive5xx", od.consecutive_5xx),
+            (
+                "consecutiveGatewayFailures",
+                od.consecutive_gateway_failures,
+            ),
+            (
+                "consecutiveConnectFailures",
+                od.consecutive_connect_failures,
+            ),
+        ] {
+            self.in_range(format!("{p}.{field}"), value, ranges::OUTLIER_CONSECUTIVE);
         }
+        self.duration_in(
+            format!("{p}.interval"),
+            od.interval,
+            ranges::OUTLIER_INTERVAL,
+        );
+        self.duration_in(
+            format!("{p}.baseEjectionTime"),
+            od.base_ejection_time,
+            ranges::BASE_EJECTION_TIME,
+        );
+        self.in_range(
+            format!("{p}.maxEjectionPercent"),
+            od.max_ejection_percent,
+            ranges::PERCENT,
+        );
         let cb = &backend.circuit_breaker;
         for (field, value) in [
             ("maxConnections", cb.max_connections),
             ("maxPendingRequests", cb.max_pending_requests),
             ("maxRequests", cb.max_requests),
         ] {
-            if value == 0 {
-                self.error(
-                    format!("{path}.circuitBreaker.{field}"),
-                    "must be at least 1, or every request fails",
-                );
-            }
-        }
-        self.positive(&format!("{path}.connectTimeout"), backend.connect_timeout);
-        let budget = &backend.retry_budget;
-        if !(0.0..=1000.0).contains(&budget.ratio) {
-            self.error(
-                format!("{path}.retryBudget.ratio"),
-                format!("{} is out of range: use 0 to 1000, e.g. 0.2", budget.ratio),
+            self.in_range(
+                format!("{path}.circuitBreaker.{field}"),
+                value,
+                ranges::CIRCUIT_BREAKER,
             );
         }
-        self.positive(&format!("{path}.retryBudget.ttl"), budget.ttl);
+        self.duration_in(
+            format!("{path}.connectTimeout"),
+            backend.connect_timeout,
+            ranges::CONNECT_TIMEOUT,
+        );
+        self.duration_in(
+            format!("{path}.idleTimeout"),
+            backend.idle_timeout,
+            ranges::IDLE_TIMEOUT,
+        );
+        let budget = &backend.retry_budget;
+        let p = format!("{path}.retryBudget");
+        self.in_range(format!("{p}.ratio"), budget.ratio, ranges::RETRY_RATIO);
+        self.in_range(
+            format!("{p}.minRetriesPerSecond"),
+            budget.min_retries_per_second,
+            ranges::MIN_RETRIES_PER_SECOND,
+        );
+        self.duration_in(format!("{p}.ttl"), budget.ttl, ranges::RETRY_BUDGET_TTL);
     }
 
     fn inbound(&mut self, config: &MeshConfig) {
         let mut seen = HashSet::new();
         for (i, port) in config.inbound.ports.iter().enumerate() {
             let p = format!("inbound.ports[{i}].port");
-            if port.port == 0 {
-                self.error(p, "must be 1 to 65535");
+            if !ranges::PORT.contains(&port.port) {
+                self.in_range(p, port.port, ranges::PORT);
             } else if !seen.insert(port.port) {
                 self.error(p, format!("port {} is listed twice", port.port));
             }
@@ -616,20 +647,31 @@ impl Checker<'_> {
 
     fn http(&mut self, config: &MeshConfig) {
         let http = &config.http;
-        if http.max_header_bytes < 1024 {
-            self.error(
-                "http.maxHeaderBytes",
-                "must be at least 1024, or ordinary requests are refused",
-            );
-        }
-        if http.max_headers == 0 {
-            self.error("http.maxHeaders", "must be at least 1");
+        self.in_range(
+            "http.maxHeaderBytes",
+            http.max_header_bytes,
+            ranges::MAX_HEADER_BYTES,
+        );
+        self.in_range("http.maxHeaders", http.max_headers, ranges::MAX_HEADERS);
+    }
+
+    fn in_range<T: PartialOrd + Display>(&mut self, path: impl Display, value: T, range: Range<T>) {
+        if !range.contains(&value) {
+            self.error(path, format!("must be {range}, not {value}"));
         }
     }
 
-    fn positive(&mut self, path: &str, d: Duration) {
-        if d.is_zero() {
-            self.error(path, "must be more than 0s");
+    fn duration_in(&mut self, path: impl Display, d: Duration, range: Range<Duration>) {
+        if !range.contains(&d) {
+            self.error(
+                path,
+                format!(
+                    "must be {} to {}, not {}",
+                    format_duration(range.min),
+                    format_duration(range.max),
+                    format_duration(d)
+                ),
+            );
         }
     }
 }
@@ -999,17 +1041,17 @@ outbound:
             (
                 with("}] }", "}], circuitBreaker: { maxRequests: 0 } }"),
                 "backends.web.circuitBreaker.maxRequests".into(),
-                "must be at least 1",
+                "must be 1 to 1000000, not 0",
             ),
             (
                 with("}] }", "}], connectTimeout: 0s }"),
                 "backends.web.connectTimeout".into(),
-                "must be more than 0s",
+                "must be 1ms to 5m, not 0s",
             ),
             (
                 with("}] }", "}], retryBudget: { ratio: -0.5 } }"),
                 "backends.web.retryBudget.ratio".into(),
-                "out of range",
+                "must be 0 to 1000, not -0.5",
             ),
             (
                 format!("{BASE}inbound: {{ ports: [{{ port: 8080 }}, {{ port: 8080 }}] }}\n"),
@@ -1019,7 +1061,7 @@ outbound:
             (
                 format!("{BASE}http: {{ maxHeaderBytes: 10 }}\n"),
                 "http.maxHeaderBytes".into(),
-                "at least 1024",
+                "must be 1024 to 1048576, not 10",
             ),
         ];
         for (yaml, path, message) in cases {
@@ -1033,6 +1075,148 @@ outbound:
             );
             assert_eq!(errors.len(), 1, "one break, one error: {errors:#?}\n{yaml}");
         }
+    }
+
+    /// A template with `{}` for the value, the field's path, values
+    /// accepted, and values refused with the message.
+    type RangeCase<'a> = (String, String, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
+    /// Every number and duration of the model: both ends of its range are
+    /// accepted, and a step past either end is refused with the range and
+    /// the value.
+    #[test]
+    fn every_number_has_a_range() {
+        let service_port = with("        - port: 80\n", "        - port: {}\n");
+        let endpoint = |field: &str| {
+            with(
+                "\"10.0.0.1:80\" }",
+                &format!("\"10.0.0.1:80\", {field}: {{}} }}"),
+            )
+        };
+        let backend = |field: &str| with("}] }", &format!("}}], {field} }}"));
+        let top = |field: &str| format!("{BASE}{field}\n");
+        let b = "backends.web";
+        #[rustfmt::skip]
+        let cases: Vec<RangeCase<'_>> = vec![
+            (service_port, "outbound.services[0].ports[0].port".into(),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (top("inbound: { ports: [{ port: {} }] }"), "inbound.ports[0].port".into(),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (top("http: { maxHeaderBytes: {} }"), "http.maxHeaderBytes".into(),
+             &["1024", "1048576"],
+             &[("1023", "must be 1024 to 1048576, not 1023"), ("1048577", "must be 1024 to 1048576, not 1048577")]),
+            (top("http: { maxHeaders: {} }"), "http.maxHeaders".into(),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001"),
+               ("4294967295", "must be 1 to 1000, not 4294967295")]),
+            (endpoint("weight"), format!("{b}.endpoints[0].weight"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("1000001", "must be 1 to 1000000, not 1000001")]),
+            (route("            - backendRefs: [{ name: web, weight: {} }, { name: web-v2 }]\n"),
+             format!("{ROUTE}.backendRefs[0].weight"),
+             &["0", "1000000"], &[("1000001", "must be 0 to 1000000, not 1000001")]),
+            (route("            - filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: web }, percent: {} } }]\n"),
+             format!("{ROUTE}.filters[0].requestMirror.percent"),
+             &["0", "100"], &[("101", "must be 0 to 100, not 101"), ("255", "must be 0 to 100, not 255")]),
+            (route("            - filters: [{ type: RequestRedirect, requestRedirect: { port: {} } }]\n"),
+             format!("{ROUTE}.filters[0].requestRedirect.port"),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (route("            - retry: { attempts: {} }\n"), format!("{ROUTE}.retry.attempts"),
+             &["0", "10"],
+             &[("11", "must be 0 to 10, not 11"), ("4294967295", "must be 0 to 10, not 4294967295")]),
+            (route("            - retry: { backoff: {} }\n"), format!("{ROUTE}.retry.backoff"),
+             &["1ms", "1m"],
+             &[("0s", "must be 1ms to 1m, not 0s"), ("1m1ms", "must be 1ms to 1m, not 1m1ms")]),
+            (backend("healthCheck: { interval: {}, timeout: 1ms }"), format!("{b}.healthCheck.interval"),
+             &["100ms", "1h"],
+             &[("99ms", "must be 100ms to 1h, not 99ms"), ("1h1ms", "must be 100ms to 1h, not 1h1ms")]),
+            (backend("healthCheck: { interval: 1h, timeout: {} }"), format!("{b}.healthCheck.timeout"),
+             &["1ms", "1h"], &[("0s", "must be 1ms to 1h, not 0s")]),
+            (backend("healthCheck: { healthyThreshold: {} }"), format!("{b}.healthCheck.healthyThreshold"),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001")]),
+            (backend("healthCheck: { unhealthyThreshold: {} }"), format!("{b}.healthCheck.unhealthyThreshold"),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutive5xx: {} }"), format!("{b}.outlierDetection.consecutive5xx"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutiveGatewayFailures: {} }"),
+             format!("{b}.outlierDetection.consecutiveGatewayFailures"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutiveConnectFailures: {} }"),
+             format!("{b}.outlierDetection.consecutiveConnectFailures"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { interval: {} }"), format!("{b}.outlierDetection.interval"),
+             &["100ms", "1h"],
+             &[("99ms", "must be 100ms to 1h, not 99ms"), ("1h1ms", "must be 100ms to 1h, not 1h1ms")]),
+            (backend("outlierDetection: { baseEjectionTime: {} }"), format!("{b}.outlierDetection.baseEjectionTime"),
+             &["1ms", "1h"],
+             &[("0s", "must be 1ms to 1h, not 0s"), ("99999h", "must be 1ms to 1h, not 99999h")]),
+            (backend("outlierDetection: { maxEjectionPercent: {} }"), format!("{b}.outlierDetection.maxEjectionPercent"),
+             &["0", "100"], &[("101", "must be 0 to 100, not 101")]),
+            (backend("circuitBreaker: { maxConnections: {} }"), format!("{b}.circuitBreaker.maxConnections"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("1000001", "must be 1 to 1000000, not 1000001")]),
+            (backend("circuitBreaker: { maxPendingRequests: {} }"), format!("{b}.circuitBreaker.maxPendingRequests"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("4294967295", "must be 1 to 1000000, not 4294967295")]),
+            (backend("circuitBreaker: { maxRequests: {} }"), format!("{b}.circuitBreaker.maxRequests"),
+             &["1", "1000000"], &[("0", "must be 1 to 1000000, not 0")]),
+            (backend("connectTimeout: {}"), format!("{b}.connectTimeout"),
+             &["1ms", "5m"], &[("0s", "must be 1ms to 5m, not 0s"), ("5m1ms", "must be 1ms to 5m, not 5m1ms")]),
+            (backend("idleTimeout: {}"), format!("{b}.idleTimeout"),
+             &["1ms", "24h"], &[("0s", "must be 1ms to 24h, not 0s"), ("24h1ms", "must be 1ms to 24h, not 24h1ms")]),
+            (backend("retryBudget: { ratio: {} }"), format!("{b}.retryBudget.ratio"),
+             &["0", "0.2", "1000"],
+             &[("-0.1", "must be 0 to 1000, not -0.1"), ("1000.5", "must be 0 to 1000, not 1000.5"),
+               (".nan", "must be 0 to 1000, not NaN"), (".inf", "must be 0 to 1000, not inf")]),
+            (backend("retryBudget: { minRetriesPerSecond: {} }"), format!("{b}.retryBudget.minRetriesPerSecond"),
+             &["0", "100000"], &[("100001", "must be 0 to 100000, not 100001")]),
+            (backend("retryBudget: { ttl: {} }"), format!("{b}.retryBudget.ttl"),
+             &["1s", "1h"], &[("999ms", "must be 1s to 1h, not 999ms"), ("1h1ms", "must be 1s to 1h, not 1h1ms")]),
+        ];
+        for (template, path, accepted, refused) in cases {
+            assert!(template.contains("{}"), "{template}");
+            for value in accepted {
+                let yaml = template.replace("{}", value);
+                assert_eq!(
+                    check(&yaml),
+                    Vec::<String>::new(),
+                    "{path} = {value}\n{yaml}"
+                );
+            }
+            for (value, message) in refused {
+                let yaml = template.replace("{}", value);
+                assert_eq!(check(&yaml), [format!("{path}: {message}")], "{yaml}");
+            }
+        }
+    }
+
+    /// Gateway API: `0s` turns a timeout off, and a per-try timeout may
+    /// not outlast the whole request unless one of them is off.
+    #[test]
+    fn zero_timeouts_are_off_and_accepted() {
+        for timeouts in [
+            "{ request: 0s }",
+            "{ backendRequest: 0s }",
+            "{ request: 0s, backendRequest: 0s }",
+            "{ request: 10s, backendRequest: 0s }",
+            "{ request: 0s, backendRequest: 10s }",
+            "{ request: 10s, backendRequest: 10s }",
+            "{ request: 99999h59m59s999ms }",
+        ] {
+            let yaml = route(&format!(
+                "            - timeouts: {timeouts}\n              backendRefs: [{{ name: web }}]\n"
+            ));
+            assert_eq!(check(&yaml), Vec::<String>::new(), "{timeouts}");
+        }
+        let yaml = route("            - timeouts: { request: 1s, backendRequest: 1s1ms }\n");
+        assert_eq!(
+            check(&yaml),
+            [format!(
+                "{ROUTE}.timeouts.backendRequest: must not be longer than timeouts.request"
+            )]
+        );
     }
 
     #[test]
