@@ -9,8 +9,10 @@
 //! It only reads; regexes are compiled here to be checked, then dropped; the
 //! proxy compiles its own.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -68,14 +70,40 @@ impl Checker<'_> {
         self.http(config);
     }
 
+    /// True the first time `key` is seen; after that, an error at `path`
+    /// that names `what` and where it was first.
+    fn once<K: Hash + Eq>(
+        &mut self,
+        seen: &mut HashMap<K, String>,
+        key: K,
+        path: String,
+        what: impl Display,
+    ) -> bool {
+        match seen.entry(key) {
+            Entry::Occupied(first) => {
+                let message = format!("{what} is listed twice, first at {}", first.get());
+                self.error(path, message);
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(path);
+                true
+            }
+        }
+    }
+
     fn services(&mut self, services: &[Service]) {
         // (address or hostname, port) -> path of the first service port that claimed it.
         let mut by_addr: HashMap<(IpAddr, u16), String> = HashMap::new();
         let mut by_host: HashMap<(String, u16), String> = HashMap::new();
+        let mut names = HashMap::new();
         for (i, service) in services.iter().enumerate() {
             let path = format!("outbound.services[{i}]");
             if service.name.trim().is_empty() {
                 self.error(format!("{path}.name"), "must not be empty");
+            } else {
+                let what = format!("service name {:?}", service.name);
+                self.once(&mut names, &service.name, format!("{path}.name"), what);
             }
             if service.addresses.is_empty() && service.hostnames.is_empty() {
                 self.error(
@@ -83,33 +111,54 @@ impl Checker<'_> {
                     "needs addresses or hostnames, or no traffic can reach it",
                 );
             }
+            // Each address and host name once, so that the claims below
+            // are between services.
+            let (mut addresses, mut seen_addresses) = (Vec::new(), HashMap::new());
             for (j, addr) in service.addresses.iter().enumerate() {
+                let p = format!("{path}.addresses[{j}]");
                 if addr.is_unspecified() {
                     self.error(
-                        format!("{path}.addresses[{j}]"),
+                        p,
                         format!("{addr} is unspecified: use the service's virtual IP"),
                     );
+                } else if self.once(&mut seen_addresses, *addr, p, format!("address {addr}")) {
+                    addresses.push(*addr);
                 }
             }
+            let (mut hostnames, mut seen_hosts) = (Vec::new(), HashMap::new());
             for (j, host) in service.hostnames.iter().enumerate() {
+                let p = format!("{path}.hostnames[{j}]");
                 if let Err(why) = hostname(host, true) {
-                    self.error(format!("{path}.hostnames[{j}]"), why);
+                    self.error(p, why);
+                } else {
+                    let what = format!("host name {host:?}");
+                    let lower = host.to_ascii_lowercase();
+                    if self.once(&mut seen_hosts, lower.clone(), p, what) {
+                        hostnames.push(lower);
+                    }
                 }
             }
             if service.ports.is_empty() {
                 self.error(format!("{path}.ports"), "must list at least one port");
             }
-            let mut seen_ports = HashSet::new();
+            let mut seen_ports = HashMap::new();
+            let mut port_names = HashMap::new();
             for (j, port) in service.ports.iter().enumerate() {
                 let port_path = format!("{path}.ports[{j}]");
-                if !seen_ports.insert(port.port) {
-                    self.error(
-                        format!("{port_path}.port"),
-                        format!("port {} is listed twice in this service", port.port),
-                    );
+                if let Some(name) = &port.name {
+                    let what = format!("port name {name:?}");
+                    self.once(&mut port_names, name, format!("{port_path}.name"), what);
+                }
+                let what = format!("port {}", port.port);
+                if !self.once(
+                    &mut seen_ports,
+                    port.port,
+                    format!("{port_path}.port"),
+                    what,
+                ) {
                     continue;
                 }
-                for addr in &service.addresses {
+                for addr in &addresses {
                     if let Some(first) = by_addr.get(&(*addr, port.port)) {
                         self.error(
                             format!("{port_path}.port"),
@@ -119,8 +168,8 @@ impl Checker<'_> {
                         by_addr.insert((*addr, port.port), port_path.clone());
                     }
                 }
-                for host in &service.hostnames {
-                    let key = (host.to_ascii_lowercase(), port.port);
+                for host in &hostnames {
+                    let key = (host.clone(), port.port);
                     if let Some(first) = by_host.get(&key) {
                         self.error(
                             format!("{port_path}.port"),
@@ -161,8 +210,13 @@ impl Checker<'_> {
             None
         };
         self.backend_refs(&format!("{path}.backendRefs"), &port.backend_refs, scope);
+        let mut route_names = HashMap::new();
         for (k, route) in port.routes.iter().enumerate() {
             let route_path = format!("{path}.routes[{k}]");
+            if let Some(name) = &route.name {
+                let what = format!("route name {name:?}");
+                self.once(&mut route_names, name, format!("{route_path}.name"), what);
+            }
             for (m, route_match) in route.matches.iter().enumerate() {
                 self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
             }
@@ -197,16 +251,27 @@ impl Checker<'_> {
                     retry.attempts,
                     ranges::RETRY_ATTEMPTS,
                 );
+                let mut codes = HashMap::new();
                 for (c, code) in retry.codes.iter().enumerate() {
+                    let p = format!("{rp}.codes[{c}]");
                     if !ranges::RETRY_CODE.contains(code) {
                         self.error(
-                            format!("{rp}.codes[{c}]"),
+                            p,
                             format!(
                                 "{code} cannot be retried: use a status from {}",
                                 ranges::RETRY_CODE
                             ),
                         );
+                    } else {
+                        self.once(&mut codes, *code, p, format!("status {code}"));
                     }
+                }
+                let mut grpc_codes = HashMap::new();
+                for (c, code) in retry.grpc_codes.iter().enumerate() {
+                    let p = format!("{rp}.grpcCodes[{c}]");
+                    // As written: the camelCase name serde gives it.
+                    let name = serde_json::to_value(code).unwrap_or_default();
+                    self.once(&mut grpc_codes, *code, p, format!("gRPC code {name}"));
                 }
                 if let Some(backoff) = retry.backoff {
                     self.duration_in(format!("{rp}.backoff"), backoff, ranges::RETRY_BACKOFF);
@@ -452,9 +517,14 @@ impl Checker<'_> {
                 }
             }
         }
+        let mut removed = HashMap::new();
         for (i, name) in m.remove.iter().enumerate() {
+            let p = format!("{path}.remove[{i}]");
             if let Err(why) = header_name(name) {
-                self.error(format!("{path}.remove[{i}]"), why);
+                self.error(p, why);
+            } else {
+                let what = format!("header {name:?}");
+                self.once(&mut removed, name.to_ascii_lowercase(), p, what);
             }
         }
     }
@@ -497,7 +567,7 @@ impl Checker<'_> {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             self.error(path, format!("{name:?} is not a usable backend name"));
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         for (i, e) in backend.endpoints.iter().enumerate() {
             let p = format!("{path}.endpoints[{i}]");
             if e.address.port() == 0 || e.address.ip().is_unspecified() {
@@ -508,11 +578,9 @@ impl Checker<'_> {
                         e.address
                     ),
                 );
-            } else if !seen.insert(e.address) {
-                self.error(
-                    format!("{p}.address"),
-                    format!("{} is listed twice: add the weights instead", e.address),
-                );
+            } else {
+                let what = format!("endpoint {} (add the weights instead)", e.address);
+                self.once(&mut seen, e.address, format!("{p}.address"), what);
             }
             self.in_range(format!("{p}.weight"), e.weight, ranges::ENDPOINT_WEIGHT);
             if let Some(id) = &e.identity {
@@ -634,13 +702,19 @@ impl Checker<'_> {
     }
 
     fn inbound(&mut self, config: &MeshConfig) {
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
+        let mut names = HashMap::new();
         for (i, port) in config.inbound.ports.iter().enumerate() {
-            let p = format!("inbound.ports[{i}].port");
+            let p = format!("inbound.ports[{i}]");
             if !ranges::PORT.contains(&port.port) {
-                self.in_range(p, port.port, ranges::PORT);
-            } else if !seen.insert(port.port) {
-                self.error(p, format!("port {} is listed twice", port.port));
+                self.in_range(format!("{p}.port"), port.port, ranges::PORT);
+            } else {
+                let what = format!("port {}", port.port);
+                self.once(&mut seen, port.port, format!("{p}.port"), what);
+            }
+            if let Some(name) = &port.name {
+                let what = format!("port name {name:?}");
+                self.once(&mut names, name, format!("{p}.name"), what);
             }
         }
     }
@@ -1217,6 +1291,77 @@ outbound:
                 "{ROUTE}.timeouts.backendRequest: must not be longer than timeouts.request"
             )]
         );
+    }
+
+    /// Names and numbers that identify something are given once: a second
+    /// one is an error at the second, naming the first, never last-one-wins.
+    #[test]
+    fn every_name_once() {
+        let s0 = "outbound.services[0]";
+        let other_service =
+            |body: &str| with("  services:\n", &format!("  services:\n    - {body}\n"));
+        let cases: Vec<(String, String)> = vec![
+            (
+                other_service("{ name: web, addresses: [10.96.0.9], ports: [{ port: 80, backendRefs: [{ name: web }] }] }"),
+                "outbound.services[1].name: service name \"web\" is listed twice, first at outbound.services[0].name".into(),
+            ),
+            (
+                with("        - port: 80\n", "        - { port: 80, backendRefs: [{ name: web }] }\n        - port: 80\n"),
+                format!("{s0}.ports[1].port: port 80 is listed twice, first at {s0}.ports[0].port"),
+            ),
+            (
+                with("        - port: 80\n", "        - { port: 81, name: http, backendRefs: [{ name: web }] }\n        - port: 80\n          name: http\n"),
+                format!("{s0}.ports[1].name: port name \"http\" is listed twice, first at {s0}.ports[0].name"),
+            ),
+            (
+                route("            - { name: a, backendRefs: [{ name: web }] }\n            - { name: a, backendRefs: [{ name: web-v2 }] }\n"),
+                format!("{s0}.ports[0].routes[1].name: route name \"a\" is listed twice, first at {ROUTE}.name"),
+            ),
+            (
+                with("      addresses: [10.96.0.1]", "      addresses: [10.96.0.1, 10.96.0.2, 10.96.0.1]"),
+                format!("{s0}.addresses[2]: address 10.96.0.1 is listed twice, first at {s0}.addresses[0]"),
+            ),
+            (
+                with("      hostnames: [web]", "      hostnames: [web, web.default, web]"),
+                format!("{s0}.hostnames[2]: host name \"web\" is listed twice, first at {s0}.hostnames[0]"),
+            ),
+            (
+                with("\"10.0.0.1:80\" }", "\"10.0.0.1:80\" }, { address: \"10.0.0.1:80\", weight: 2 }"),
+                "backends.web.endpoints[1].address: endpoint 10.0.0.1:80 (add the weights instead) is listed twice, first at backends.web.endpoints[0].address".into(),
+            ),
+            (
+                format!("{BASE}inbound: {{ ports: [{{ port: 8080 }}, {{ port: 9090 }}, {{ port: 8080 }}] }}\n"),
+                "inbound.ports[2].port: port 8080 is listed twice, first at inbound.ports[0].port".into(),
+            ),
+            (
+                format!("{BASE}inbound: {{ ports: [{{ port: 8080, name: http }}, {{ port: 9090, name: http }}] }}\n"),
+                "inbound.ports[1].name: port name \"http\" is listed twice, first at inbound.ports[0].name".into(),
+            ),
+            (
+                route("            - { retry: { codes: [502, 503, 502] }, backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.retry.codes[2]: status 502 is listed twice, first at {ROUTE}.retry.codes[0]"),
+            ),
+            (
+                route("            - { retry: { grpcCodes: [unavailable, unavailable] }, backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.retry.grpcCodes[1]: gRPC code \"unavailable\" is listed twice, first at {ROUTE}.retry.grpcCodes[0]"),
+            ),
+            (
+                route("            - { filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { remove: [x-a, X-A] } }], backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.filters[0].requestHeaderModifier.remove[1]: header \"X-A\" is listed twice, first at {ROUTE}.filters[0].requestHeaderModifier.remove[0]"),
+            ),
+        ];
+        for (yaml, error) in cases {
+            assert_eq!(check(&yaml), [error], "{yaml}");
+        }
+        // Each is per scope: one route name on two ports, one port number in
+        // two services, one port name inbound and outbound are all fine.
+        let yaml = with(
+            "  services:\n",
+            "  services:\n    - { name: other, addresses: [10.96.0.9], ports: [{ port: 80, name: http, routes: [{ name: a, backendRefs: [{ name: web }] }] }] }\n",
+        )
+        .replace("            - matches:", "            - name: a\n              matches:");
+        let yaml = format!("{yaml}inbound: {{ ports: [{{ port: 80, name: http }}] }}\n");
+        assert_eq!(check(&yaml), Vec::<String>::new(), "{yaml}");
     }
 
     #[test]
