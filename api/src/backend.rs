@@ -14,6 +14,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::duration::{serde_duration, GatewayDuration};
+use crate::ranges;
 
 /// A named set of endpoints with its policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -32,11 +33,11 @@ pub struct Backend {
     pub outlier_detection: OutlierDetection,
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
-    /// Time allowed to establish a connection (TCP and TLS).
+    /// Time allowed to establish a connection (TCP and TLS), 1ms to 5m.
     #[serde(default = "default_connect_timeout", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub connect_timeout: Duration,
-    /// Pooled connections idle this long are closed.
+    /// Pooled connections idle this long are closed; 1ms to 24h.
     #[serde(default = "default_idle_timeout", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub idle_timeout: Duration,
@@ -62,6 +63,7 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Relative share under weighted policies, 1 to 1,000,000.
     #[serde(default = "crate::route::default_weight")]
+    #[schemars(range(min = ranges::ENDPOINT_WEIGHT.min, max = ranges::ENDPOINT_WEIGHT.max))]
     pub weight: u32,
     /// The SPIFFE id the endpoint must present, e.g.
     /// `spiffe://cluster.local/ns/default/sa/reviews`. Set: the proxy uses
@@ -87,9 +89,11 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
 /// (`roundRobin`, `leastRequest`) or, for hashing, a one-key map
 /// (`{consistentHash: {header: x-user}}`, `{consistentHash: sourceIp}`).
 //
-// `Deserialize` is written by hand because serde_yaml 0.9 reads enums with
-// data only from `!tag` syntax, and the one-key map is what people write
-// (and what JSON has).
+// `Deserialize` is written by hand for its errors. serde-saphyr and
+// serde_json both read the one-key map into a derived enum, but a derived
+// one answers `consistentHash` alone with "unexpected mapping end" (YAML) or
+// "invalid type: unit variant, expected newtype variant" (JSON); this one
+// says what to write.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {
@@ -220,21 +224,25 @@ pub struct HealthCheck {
     /// Path of the `GET` probe; a 2xx answer is healthy.
     #[serde(default = "default_health_path")]
     pub path: String,
-    /// Probe this port instead of the endpoint's own.
+    /// Probe this port instead of the endpoint's own, 1 to 65535.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: Option<u16>,
+    /// 100ms to 1h.
     #[serde(default = "default_health_interval", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub interval: Duration,
-    /// At most `interval`.
+    /// 1ms to 1h, and at most `interval`.
     #[serde(default = "default_health_timeout", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub timeout: Duration,
-    /// Consecutive passes that bring an endpoint back.
+    /// Consecutive passes that bring an endpoint back, 1 to 1000.
     #[serde(default = "default_healthy_threshold")]
+    #[schemars(range(min = ranges::HEALTH_THRESHOLD.min, max = ranges::HEALTH_THRESHOLD.max))]
     pub healthy_threshold: u32,
-    /// Consecutive failures that take an endpoint out.
+    /// Consecutive failures that take an endpoint out, 1 to 1000.
     #[serde(default = "default_unhealthy_threshold")]
+    #[schemars(range(min = ranges::HEALTH_THRESHOLD.min, max = ranges::HEALTH_THRESHOLD.max))]
     pub unhealthy_threshold: u32,
 }
 
@@ -263,25 +271,32 @@ fn default_unhealthy_threshold() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
-    /// Consecutive 5xx answers (any cause) that eject an endpoint.
+    /// Consecutive 5xx answers (any cause) that eject an endpoint, 0 to 1000.
     #[serde(default = "five")]
+    #[schemars(range(min = ranges::OUTLIER_CONSECUTIVE.min, max = ranges::OUTLIER_CONSECUTIVE.max))]
     pub consecutive_5xx: u32,
-    /// Consecutive 502, 503 and 504 answers that eject an endpoint.
+    /// Consecutive 502, 503 and 504 answers that eject an endpoint, 0 to
+    /// 1000.
     #[serde(default = "five")]
+    #[schemars(range(min = ranges::OUTLIER_CONSECUTIVE.min, max = ranges::OUTLIER_CONSECUTIVE.max))]
     pub consecutive_gateway_failures: u32,
-    /// Consecutive failed connects (refused, reset, timed out, TLS failed).
+    /// Consecutive failed connects (refused, reset, timed out, TLS failed),
+    /// 0 to 1000.
     #[serde(default = "five")]
+    #[schemars(range(min = ranges::OUTLIER_CONSECUTIVE.min, max = ranges::OUTLIER_CONSECUTIVE.max))]
     pub consecutive_connect_failures: u32,
-    /// How often ejections are reviewed.
+    /// How often ejections are reviewed, 100ms to 1h.
     #[serde(default = "default_outlier_interval", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub interval: Duration,
-    /// First ejection length; each repeat ejection multiplies it.
+    /// First ejection length, 1ms to 1h; each repeat ejection multiplies
+    /// it, up to 5m or this, whichever is longer.
     #[serde(default = "default_base_ejection_time", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub base_ejection_time: Duration,
     /// Largest share of endpoints ejected at once, 0 to 100.
     #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = ranges::PERCENT.min, max = ranges::PERCENT.max))]
     pub max_ejection_percent: u8,
 }
 
@@ -318,14 +333,17 @@ fn default_max_ejection_percent() -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
-    /// Open connections to all endpoints.
+    /// Open connections to all endpoints, 1 to 1,000,000.
     #[serde(default = "default_limit")]
+    #[schemars(range(min = ranges::CIRCUIT_BREAKER.min, max = ranges::CIRCUIT_BREAKER.max))]
     pub max_connections: u32,
-    /// Requests waiting for a connection.
+    /// Requests waiting for a connection, 1 to 1,000,000.
     #[serde(default = "default_limit")]
+    #[schemars(range(min = ranges::CIRCUIT_BREAKER.min, max = ranges::CIRCUIT_BREAKER.max))]
     pub max_pending_requests: u32,
-    /// Requests in flight.
+    /// Requests in flight, 1 to 1,000,000.
     #[serde(default = "default_limit")]
+    #[schemars(range(min = ranges::CIRCUIT_BREAKER.min, max = ranges::CIRCUIT_BREAKER.max))]
     pub max_requests: u32,
 }
 
@@ -351,11 +369,13 @@ pub struct RetryBudget {
     /// Retries allowed per original request over `ttl`, 0 to 1000 (0.2: one
     /// retry per five requests).
     #[serde(default = "default_retry_ratio")]
+    #[schemars(range(min = ranges::RETRY_RATIO.min, max = ranges::RETRY_RATIO.max))]
     pub ratio: f64,
-    /// Retries always allowed, whatever the ratio.
+    /// Retries always allowed, whatever the ratio, 0 to 100,000.
     #[serde(default = "default_min_retries_per_second")]
+    #[schemars(range(min = ranges::MIN_RETRIES_PER_SECOND.min, max = ranges::MIN_RETRIES_PER_SECOND.max))]
     pub min_retries_per_second: u32,
-    /// The window over which requests are counted.
+    /// The window over which requests are counted, 1s to 1h.
     #[serde(default = "default_budget_ttl", with = "serde_duration")]
     #[schemars(with = "GatewayDuration")]
     pub ttl: Duration,

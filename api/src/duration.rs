@@ -29,6 +29,8 @@ pub enum DurationError {
     TooManyDigits(String),
     #[error("{0:?} has more than 4 components")]
     TooManyComponents(String),
+    #[error("{0:?} is longer than 99999h59m59s999ms, the longest Gateway API duration")]
+    TooLong(String),
 }
 
 /// Parses a GEP-2257 duration such as `"1m30s"`.
@@ -80,7 +82,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         let value: u64 = digits.parse().map_err(|_| syntax())?;
         total_ms += value * unit_ms;
     }
-    Ok(Duration::from_millis(total_ms))
+    let total = Duration::from_millis(total_ms);
+    // Four components can add up past what one formatted duration can say
+    // (`99999h99999m`), and then nothing formats it back.
+    if total > MAX_DURATION {
+        return Err(DurationError::TooLong(s.to_owned()));
+    }
+    Ok(total)
 }
 
 /// Formats a duration the way GEP-2257 asks: greatest unit first, each unit
@@ -202,6 +210,18 @@ mod tests {
             parse_duration("1h1m1s1ms1ms"),
             Err(DurationError::TooManyComponents(_))
         ));
+    }
+
+    #[test]
+    fn nothing_longer_than_max_duration_parses() {
+        assert_eq!(parse_duration("99999h59m59s999ms"), Ok(MAX_DURATION));
+        for s in ["99999h60m", "99999h99999m99999s99999ms", "99999h3600s"] {
+            assert_eq!(
+                parse_duration(s),
+                Err(DurationError::TooLong(s.to_owned())),
+                "{s}"
+            );
+        }
     }
 
     #[test]

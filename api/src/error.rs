@@ -2,7 +2,8 @@
 //!
 //! Every error names the path of the field at fault, in the form the config
 //! is written (`outbound.services[1].ports[0].routes[2]`, `backends.reviews`),
-//! so an operator can find it and a control plane can report it back.
+//! so an operator can find it and a control plane can report it back; a
+//! config past a parse limit names the limit instead.
 
 use std::fmt;
 
@@ -16,6 +17,10 @@ pub enum ConfigError {
     /// The text fits the model, but some values break its rules.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The text passes a [`crate::ParseLimits`] limit; it was not read to
+    /// the end and nothing was built from it.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl ConfigError {
@@ -28,8 +33,28 @@ impl ConfigError {
         match self {
             Self::Syntax { path, .. } => path,
             Self::Invalid(e) => e.first().path.as_str(),
+            Self::Limit(_) => ".",
         }
     }
+}
+
+/// Which parse limit a config passed. Each message names the limit and its
+/// value, so an operator can tell a runaway generator from a limit set too
+/// low.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("config is {size} bytes, over the limit of {max} bytes: send only what this proxy needs, or raise the size limit")]
+    Size { size: usize, max: usize },
+    #[error("config nests deeper than {max} levels: a mesh config needs about 15; look for runaway nesting")]
+    Depth { max: usize },
+    #[error("config has more than {max} nodes (maps, lists and values, aliases expanded): send only what this proxy needs, or raise the node limit")]
+    Nodes { max: usize },
+    #[error(
+        "config uses more than {max} YAML aliases or anchors: write the values out, or send JSON"
+    )]
+    Aliases { max: usize },
+    #[error("YAML aliases in the config expand to more than {max} nodes: write the values out, or send JSON")]
+    AliasExpansion { max: usize },
 }
 
 /// One rule broken by one field.

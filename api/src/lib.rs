@@ -5,14 +5,18 @@
 //! JSON Schema, and the checks a config must pass before a proxy uses it. It
 //! does no I/O: callers hand it text or bytes.
 //!
-//! The proxy calls [`MeshConfig::from_yaml`] or [`MeshConfig::from_json`]
-//! (which both validate), and [`MeshConfig::validate`] for configs it builds
-//! itself. docs/config.md describes the model field by field.
+//! Text from outside the process goes through [`MeshConfig::parse`], which
+//! tells JSON from YAML, bounds the cost with [`ParseLimits`] and validates;
+//! [`MeshConfig::from_yaml`] and [`MeshConfig::from_json`] do the same for a
+//! known format with the default limits, and [`MeshConfig::validate`] checks
+//! configs built in code. docs/config.md describes the model field by field.
 
 mod backend;
 mod duration;
 mod error;
 mod mesh;
+mod parse;
+pub mod ranges;
 mod route;
 mod validate;
 
@@ -21,11 +25,12 @@ pub use backend::{
     RetryBudget,
 };
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
-pub use error::{ConfigError, FieldError, ValidationError};
+pub use error::{ConfigError, FieldError, LimitError, ValidationError};
 pub use mesh::{
     HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig,
     PathNormalization, PathNormalizationMode, Protocol, Service, ServicePort, XForwardedFor,
 };
+pub use parse::ParseLimits;
 pub use route::{
     BackendObjectRef, BackendRef, GrpcCode, GrpcMethodMatch, HeaderMatch, HeaderModifier,
     HttpHeader, HttpMethod, MatchType, PathMatch, PathMatchType, PathModifier, QueryParamMatch,
@@ -61,6 +66,28 @@ mod tests {
             committed == generated,
             "{} is stale: run UPDATE_SCHEMA=1 cargo test -p remora-api and commit it",
             path.display()
+        );
+    }
+
+    /// Editors see the ranges validation enforces.
+    #[test]
+    fn schema_carries_the_numeric_ranges() {
+        let schema = super::json_schema();
+        let defs = &schema["$defs"];
+        let http = &defs["HttpSettings"]["properties"];
+        assert_eq!(http["maxHeaders"]["minimum"], 1);
+        assert_eq!(http["maxHeaders"]["maximum"], 1000);
+        assert_eq!(http["maxHeaderBytes"]["maximum"], 1_048_576);
+        assert_eq!(defs["ServicePort"]["properties"]["port"]["minimum"], 1);
+        let codes = &defs["Retry"]["properties"]["codes"]["items"];
+        assert_eq!(
+            (&codes["minimum"], &codes["maximum"]),
+            (&400.into(), &599.into())
+        );
+        assert_eq!(defs["Retry"]["properties"]["attempts"]["maximum"], 10);
+        assert_eq!(
+            defs["RetryBudget"]["properties"]["ratio"]["maximum"],
+            1000.0
         );
     }
 

@@ -1,9 +1,9 @@
 //! The top of the model: [`MeshConfig`] and its outbound, inbound and
-//! proxy-wide HTTP parts, plus loading from YAML or JSON.
+//! proxy-wide HTTP parts, plus the entry points that load it.
 //!
 //! This module owns what one proxy is told as a whole and the entry points
 //! that turn text into a checked config. Routes are in `route`, backends in
-//! `backend`, the checks in `validate`.
+//! `backend`, parsing within limits in `parse`, the checks in `validate`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
+use crate::parse::ParseLimits;
+use crate::ranges;
 use crate::route::{BackendRef, Route};
 
 /// Everything one proxy needs to know. The proxy swaps it in whole.
@@ -28,39 +30,51 @@ pub struct MeshConfig {
     #[serde(default)]
     pub inbound: InboundConfig,
     /// Backends by name; routes refer to them with `backendRefs[].name`.
-    #[serde(default)]
+    /// Each name once.
+    #[serde(default, deserialize_with = "crate::parse::unique_keys")]
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]
     pub http: HttpSettings,
 }
 
 impl MeshConfig {
-    /// Parses YAML and validates it. Errors name the offending field.
+    /// Parses a config, JSON if its first character that is not whitespace
+    /// is `{` and YAML otherwise, within `limits`, and validates it.
+    ///
+    /// This is the entry point for text from outside the process (a file,
+    /// the control plane): its cost is bounded by `limits`, a config past a
+    /// limit gets [`ConfigError::Limit`] naming it, and every other error
+    /// names the offending field. A key given twice in one map (two
+    /// backends with one name) is an error. It does no I/O and takes no
+    /// locks, so it can run on any thread.
+    pub fn parse(bytes: &[u8], limits: &ParseLimits) -> Result<Self, ConfigError> {
+        crate::parse::parse(bytes, limits)
+    }
+
+    /// Parses YAML within the default [`ParseLimits`] and validates it.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
-            text,
-        ))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let message = strip_yaml_path(&e.into_inner().to_string()).to_owned();
-            ConfigError::syntax(path, message)
-        })?;
+        Self::from_yaml_slice(text.as_bytes())
+    }
+
+    /// [`MeshConfig::from_yaml`] for bytes.
+    pub fn from_yaml_slice(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let limits = ParseLimits::DEFAULT;
+        crate::parse::check_size(bytes, &limits)?;
+        let config = crate::parse::yaml(bytes, &limits)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Parses JSON and validates it. Errors name the offending field.
+    /// Parses JSON within the default [`ParseLimits`] and validates it.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         Self::from_json_slice(text.as_bytes())
     }
 
     /// [`MeshConfig::from_json`] for bytes, e.g. a config received over gRPC.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let config: Self = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| ConfigError::syntax(e.path().to_string(), e.into_inner().to_string()))?;
-        de.end()
-            .map_err(|e| ConfigError::syntax(".".to_owned(), e.to_string()))?;
+        let limits = ParseLimits::DEFAULT;
+        crate::parse::check_size(bytes, &limits)?;
+        let config = crate::parse::json(bytes, &limits)?;
         config.validate()?;
         Ok(config)
     }
@@ -74,17 +88,6 @@ impl MeshConfig {
     /// The backend named by a `backendRefs[].name`.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.get(name)
-    }
-}
-
-/// serde_yaml starts its messages with its own idea of the path (often the
-/// parent of the field at fault); ours comes from serde_path_to_error, so the
-/// prefix goes. A path has no spaces, and every message it prefixes has one
-/// before its first `": "`, which tells the two apart.
-fn strip_yaml_path(message: &str) -> &str {
-    match message.split_once(": ") {
-        Some((prefix, rest)) if !prefix.contains(char::is_whitespace) => rest,
-        _ => message,
     }
 }
 
@@ -119,6 +122,7 @@ pub struct Service {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     /// The port the app connects to, 1 to 65535.
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: u16,
     /// For metrics, e.g. `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +193,7 @@ pub enum InboundMode {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InboundPort {
     /// 1 to 65535.
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -200,11 +205,13 @@ pub struct InboundPort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSettings {
-    /// Largest request header block; larger gets 431.
+    /// Largest request header block, 1024 to 1048576 bytes; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
+    #[schemars(range(min = ranges::MAX_HEADER_BYTES.min, max = ranges::MAX_HEADER_BYTES.max))]
     pub max_header_bytes: u32,
-    /// Most header fields in a request; more gets 431.
+    /// Most header fields in a request, 1 to 1000; more gets 431.
     #[serde(default = "default_max_headers")]
+    #[schemars(range(min = ranges::MAX_HEADERS.min, max = ranges::MAX_HEADERS.max))]
     pub max_headers: u32,
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,
@@ -473,7 +480,7 @@ mod tests {
             assert_eq!(got, path, "{yaml}: {err}");
             assert!(text.contains(message), "{yaml}: {err}");
             // JSON reports the same path.
-            let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+            let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
             let err = MeshConfig::from_json(&value.to_string()).unwrap_err();
             assert_eq!(err.path(), path, "{yaml} as JSON: {err}");
         }

@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::{serde_opt_duration, GatewayDuration};
+use crate::ranges;
 
 /// One routing rule. The first route in precedence order whose `matches`
 /// accept the request wins.
@@ -375,8 +376,9 @@ pub struct RequestRedirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathModifier>,
     /// Unset: the well-known port of the scheme when the scheme changes,
-    /// otherwise the request's port.
+    /// otherwise the request's port. 1 to 65535.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = ranges::PORT.min, max = ranges::PORT.max))]
     pub port: Option<u16>,
     /// One of 301, 302, 303, 307, 308.
     #[serde(default = "default_redirect_status")]
@@ -486,6 +488,7 @@ pub struct RequestMirror {
     pub backend_ref: BackendObjectRef,
     /// The share of requests mirrored, 0 to 100.
     #[serde(default = "hundred_percent")]
+    #[schemars(range(min = ranges::PERCENT.min, max = ranges::PERCENT.max))]
     pub percent: u8,
 }
 
@@ -509,6 +512,7 @@ pub struct BackendRef {
     pub name: String,
     /// Relative share, 0 to 1,000,000. A backend with weight 0 gets nothing.
     #[serde(default = "default_weight")]
+    #[schemars(range(min = ranges::BACKEND_WEIGHT.min, max = ranges::BACKEND_WEIGHT.max))]
     pub weight: u32,
     /// Filters applied only to requests sent to this backend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -524,7 +528,7 @@ pub(crate) fn default_weight() -> u32 {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Timeouts {
     /// From the request's arrival to the last byte of the response header,
-    /// across all retries.
+    /// across all retries. `0s` turns it off.
     #[serde(
         default,
         with = "serde_opt_duration",
@@ -532,7 +536,8 @@ pub struct Timeouts {
     )]
     #[schemars(with = "Option<GatewayDuration>")]
     pub request: Option<Duration>,
-    /// One attempt at one backend. At most `request`.
+    /// One attempt at one backend. At most `request` unless either is
+    /// `0s`, which turns it off.
     #[serde(
         default,
         with = "serde_opt_duration",
@@ -553,10 +558,12 @@ impl Timeouts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retry {
-    /// Retries after the first attempt (not counting it).
+    /// Retries after the first attempt (not counting it), 0 to 10.
     #[serde(default = "default_attempts")]
+    #[schemars(range(min = ranges::RETRY_ATTEMPTS.min, max = ranges::RETRY_ATTEMPTS.max))]
     pub attempts: u32,
-    /// Base of the jittered exponential backoff between attempts.
+    /// Base of the jittered exponential backoff between attempts, 1ms to
+    /// 1m.
     #[serde(
         default,
         with = "serde_opt_duration",
@@ -564,8 +571,9 @@ pub struct Retry {
     )]
     #[schemars(with = "Option<GatewayDuration>")]
     pub backoff: Option<Duration>,
-    /// HTTP statuses (400 to 599) that are retried.
+    /// HTTP statuses (400 to 599) that are retried, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = ranges::RETRY_CODE.min, max = ranges::RETRY_CODE.max)))]
     pub codes: Vec<u16>,
     /// gRPC statuses that are retried, e.g. `unavailable`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,21 +9,22 @@
 //! It only reads; regexes are compiled here to be checked, then dropped; the
 //! proxy compiles its own.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::backend::{Backend, HashOn, LoadBalancer};
+use crate::duration::format_duration;
 use crate::error::{FieldError, ValidationError};
 use crate::mesh::{MeshConfig, Protocol, Service, ServicePort};
+use crate::ranges::{self, Range};
 use crate::route::{
     BackendRef, GrpcMethodMatch, HeaderModifier, MatchType, PathMatchType, PathModifier,
     RouteFilter, RouteMatch,
 };
-
-/// Largest `weight` Gateway API allows.
-const MAX_WEIGHT: u32 = 1_000_000;
 
 pub(crate) fn validate(config: &MeshConfig) -> Result<(), ValidationError> {
     let mut c = Checker {
@@ -69,14 +70,40 @@ impl Checker<'_> {
         self.http(config);
     }
 
+    /// True the first time `key` is seen; after that, an error at `path`
+    /// that names `what` and where it was first.
+    fn once<K: Hash + Eq>(
+        &mut self,
+        seen: &mut HashMap<K, String>,
+        key: K,
+        path: String,
+        what: impl Display,
+    ) -> bool {
+        match seen.entry(key) {
+            Entry::Occupied(first) => {
+                let message = format!("{what} is listed twice, first at {}", first.get());
+                self.error(path, message);
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(path);
+                true
+            }
+        }
+    }
+
     fn services(&mut self, services: &[Service]) {
         // (address or hostname, port) -> path of the first service port that claimed it.
         let mut by_addr: HashMap<(IpAddr, u16), String> = HashMap::new();
         let mut by_host: HashMap<(String, u16), String> = HashMap::new();
+        let mut names = HashMap::new();
         for (i, service) in services.iter().enumerate() {
             let path = format!("outbound.services[{i}]");
             if service.name.trim().is_empty() {
                 self.error(format!("{path}.name"), "must not be empty");
+            } else {
+                let what = format!("service name {:?}", service.name);
+                self.once(&mut names, &service.name, format!("{path}.name"), what);
             }
             if service.addresses.is_empty() && service.hostnames.is_empty() {
                 self.error(
@@ -84,33 +111,54 @@ impl Checker<'_> {
                     "needs addresses or hostnames, or no traffic can reach it",
                 );
             }
+            // Each address and host name once, so that the claims below
+            // are between services.
+            let (mut addresses, mut seen_addresses) = (Vec::new(), HashMap::new());
             for (j, addr) in service.addresses.iter().enumerate() {
+                let p = format!("{path}.addresses[{j}]");
                 if addr.is_unspecified() {
                     self.error(
-                        format!("{path}.addresses[{j}]"),
+                        p,
                         format!("{addr} is unspecified: use the service's virtual IP"),
                     );
+                } else if self.once(&mut seen_addresses, *addr, p, format!("address {addr}")) {
+                    addresses.push(*addr);
                 }
             }
+            let (mut hostnames, mut seen_hosts) = (Vec::new(), HashMap::new());
             for (j, host) in service.hostnames.iter().enumerate() {
+                let p = format!("{path}.hostnames[{j}]");
                 if let Err(why) = hostname(host, true) {
-                    self.error(format!("{path}.hostnames[{j}]"), why);
+                    self.error(p, why);
+                } else {
+                    let what = format!("host name {host:?}");
+                    let lower = host.to_ascii_lowercase();
+                    if self.once(&mut seen_hosts, lower.clone(), p, what) {
+                        hostnames.push(lower);
+                    }
                 }
             }
             if service.ports.is_empty() {
                 self.error(format!("{path}.ports"), "must list at least one port");
             }
-            let mut seen_ports = HashSet::new();
+            let mut seen_ports = HashMap::new();
+            let mut port_names = HashMap::new();
             for (j, port) in service.ports.iter().enumerate() {
                 let port_path = format!("{path}.ports[{j}]");
-                if !seen_ports.insert(port.port) {
-                    self.error(
-                        format!("{port_path}.port"),
-                        format!("port {} is listed twice in this service", port.port),
-                    );
+                if let Some(name) = &port.name {
+                    let what = format!("port name {name:?}");
+                    self.once(&mut port_names, name, format!("{port_path}.name"), what);
+                }
+                let what = format!("port {}", port.port);
+                if !self.once(
+                    &mut seen_ports,
+                    port.port,
+                    format!("{port_path}.port"),
+                    what,
+                ) {
                     continue;
                 }
-                for addr in &service.addresses {
+                for addr in &addresses {
                     if let Some(first) = by_addr.get(&(*addr, port.port)) {
                         self.error(
                             format!("{port_path}.port"),
@@ -120,8 +168,8 @@ impl Checker<'_> {
                         by_addr.insert((*addr, port.port), port_path.clone());
                     }
                 }
-                for host in &service.hostnames {
-                    let key = (host.to_ascii_lowercase(), port.port);
+                for host in &hostnames {
+                    let key = (host.clone(), port.port);
                     if let Some(first) = by_host.get(&key) {
                         self.error(
                             format!("{port_path}.port"),
@@ -137,9 +185,7 @@ impl Checker<'_> {
     }
 
     fn service_port(&mut self, path: &str, port: &ServicePort) {
-        if port.port == 0 {
-            self.error(format!("{path}.port"), "must be 1 to 65535");
-        }
+        self.in_range(format!("{path}.port"), port.port, ranges::PORT);
         match port.protocol {
             Protocol::Tcp | Protocol::Opaque if !port.routes.is_empty() => self.error(
                 format!("{path}.routes"),
@@ -164,8 +210,13 @@ impl Checker<'_> {
             None
         };
         self.backend_refs(&format!("{path}.backendRefs"), &port.backend_refs, scope);
+        let mut route_names = HashMap::new();
         for (k, route) in port.routes.iter().enumerate() {
             let route_path = format!("{path}.routes[{k}]");
+            if let Some(name) = &route.name {
+                let what = format!("route name {name:?}");
+                self.once(&mut route_names, name, format!("{route_path}.name"), what);
+            }
             for (m, route_match) in route.matches.iter().enumerate() {
                 self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
             }
@@ -183,27 +234,47 @@ impl Checker<'_> {
             if let (Some(request), Some(backend)) =
                 (route.timeouts.request, route.timeouts.backend_request)
             {
-                if !request.is_zero() && (backend.is_zero() || backend > request) {
+                // 0s turns either off. Gateway API's own rule: one attempt
+                // may not outlast the whole request, and no attempt limit
+                // under a request limit is fine.
+                if !request.is_zero() && !backend.is_zero() && backend > request {
                     self.error(
                         format!("{route_path}.timeouts.backendRequest"),
-                        "must not be longer than timeouts.request (0s means none, which is longer)",
+                        "must not be longer than timeouts.request",
                     );
                 }
             }
             if let Some(retry) = &route.retry {
+                let rp = format!("{route_path}.retry");
+                self.in_range(
+                    format!("{rp}.attempts"),
+                    retry.attempts,
+                    ranges::RETRY_ATTEMPTS,
+                );
+                let mut codes = HashMap::new();
                 for (c, code) in retry.codes.iter().enumerate() {
-                    if !(400..=599).contains(code) {
+                    let p = format!("{rp}.codes[{c}]");
+                    if !ranges::RETRY_CODE.contains(code) {
                         self.error(
-                            format!("{route_path}.retry.codes[{c}]"),
-                            format!("{code} cannot be retried: use a status from 400 to 599"),
+                            p,
+                            format!(
+                                "{code} cannot be retried: use a status from {}",
+                                ranges::RETRY_CODE
+                            ),
                         );
+                    } else {
+                        self.once(&mut codes, *code, p, format!("status {code}"));
                     }
                 }
-                if retry.backoff.is_some_and(|b| b.is_zero()) {
-                    self.error(
-                        format!("{route_path}.retry.backoff"),
-                        "must be more than 0s: leave it out for the default",
-                    );
+                let mut grpc_codes = HashMap::new();
+                for (c, code) in retry.grpc_codes.iter().enumerate() {
+                    let p = format!("{rp}.grpcCodes[{c}]");
+                    // As written: the camelCase name serde gives it.
+                    let name = serde_json::to_value(code).unwrap_or_default();
+                    self.once(&mut grpc_codes, *code, p, format!("gRPC code {name}"));
+                }
+                if let Some(backoff) = retry.backoff {
+                    self.duration_in(format!("{rp}.backoff"), backoff, ranges::RETRY_BACKOFF);
                 }
             }
         }
@@ -353,8 +424,8 @@ impl Checker<'_> {
                     if let Some(modifier) = &r.path {
                         self.path_modifier(&format!("{rp}.path"), modifier, matches, scope);
                     }
-                    if r.port == Some(0) {
-                        self.error(format!("{rp}.port"), "must be 1 to 65535");
+                    if let Some(port) = r.port {
+                        self.in_range(format!("{rp}.port"), port, ranges::PORT);
                     }
                     if ![301, 302, 303, 307, 308].contains(&r.status_code) {
                         self.error(
@@ -380,9 +451,7 @@ impl Checker<'_> {
                 RouteFilter::RequestMirror(m) => {
                     let mp = format!("{p}.requestMirror");
                     self.backend_name(&format!("{mp}.backendRef.name"), &m.backend_ref.name);
-                    if m.percent > 100 {
-                        self.error(format!("{mp}.percent"), "must be 0 to 100");
-                    }
+                    self.in_range(format!("{mp}.percent"), m.percent, ranges::PERCENT);
                 }
             }
         }
@@ -448,9 +517,14 @@ impl Checker<'_> {
                 }
             }
         }
+        let mut removed = HashMap::new();
         for (i, name) in m.remove.iter().enumerate() {
+            let p = format!("{path}.remove[{i}]");
             if let Err(why) = header_name(name) {
-                self.error(format!("{path}.remove[{i}]"), why);
+                self.error(p, why);
+            } else {
+                let what = format!("header {name:?}");
+                self.once(&mut removed, name.to_ascii_lowercase(), p, what);
             }
         }
     }
@@ -461,9 +535,7 @@ impl Checker<'_> {
         for (i, r) in refs.iter().enumerate() {
             let p = format!("{path}[{i}]");
             self.backend_name(&format!("{p}.name"), &r.name);
-            if r.weight > MAX_WEIGHT {
-                self.error(format!("{p}.weight"), "must be 0 to 1000000");
-            }
+            self.in_range(format!("{p}.weight"), r.weight, ranges::BACKEND_WEIGHT);
             total += u64::from(r.weight);
             match scope {
                 Some(scope) => self.filters(&format!("{p}.filters"), &r.filters, scope, &[]),
@@ -495,7 +567,7 @@ impl Checker<'_> {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             self.error(path, format!("{name:?} is not a usable backend name"));
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         for (i, e) in backend.endpoints.iter().enumerate() {
             let p = format!("{path}.endpoints[{i}]");
             if e.address.port() == 0 || e.address.ip().is_unspecified() {
@@ -506,15 +578,11 @@ impl Checker<'_> {
                         e.address
                     ),
                 );
-            } else if !seen.insert(e.address) {
-                self.error(
-                    format!("{p}.address"),
-                    format!("{} is listed twice: add the weights instead", e.address),
-                );
+            } else {
+                let what = format!("endpoint {} (add the weights instead)", e.address);
+                self.once(&mut seen, e.address, format!("{p}.address"), what);
             }
-            if e.weight == 0 || e.weight > MAX_WEIGHT {
-                self.error(format!("{p}.weight"), "must be 1 to 1000000");
-            }
+            self.in_range(format!("{p}.weight"), e.weight, ranges::ENDPOINT_WEIGHT);
             if let Some(id) = &e.identity {
                 if let Err(why) = spiffe_id(id) {
                     self.error(format!("{p}.identity"), why);
@@ -551,80 +619,114 @@ impl Checker<'_> {
             if let Err(why) = http_path(&hc.path) {
                 self.error(format!("{p}.path"), why);
             }
-            if hc.port == Some(0) {
-                self.error(format!("{p}.port"), "must be 1 to 65535");
+            if let Some(port) = hc.port {
+                self.in_range(format!("{p}.port"), port, ranges::PORT);
             }
-            self.positive(&format!("{p}.interval"), hc.interval);
-            self.positive(&format!("{p}.timeout"), hc.timeout);
+            self.duration_in(
+                format!("{p}.interval"),
+                hc.interval,
+                ranges::HEALTH_INTERVAL,
+            );
+            self.duration_in(format!("{p}.timeout"), hc.timeout, ranges::HEALTH_TIMEOUT);
             if hc.timeout > hc.interval {
                 self.error(format!("{p}.timeout"), "must not be longer than interval");
             }
-            if hc.healthy_threshold == 0 {
-                self.error(format!("{p}.healthyThreshold"), "must be at least 1");
-            }
-            if hc.unhealthy_threshold == 0 {
-                self.error(format!("{p}.unhealthyThreshold"), "must be at least 1");
+            for (field, value) in [
+                ("healthyThreshold", hc.healthy_threshold),
+                ("unhealthyThreshold", hc.unhealthy_threshold),
+            ] {
+                self.in_range(format!("{p}.{field}"), value, ranges::HEALTH_THRESHOLD);
             }
         }
         let od = &backend.outlier_detection;
-        self.positive(&format!("{path}.outlierDetection.interval"), od.interval);
-        self.positive(
-            &format!("{path}.outlierDetection.baseEjectionTime"),
-            od.base_ejection_time,
-        );
-        if od.max_ejection_percent > 100 {
-            self.error(
-                format!("{path}.outlierDetection.maxEjectionPercent"),
-                "must be 0 to 100",
-            );
+        let p = format!("{path}.outlierDetection");
+        for (field, value) in [
+            ("consecutive5xx", od.consecutive_5xx),
+            (
+                "consecutiveGatewayFailures",
+                od.consecutive_gateway_failures,
+            ),
+            (
+                "consecutiveConnectFailures",
+                od.consecutive_connect_failures,
+            ),
+        ] {
+            self.in_range(format!("{p}.{field}"), value, ranges::OUTLIER_CONSECUTIVE);
         }
+        self.duration_in(
+            format!("{p}.interval"),
+            od.interval,
+            ranges::OUTLIER_INTERVAL,
+        );
+        self.duration_in(
+            format!("{p}.baseEjectionTime"),
+            od.base_ejection_time,
+            ranges::BASE_EJECTION_TIME,
+        );
+        self.in_range(
+            format!("{p}.maxEjectionPercent"),
+            od.max_ejection_percent,
+            ranges::PERCENT,
+        );
         let cb = &backend.circuit_breaker;
         for (field, value) in [
             ("maxConnections", cb.max_connections),
             ("maxPendingRequests", cb.max_pending_requests),
             ("maxRequests", cb.max_requests),
         ] {
-            if value == 0 {
-                self.error(
-                    format!("{path}.circuitBreaker.{field}"),
-                    "must be at least 1, or every request fails",
-                );
-            }
-        }
-        self.positive(&format!("{path}.connectTimeout"), backend.connect_timeout);
-        let budget = &backend.retry_budget;
-        if !(0.0..=1000.0).contains(&budget.ratio) {
-            self.error(
-                format!("{path}.retryBudget.ratio"),
-                format!("{} is out of range: use 0 to 1000, e.g. 0.2", budget.ratio),
+            self.in_range(
+                format!("{path}.circuitBreaker.{field}"),
+                value,
+                ranges::CIRCUIT_BREAKER,
             );
         }
-        self.positive(&format!("{path}.retryBudget.ttl"), budget.ttl);
+        self.duration_in(
+            format!("{path}.connectTimeout"),
+            backend.connect_timeout,
+            ranges::CONNECT_TIMEOUT,
+        );
+        self.duration_in(
+            format!("{path}.idleTimeout"),
+            backend.idle_timeout,
+            ranges::IDLE_TIMEOUT,
+        );
+        let budget = &backend.retry_budget;
+        let p = format!("{path}.retryBudget");
+        self.in_range(format!("{p}.ratio"), budget.ratio, ranges::RETRY_RATIO);
+        self.in_range(
+            format!("{p}.minRetriesPerSecond"),
+            budget.min_retries_per_second,
+            ranges::MIN_RETRIES_PER_SECOND,
+        );
+        self.duration_in(format!("{p}.ttl"), budget.ttl, ranges::RETRY_BUDGET_TTL);
     }
 
     fn inbound(&mut self, config: &MeshConfig) {
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
+        let mut names = HashMap::new();
         for (i, port) in config.inbound.ports.iter().enumerate() {
-            let p = format!("inbound.ports[{i}].port");
-            if port.port == 0 {
-                self.error(p, "must be 1 to 65535");
-            } else if !seen.insert(port.port) {
-                self.error(p, format!("port {} is listed twice", port.port));
+            let p = format!("inbound.ports[{i}]");
+            if !ranges::PORT.contains(&port.port) {
+                self.in_range(format!("{p}.port"), port.port, ranges::PORT);
+            } else {
+                let what = format!("port {}", port.port);
+                self.once(&mut seen, port.port, format!("{p}.port"), what);
+            }
+            if let Some(name) = &port.name {
+                let what = format!("port name {name:?}");
+                self.once(&mut names, name, format!("{p}.name"), what);
             }
         }
     }
 
     fn http(&mut self, config: &MeshConfig) {
         let http = &config.http;
-        if http.max_header_bytes < 1024 {
-            self.error(
-                "http.maxHeaderBytes",
-                "must be at least 1024, or ordinary requests are refused",
-            );
-        }
-        if http.max_headers == 0 {
-            self.error("http.maxHeaders", "must be at least 1");
-        }
+        self.in_range(
+            "http.maxHeaderBytes",
+            http.max_header_bytes,
+            ranges::MAX_HEADER_BYTES,
+        );
+        self.in_range("http.maxHeaders", http.max_headers, ranges::MAX_HEADERS);
         if http.allowed_upgrades.len() > MAX_ALLOWED_UPGRADES {
             self.error(
                 "http.allowedUpgrades",
@@ -662,9 +764,23 @@ impl Checker<'_> {
         }
     }
 
-    fn positive(&mut self, path: &str, d: Duration) {
-        if d.is_zero() {
-            self.error(path, "must be more than 0s");
+    fn in_range<T: PartialOrd + Display>(&mut self, path: impl Display, value: T, range: Range<T>) {
+        if !range.contains(&value) {
+            self.error(path, format!("must be {range}, not {value}"));
+        }
+    }
+
+    fn duration_in(&mut self, path: impl Display, d: Duration, range: Range<Duration>) {
+        if !range.contains(&d) {
+            self.error(
+                path,
+                format!(
+                    "must be {} to {}, not {}",
+                    format_duration(range.min),
+                    format_duration(range.max),
+                    format_duration(d)
+                ),
+            );
         }
     }
 }
@@ -1047,17 +1163,17 @@ outbound:
             (
                 with("}] }", "}], circuitBreaker: { maxRequests: 0 } }"),
                 "backends.web.circuitBreaker.maxRequests".into(),
-                "must be at least 1",
+                "must be 1 to 1000000, not 0",
             ),
             (
                 with("}] }", "}], connectTimeout: 0s }"),
                 "backends.web.connectTimeout".into(),
-                "must be more than 0s",
+                "must be 1ms to 5m, not 0s",
             ),
             (
                 with("}] }", "}], retryBudget: { ratio: -0.5 } }"),
                 "backends.web.retryBudget.ratio".into(),
-                "out of range",
+                "must be 0 to 1000, not -0.5",
             ),
             (
                 format!("{BASE}inbound: {{ ports: [{{ port: 8080 }}, {{ port: 8080 }}] }}\n"),
@@ -1067,7 +1183,7 @@ outbound:
             (
                 format!("{BASE}http: {{ maxHeaderBytes: 10 }}\n"),
                 "http.maxHeaderBytes".into(),
-                "at least 1024",
+                "must be 1024 to 1048576, not 10",
             ),
             (
                 format!("{BASE}http: {{ allowedUpgrades: [websocket, H2C] }}\n"),
@@ -1101,6 +1217,219 @@ outbound:
             );
             assert_eq!(errors.len(), 1, "one break, one error: {errors:#?}\n{yaml}");
         }
+    }
+
+    /// A template with `{}` for the value, the field's path, values
+    /// accepted, and values refused with the message.
+    type RangeCase<'a> = (String, String, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
+    /// Every number and duration of the model: both ends of its range are
+    /// accepted, and a step past either end is refused with the range and
+    /// the value.
+    #[test]
+    fn every_number_has_a_range() {
+        let service_port = with("        - port: 80\n", "        - port: {}\n");
+        let endpoint = |field: &str| {
+            with(
+                "\"10.0.0.1:80\" }",
+                &format!("\"10.0.0.1:80\", {field}: {{}} }}"),
+            )
+        };
+        let backend = |field: &str| with("}] }", &format!("}}], {field} }}"));
+        let top = |field: &str| format!("{BASE}{field}\n");
+        let b = "backends.web";
+        #[rustfmt::skip]
+        let cases: Vec<RangeCase<'_>> = vec![
+            (service_port, "outbound.services[0].ports[0].port".into(),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (top("inbound: { ports: [{ port: {} }] }"), "inbound.ports[0].port".into(),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (top("http: { maxHeaderBytes: {} }"), "http.maxHeaderBytes".into(),
+             &["1024", "1048576"],
+             &[("1023", "must be 1024 to 1048576, not 1023"), ("1048577", "must be 1024 to 1048576, not 1048577")]),
+            (top("http: { maxHeaders: {} }"), "http.maxHeaders".into(),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001"),
+               ("4294967295", "must be 1 to 1000, not 4294967295")]),
+            (endpoint("weight"), format!("{b}.endpoints[0].weight"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("1000001", "must be 1 to 1000000, not 1000001")]),
+            (route("            - backendRefs: [{ name: web, weight: {} }, { name: web-v2 }]\n"),
+             format!("{ROUTE}.backendRefs[0].weight"),
+             &["0", "1000000"], &[("1000001", "must be 0 to 1000000, not 1000001")]),
+            (route("            - filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: web }, percent: {} } }]\n"),
+             format!("{ROUTE}.filters[0].requestMirror.percent"),
+             &["0", "100"], &[("101", "must be 0 to 100, not 101"), ("255", "must be 0 to 100, not 255")]),
+            (route("            - filters: [{ type: RequestRedirect, requestRedirect: { port: {} } }]\n"),
+             format!("{ROUTE}.filters[0].requestRedirect.port"),
+             &["1", "65535"], &[("0", "must be 1 to 65535, not 0")]),
+            (route("            - retry: { attempts: {} }\n"), format!("{ROUTE}.retry.attempts"),
+             &["0", "10"],
+             &[("11", "must be 0 to 10, not 11"), ("4294967295", "must be 0 to 10, not 4294967295")]),
+            (route("            - retry: { backoff: {} }\n"), format!("{ROUTE}.retry.backoff"),
+             &["1ms", "1m"],
+             &[("0s", "must be 1ms to 1m, not 0s"), ("1m1ms", "must be 1ms to 1m, not 1m1ms")]),
+            (backend("healthCheck: { interval: {}, timeout: 1ms }"), format!("{b}.healthCheck.interval"),
+             &["100ms", "1h"],
+             &[("99ms", "must be 100ms to 1h, not 99ms"), ("1h1ms", "must be 100ms to 1h, not 1h1ms")]),
+            (backend("healthCheck: { interval: 1h, timeout: {} }"), format!("{b}.healthCheck.timeout"),
+             &["1ms", "1h"], &[("0s", "must be 1ms to 1h, not 0s")]),
+            (backend("healthCheck: { healthyThreshold: {} }"), format!("{b}.healthCheck.healthyThreshold"),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001")]),
+            (backend("healthCheck: { unhealthyThreshold: {} }"), format!("{b}.healthCheck.unhealthyThreshold"),
+             &["1", "1000"],
+             &[("0", "must be 1 to 1000, not 0"), ("1001", "must be 1 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutive5xx: {} }"), format!("{b}.outlierDetection.consecutive5xx"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutiveGatewayFailures: {} }"),
+             format!("{b}.outlierDetection.consecutiveGatewayFailures"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { consecutiveConnectFailures: {} }"),
+             format!("{b}.outlierDetection.consecutiveConnectFailures"),
+             &["0", "1000"], &[("1001", "must be 0 to 1000, not 1001")]),
+            (backend("outlierDetection: { interval: {} }"), format!("{b}.outlierDetection.interval"),
+             &["100ms", "1h"],
+             &[("99ms", "must be 100ms to 1h, not 99ms"), ("1h1ms", "must be 100ms to 1h, not 1h1ms")]),
+            (backend("outlierDetection: { baseEjectionTime: {} }"), format!("{b}.outlierDetection.baseEjectionTime"),
+             &["1ms", "1h"],
+             &[("0s", "must be 1ms to 1h, not 0s"), ("99999h", "must be 1ms to 1h, not 99999h")]),
+            (backend("outlierDetection: { maxEjectionPercent: {} }"), format!("{b}.outlierDetection.maxEjectionPercent"),
+             &["0", "100"], &[("101", "must be 0 to 100, not 101")]),
+            (backend("circuitBreaker: { maxConnections: {} }"), format!("{b}.circuitBreaker.maxConnections"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("1000001", "must be 1 to 1000000, not 1000001")]),
+            (backend("circuitBreaker: { maxPendingRequests: {} }"), format!("{b}.circuitBreaker.maxPendingRequests"),
+             &["1", "1000000"],
+             &[("0", "must be 1 to 1000000, not 0"), ("4294967295", "must be 1 to 1000000, not 4294967295")]),
+            (backend("circuitBreaker: { maxRequests: {} }"), format!("{b}.circuitBreaker.maxRequests"),
+             &["1", "1000000"], &[("0", "must be 1 to 1000000, not 0")]),
+            (backend("connectTimeout: {}"), format!("{b}.connectTimeout"),
+             &["1ms", "5m"], &[("0s", "must be 1ms to 5m, not 0s"), ("5m1ms", "must be 1ms to 5m, not 5m1ms")]),
+            (backend("idleTimeout: {}"), format!("{b}.idleTimeout"),
+             &["1ms", "24h"], &[("0s", "must be 1ms to 24h, not 0s"), ("24h1ms", "must be 1ms to 24h, not 24h1ms")]),
+            (backend("retryBudget: { ratio: {} }"), format!("{b}.retryBudget.ratio"),
+             &["0", "0.2", "1000"],
+             &[("-0.1", "must be 0 to 1000, not -0.1"), ("1000.5", "must be 0 to 1000, not 1000.5"),
+               (".nan", "must be 0 to 1000, not NaN"), (".inf", "must be 0 to 1000, not inf")]),
+            (backend("retryBudget: { minRetriesPerSecond: {} }"), format!("{b}.retryBudget.minRetriesPerSecond"),
+             &["0", "100000"], &[("100001", "must be 0 to 100000, not 100001")]),
+            (backend("retryBudget: { ttl: {} }"), format!("{b}.retryBudget.ttl"),
+             &["1s", "1h"], &[("999ms", "must be 1s to 1h, not 999ms"), ("1h1ms", "must be 1s to 1h, not 1h1ms")]),
+        ];
+        for (template, path, accepted, refused) in cases {
+            assert!(template.contains("{}"), "{template}");
+            for value in accepted {
+                let yaml = template.replace("{}", value);
+                assert_eq!(
+                    check(&yaml),
+                    Vec::<String>::new(),
+                    "{path} = {value}\n{yaml}"
+                );
+            }
+            for (value, message) in refused {
+                let yaml = template.replace("{}", value);
+                assert_eq!(check(&yaml), [format!("{path}: {message}")], "{yaml}");
+            }
+        }
+    }
+
+    /// Gateway API: `0s` turns a timeout off, and a per-try timeout may
+    /// not outlast the whole request unless one of them is off.
+    #[test]
+    fn zero_timeouts_are_off_and_accepted() {
+        for timeouts in [
+            "{ request: 0s }",
+            "{ backendRequest: 0s }",
+            "{ request: 0s, backendRequest: 0s }",
+            "{ request: 10s, backendRequest: 0s }",
+            "{ request: 0s, backendRequest: 10s }",
+            "{ request: 10s, backendRequest: 10s }",
+            "{ request: 99999h59m59s999ms }",
+        ] {
+            let yaml = route(&format!(
+                "            - timeouts: {timeouts}\n              backendRefs: [{{ name: web }}]\n"
+            ));
+            assert_eq!(check(&yaml), Vec::<String>::new(), "{timeouts}");
+        }
+        let yaml = route("            - timeouts: { request: 1s, backendRequest: 1s1ms }\n");
+        assert_eq!(
+            check(&yaml),
+            [format!(
+                "{ROUTE}.timeouts.backendRequest: must not be longer than timeouts.request"
+            )]
+        );
+    }
+
+    /// Names and numbers that identify something are given once: a second
+    /// one is an error at the second, naming the first, never last-one-wins.
+    #[test]
+    fn every_name_once() {
+        let s0 = "outbound.services[0]";
+        let other_service =
+            |body: &str| with("  services:\n", &format!("  services:\n    - {body}\n"));
+        let cases: Vec<(String, String)> = vec![
+            (
+                other_service("{ name: web, addresses: [10.96.0.9], ports: [{ port: 80, backendRefs: [{ name: web }] }] }"),
+                "outbound.services[1].name: service name \"web\" is listed twice, first at outbound.services[0].name".into(),
+            ),
+            (
+                with("        - port: 80\n", "        - { port: 80, backendRefs: [{ name: web }] }\n        - port: 80\n"),
+                format!("{s0}.ports[1].port: port 80 is listed twice, first at {s0}.ports[0].port"),
+            ),
+            (
+                with("        - port: 80\n", "        - { port: 81, name: http, backendRefs: [{ name: web }] }\n        - port: 80\n          name: http\n"),
+                format!("{s0}.ports[1].name: port name \"http\" is listed twice, first at {s0}.ports[0].name"),
+            ),
+            (
+                route("            - { name: a, backendRefs: [{ name: web }] }\n            - { name: a, backendRefs: [{ name: web-v2 }] }\n"),
+                format!("{s0}.ports[0].routes[1].name: route name \"a\" is listed twice, first at {ROUTE}.name"),
+            ),
+            (
+                with("      addresses: [10.96.0.1]", "      addresses: [10.96.0.1, 10.96.0.2, 10.96.0.1]"),
+                format!("{s0}.addresses[2]: address 10.96.0.1 is listed twice, first at {s0}.addresses[0]"),
+            ),
+            (
+                with("      hostnames: [web]", "      hostnames: [web, web.default, web]"),
+                format!("{s0}.hostnames[2]: host name \"web\" is listed twice, first at {s0}.hostnames[0]"),
+            ),
+            (
+                with("\"10.0.0.1:80\" }", "\"10.0.0.1:80\" }, { address: \"10.0.0.1:80\", weight: 2 }"),
+                "backends.web.endpoints[1].address: endpoint 10.0.0.1:80 (add the weights instead) is listed twice, first at backends.web.endpoints[0].address".into(),
+            ),
+            (
+                format!("{BASE}inbound: {{ ports: [{{ port: 8080 }}, {{ port: 9090 }}, {{ port: 8080 }}] }}\n"),
+                "inbound.ports[2].port: port 8080 is listed twice, first at inbound.ports[0].port".into(),
+            ),
+            (
+                format!("{BASE}inbound: {{ ports: [{{ port: 8080, name: http }}, {{ port: 9090, name: http }}] }}\n"),
+                "inbound.ports[1].name: port name \"http\" is listed twice, first at inbound.ports[0].name".into(),
+            ),
+            (
+                route("            - { retry: { codes: [502, 503, 502] }, backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.retry.codes[2]: status 502 is listed twice, first at {ROUTE}.retry.codes[0]"),
+            ),
+            (
+                route("            - { retry: { grpcCodes: [unavailable, unavailable] }, backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.retry.grpcCodes[1]: gRPC code \"unavailable\" is listed twice, first at {ROUTE}.retry.grpcCodes[0]"),
+            ),
+            (
+                route("            - { filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { remove: [x-a, X-A] } }], backendRefs: [{ name: web }] }\n"),
+                format!("{ROUTE}.filters[0].requestHeaderModifier.remove[1]: header \"X-A\" is listed twice, first at {ROUTE}.filters[0].requestHeaderModifier.remove[0]"),
+            ),
+        ];
+        for (yaml, error) in cases {
+            assert_eq!(check(&yaml), [error], "{yaml}");
+        }
+        // Each is per scope: one route name on two ports, one port number in
+        // two services, one port name inbound and outbound are all fine.
+        let yaml = with(
+            "  services:\n",
+            "  services:\n    - { name: other, addresses: [10.96.0.9], ports: [{ port: 80, name: http, routes: [{ name: a, backendRefs: [{ name: web }] }] }] }\n",
+        )
+        .replace("            - matches:", "            - name: a\n              matches:");
+        let yaml = format!("{yaml}inbound: {{ ports: [{{ port: 80, name: http }}] }}\n");
+        assert_eq!(check(&yaml), Vec::<String>::new(), "{yaml}");
     }
 
     #[test]

@@ -152,12 +152,42 @@ impl Config {
         if args.opaque_ports.contains(&0) {
             return Err(invalid("opaque-ports", "0 is not a port"));
         }
-        if args.detect_timeout.is_zero() {
-            return Err(invalid("detect-timeout", "must be greater than zero"));
-        }
-        if args.connect_timeout.is_zero() {
-            return Err(invalid("connect-timeout", "must be greater than zero"));
-        }
+        // Every number has a range, so that no accepted value can overflow
+        // an `Instant` (a detect timeout of 300000000000y panicked on the
+        // first connection) or ask for absurd resources.
+        let duration = |flag, value: Duration, min: Duration, max: Duration| {
+            if (min..=max).contains(&value) {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid {
+                flag,
+                reason: format!(
+                    "must be {} to {}, not {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                ),
+            })
+        };
+        let count = |flag, value: usize, max: usize| {
+            if value <= max {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid {
+                flag,
+                reason: format!("must be 0 to {max}, not {value}"),
+            })
+        };
+        let (ms, secs) = (Duration::from_millis, Duration::from_secs);
+        // A client that has sent nothing for a minute is not going to.
+        duration("detect-timeout", args.detect_timeout, ms(1), secs(60))?;
+        // The kernel gives up on a SYN after about two minutes.
+        duration("connect-timeout", args.connect_timeout, ms(1), secs(300))?;
+        // 0s closes at once; past an hour, Kubernetes has long since killed us.
+        duration("drain-deadline", args.drain_deadline, ms(0), secs(3600))?;
+        // 0 is one per CPU.
+        count("workers", args.workers, 1024)?;
+        count("max-idle-per-endpoint", args.max_idle_per_endpoint, 10_000)?;
         check_limits(&args)?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -246,6 +276,77 @@ mod tests {
         assert!(err.contains("outbound-port"), "{err}");
         let err = parse(&["--detect-timeout", "soon"]).unwrap_err();
         assert!(err.contains("detect-timeout"), "{err}");
+    }
+
+    /// Each number's range: both ends pass, a step past either fails with
+    /// a message that names the flag and the range.
+    #[test]
+    fn every_number_has_a_range() {
+        // (flag, values accepted, values refused with the message)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+        let cases: &[Case<'_>] = &[
+            (
+                "--detect-timeout",
+                &["1ms", "60s"],
+                &[
+                    ("0s", "--detect-timeout: must be 1ms to 1m, not 0s"),
+                    ("60001ms", "--detect-timeout: must be 1ms to 1m, not 1m 1ms"),
+                    (
+                        "300000000000y",
+                        "--detect-timeout: must be 1ms to 1m, not 300000000000years",
+                    ),
+                ],
+            ),
+            (
+                "--connect-timeout",
+                &["1ms", "5m"],
+                &[
+                    ("0s", "--connect-timeout: must be 1ms to 5m, not 0s"),
+                    ("301s", "--connect-timeout: must be 1ms to 5m, not 5m 1s"),
+                ],
+            ),
+            (
+                "--drain-deadline",
+                &["0s", "1h"],
+                &[
+                    ("3601s", "--drain-deadline: must be 0s to 1h, not 1h 1s"),
+                    (
+                        "300000000000y",
+                        "--drain-deadline: must be 0s to 1h, not 300000000000years",
+                    ),
+                ],
+            ),
+            (
+                "--workers",
+                &["0", "1", "1024"],
+                &[("1025", "--workers: must be 0 to 1024, not 1025")],
+            ),
+            (
+                "--max-idle-per-endpoint",
+                &["0", "10000"],
+                &[(
+                    "18446744073709551615",
+                    "--max-idle-per-endpoint: must be 0 to 10000, not 18446744073709551615",
+                )],
+            ),
+        ];
+        for (flag, accepted, refused) in cases {
+            for value in *accepted {
+                if let Err(e) = parse(&[flag, value]) {
+                    panic!("{flag} {value}: {e}");
+                }
+            }
+            for (value, message) in *refused {
+                assert_eq!(
+                    parse(&[flag, value]).unwrap_err(),
+                    *message,
+                    "{flag} {value}"
+                );
+            }
+        }
+        let config = parse(&["--workers", "1024", "--drain-deadline", "0s"]).expect("valid");
+        assert_eq!(config.workers, 1024);
+        assert_eq!(config.drain_deadline, Duration::ZERO);
     }
 
     #[test]

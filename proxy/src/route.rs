@@ -235,7 +235,7 @@ mod tests {
     /// Compiles routes written as YAML, as in a mesh config.
     pub(super) fn table(yaml: &str) -> RouteTable {
         let routes: Vec<Route> =
-            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         RouteTable::new(&routes).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
     }
 
@@ -406,7 +406,7 @@ mod tests {
     /// and field.
     #[test]
     fn compile_errors_name_the_route_and_field() {
-        let routes: Vec<Route> = serde_yaml::from_str(
+        let routes: Vec<Route> = serde_saphyr::from_str(
             "- matches: [{path: {type: RegularExpression, value: '/ok/.*'}}]\n\
              - matches: [{path: {type: PathPrefix}}, {path: {type: RegularExpression, value: '/bad/('}}]",
         )
@@ -423,7 +423,7 @@ mod tests {
             "{err}"
         );
 
-        let routes: Vec<Route> = serde_yaml::from_str(
+        let routes: Vec<Route> = serde_saphyr::from_str(
             "- backendRefs:\n  - name: a\n    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {set: [{name: 'bad name', value: x}]}",
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -433,7 +433,7 @@ mod tests {
             "routes[0].backendRefs[0].filters[0].requestHeaderModifier.set[0].name: \"bad name\" is not a valid HTTP header name"
         );
 
-        let routes: Vec<Route> = serde_yaml::from_str(
+        let routes: Vec<Route> = serde_saphyr::from_str(
             "- filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]",
         )
         .unwrap_or_else(|e| panic!("{e}"));

@@ -26,7 +26,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use remora_api::MeshConfig;
+use remora_api::{MeshConfig, ParseLimits};
 use tracing::{debug, info, warn};
 
 use crate::state::State;
@@ -56,12 +56,6 @@ pub(crate) enum SourceError {
     TooLarge { path: PathBuf, max: u64 },
     #[error("{path}: parsing took longer than {timeout:?}; the file is too complex")]
     ParseTimeout { path: PathBuf, timeout: Duration },
-    #[error("{path} is not UTF-8: {source}")]
-    Encoding {
-        path: PathBuf,
-        #[source]
-        source: std::str::Utf8Error,
-    },
     #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
@@ -137,22 +131,18 @@ pub(crate) fn read(path: &Path, max: u64) -> Result<Vec<u8>, SourceError> {
     Ok(bytes)
 }
 
-/// Parses a config file's bytes: JSON if it looks like JSON, else YAML.
+/// Parses and validates a config file's bytes (JSON if it looks like
+/// JSON, else YAML) within the model's limits on size, nesting, nodes and
+/// YAML aliases, each of which is rejected by name.
 pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<MeshConfig, SourceError> {
-    let parse_error = |source| SourceError::Parse {
+    let limits = ParseLimits {
+        max_bytes: MAX_CONFIG_BYTES as usize,
+        ..ParseLimits::DEFAULT
+    };
+    MeshConfig::parse(bytes, &limits).map_err(|source| SourceError::Parse {
         path: path.to_owned(),
         source,
-    };
-    let text = std::str::from_utf8(bytes).map_err(|e| SourceError::Encoding {
-        path: path.to_owned(),
-        source: e,
-    })?;
-    let parsed = if text.trim_start().starts_with('{') {
-        MeshConfig::from_json(text)
-    } else {
-        MeshConfig::from_yaml(text)
-    };
-    parsed.map_err(parse_error)
+    })
 }
 
 /// Reads, parses and applies the file once, on the caller's thread. Used

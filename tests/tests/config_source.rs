@@ -131,7 +131,12 @@ async fn a_huge_nested_config_is_rejected_without_stalling_traffic() {
     let took = written.elapsed();
     let dump = config_dump(&t.proxy).await;
     assert_eq!(dump.version, "v1", "the last good config stays");
-    assert!(dump.last_error.is_some());
+    let error = dump.last_error.unwrap_or_default();
+    assert!(error.contains("http: expected mapping"), "{error}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the bounded parser refuses it at once, not after the parse timeout ({took:?})"
+    );
 
     // Over the size limit (16 MiB): refused before parsing.
     let before = t.proxy.metrics().await;

@@ -495,7 +495,7 @@ mod tests {
 
     fn filters(yaml: &str) -> Filters {
         let list: Vec<RouteFilter> =
-            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         Filters::compile(&list, "filters").unwrap_or_else(|e| panic!("{e:?}\n{yaml}"))
     }
 
