@@ -11,13 +11,16 @@
 //! balancing), `resilience` (retry budgets, circuit breakers), `state` (the
 //! dynamic mesh config snapshot), `source` (the config file), `net`
 //! (sockets), `io` (stream adapters), `metrics`, `drain`, and `admin`
-//! (port 15020).
+//! (port 15020). `fuzzing` (only under `--cfg fuzzing`) holds the entry
+//! points of the fuzz targets in fuzz/.
 
 mod admin;
 mod balance;
 pub mod config;
 mod detect;
 mod drain;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod http;
 mod io;
 mod metrics;
