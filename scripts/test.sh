@@ -15,3 +15,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# Each fuzz target for a bounded time (FUZZ_SECONDS, default 60); a crash fails.
+scripts/fuzz.sh

@@ -34,6 +34,15 @@ use crate::transport::Identity;
 pub(crate) use crate::transport::Peer;
 pub(crate) use head::sniff;
 
+/// Admission, for the `http1_head` fuzz target.
+#[cfg(fuzzing)]
+pub(crate) fn admit_for_fuzzing<B>(
+    req: &mut Request<B>,
+    settings: &remora_api::HttpSettings,
+) -> Result<(), ProxyError> {
+    admit::admit(req, settings)
+}
+
 use crate::direction::Direction;
 use crate::drain::Drain;
 use crate::metrics::Metrics;

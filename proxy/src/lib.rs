@@ -13,7 +13,9 @@
 //! the pure cores the flows call: `route`, `balance`, `resilience`; and
 //! `state` (the dynamic config snapshot), `source` (the config file),
 //! `body`, `error`, `direction`, `config` (startup settings), `net`, `io`,
-//! `limits`, `metrics`, `drain`, `admin` (port 15020).
+//! `limits`, `metrics`, `drain`, `admin` (port 15020). `fuzzing` (only
+//! under `--cfg fuzzing`) holds the entry points of the fuzz targets in
+//! fuzz/.
 
 mod admin;
 mod balance;
@@ -22,6 +24,8 @@ pub mod config;
 mod direction;
 mod drain;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod http;
 mod io;
 mod limits;
