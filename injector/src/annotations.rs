@@ -113,7 +113,17 @@ impl Overrides {
             out.exclude_outbound_cidrs = Some(text.join(","));
         }
         if let Some(v) = get(OPAQUE_PORTS) {
-            out.opaque_ports = Some(ports(OPAQUE_PORTS, v)?);
+            let list = ports(OPAQUE_PORTS, v)?;
+            // The proxy's --opaque-ports cannot be empty: an empty list
+            // would keep the proxy from starting, not turn the list off.
+            if list.is_empty() {
+                return Err(bad(
+                    OPAQUE_PORTS,
+                    v,
+                    "name at least one port; to keep the proxy's defaults, remove the annotation",
+                ));
+            }
+            out.opaque_ports = Some(list);
         }
         let quantity = |name: &'static str| {
             get(name)
@@ -208,7 +218,7 @@ mod tests {
         let o = parse(&[
             (EXCLUDE_INBOUND_PORTS, " 9090, 8080,9090,"),
             (EXCLUDE_OUTBOUND_CIDRS, "10.1.2.3/8, fd00::1, 10.0.0.0/8"),
-            (OPAQUE_PORTS, ""),
+            (EXCLUDE_OUTBOUND_PORTS, ""),
         ])
         .expect("valid");
         assert_eq!(o.exclude_inbound_ports.as_deref(), Some("8080,9090"));
@@ -216,7 +226,7 @@ mod tests {
             o.exclude_outbound_cidrs.as_deref(),
             Some("10.0.0.0/8,fd00::1/128")
         );
-        assert_eq!(o.opaque_ports.as_deref(), Some(""));
+        assert_eq!(o.exclude_outbound_ports.as_deref(), Some(""));
     }
 
     #[test]
@@ -241,6 +251,11 @@ mod tests {
                 OPAQUE_PORTS,
                 "0",
                 "annotation remora.dev/opaque-ports: `0`: port 0 is out of range; use 1-65535",
+            ),
+            (
+                OPAQUE_PORTS,
+                " , ",
+                "annotation remora.dev/opaque-ports: ` , `: name at least one port; to keep the proxy's defaults, remove the annotation",
             ),
             (
                 INJECT,
