@@ -1,7 +1,73 @@
-//! remora-injector: the mutating admission webhook that injects `remora-init`
-//! and `remora-proxy` into pods. Not built yet; see DESIGN.md.
+//! remora-injector: parses the flags once, sets up the serving certificate,
+//! and runs the webhook until SIGTERM or Ctrl-C (docs/injector.md).
 
-fn main() {
-    eprintln!("remora-injector is not built yet");
-    std::process::exit(2);
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use remora_injector::config::{Args, Config};
+use remora_injector::server::Server;
+use remora_injector::tls;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::from_args(Args::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("remora-injector: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let serve = &config.serve;
+    let tls = match (&serve.tls_cert, &serve.tls_key) {
+        (Some(cert), Some(key)) => tls::from_files(cert, key)?,
+        _ => {
+            tracing::info!(names = ?serve.dns_names, "generating a self-signed serving certificate");
+            tls::generate(&serve.dns_names)?
+        }
+    };
+    if let Some(path) = &serve.write_cert {
+        tokio::fs::write(path, &tls.cert_pem)
+            .await
+            .with_context(|| format!("--write-cert {}: writing the certificate", path.display()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .with_context(|| format!("--listen {}: binding the webhook port", serve.listen))?;
+    tracing::info!(addr = %serve.listen, native_sidecar = config.settings.native_sidecar, "serving");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = Arc::new(Server {
+        settings: config.settings,
+        limits: serve.limits,
+        tls: tls.config,
+    });
+    let serving = tokio::spawn(server.run(listener, stopped));
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
 }

@@ -1,0 +1,313 @@
+//! The injector's flags, parsed once into a validated, frozen [`Config`]:
+//! how the webhook serves (address, certificate, body limits) and the
+//! [`Settings`] every injection uses. Each flag can be set through the
+//! environment variable named beside it; the names are the constants here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::quantity::Quantity;
+use crate::settings::{Settings, DEFAULT_TOKEN_AUDIENCE};
+
+pub const ENV_LISTEN: &str = "REMORA_INJECTOR_LISTEN";
+pub const ENV_TLS_CERT: &str = "REMORA_INJECTOR_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "REMORA_INJECTOR_TLS_KEY";
+pub const ENV_DNS_NAMES: &str = "REMORA_INJECTOR_DNS_NAMES";
+pub const ENV_WRITE_CERT: &str = "REMORA_INJECTOR_WRITE_CERT";
+pub const ENV_MAX_BODY_BYTES: &str = "REMORA_INJECTOR_MAX_BODY_BYTES";
+pub const ENV_BODY_TIMEOUT: &str = "REMORA_INJECTOR_BODY_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "REMORA_INJECTOR_MAX_CONNECTIONS";
+pub const ENV_PROXY_IMAGE: &str = "REMORA_INJECTOR_PROXY_IMAGE";
+pub const ENV_INIT_IMAGE: &str = "REMORA_INJECTOR_INIT_IMAGE";
+pub const ENV_IMAGE_PULL_POLICY: &str = "REMORA_INJECTOR_IMAGE_PULL_POLICY";
+pub const ENV_NATIVE_SIDECAR: &str = "REMORA_INJECTOR_NATIVE_SIDECAR";
+pub const ENV_PROXY_CPU: &str = "REMORA_INJECTOR_PROXY_CPU";
+pub const ENV_PROXY_CPU_LIMIT: &str = "REMORA_INJECTOR_PROXY_CPU_LIMIT";
+pub const ENV_PROXY_MEMORY: &str = "REMORA_INJECTOR_PROXY_MEMORY";
+pub const ENV_PROXY_MEMORY_LIMIT: &str = "REMORA_INJECTOR_PROXY_MEMORY_LIMIT";
+pub const ENV_PROXY_LOG_LEVEL: &str = "REMORA_INJECTOR_PROXY_LOG_LEVEL";
+pub const ENV_TOKEN_AUDIENCE: &str = "REMORA_INJECTOR_TOKEN_AUDIENCE";
+pub const ENV_TOKEN_EXPIRATION: &str = "REMORA_INJECTOR_TOKEN_EXPIRATION";
+pub const ENV_PROXY_STARTUP_TIMEOUT: &str = "REMORA_INJECTOR_PROXY_STARTUP_TIMEOUT";
+
+/// The DNS names of the injector's Service, for the generated certificate.
+pub const DEFAULT_DNS_NAMES: &str =
+    "remora-injector.remora-system.svc,remora-injector.remora-system.svc.cluster.local";
+
+/// `remora-injector`: the mutating admission webhook that injects the mesh.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "remora-injector",
+    version,
+    about = "Remora's sidecar injector webhook"
+)]
+pub struct Args {
+    /// Address the webhook listens on (HTTPS: /inject, /live, /ready).
+    #[arg(long, env = ENV_LISTEN, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain to serve (e.g. from a mounted Secret). Without
+    /// it a self-signed certificate is generated for --dns-names.
+    #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = ENV_TLS_KEY, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Comma-separated DNS names (or IPs) for the generated certificate.
+    #[arg(long, env = ENV_DNS_NAMES, default_value = DEFAULT_DNS_NAMES, value_delimiter = ',')]
+    pub dns_names: Vec<String>,
+
+    /// Write the certificate being served (PEM) to this file, e.g. to put the
+    /// generated one into the webhook configuration's caBundle by hand.
+    #[arg(long, env = ENV_WRITE_CERT)]
+    pub write_cert: Option<PathBuf>,
+
+    /// Largest AdmissionReview body accepted, in bytes (1024 to 67108864).
+    #[arg(long, env = ENV_MAX_BODY_BYTES, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a client may take to send a request's headers and body.
+    #[arg(long, env = ENV_BODY_TIMEOUT, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Most connections open at once; more wait to be accepted (1 to 100000).
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Image of the injected proxy container.
+    #[arg(long, env = ENV_PROXY_IMAGE)]
+    pub proxy_image: Option<String>,
+
+    /// Image of the injected remora-init container.
+    #[arg(long, env = ENV_INIT_IMAGE)]
+    pub init_image: Option<String>,
+
+    /// imagePullPolicy of the injected containers.
+    #[arg(long, env = ENV_IMAGE_PULL_POLICY, default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
+
+    /// Inject the proxy as a native sidecar (Kubernetes 1.29+); `false`
+    /// injects it as the first regular container instead.
+    #[arg(long, env = ENV_NATIVE_SIDECAR, default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_sidecar: bool,
+
+    /// The proxy's CPU request.
+    #[arg(long, env = ENV_PROXY_CPU, default_value = "100m")]
+    pub proxy_cpu: String,
+
+    /// The proxy's CPU limit; empty for none.
+    #[arg(long, env = ENV_PROXY_CPU_LIMIT, default_value = "")]
+    pub proxy_cpu_limit: String,
+
+    /// The proxy's memory request.
+    #[arg(long, env = ENV_PROXY_MEMORY, default_value = "64Mi")]
+    pub proxy_memory: String,
+
+    /// The proxy's memory limit; empty for none.
+    #[arg(long, env = ENV_PROXY_MEMORY_LIMIT, default_value = "256Mi")]
+    pub proxy_memory_limit: String,
+
+    /// The proxy's log level.
+    #[arg(long, env = ENV_PROXY_LOG_LEVEL, default_value = "info",
+          value_parser = ["trace", "debug", "info", "warn", "error"])]
+    pub proxy_log_level: String,
+
+    /// Audience of the projected identity token.
+    #[arg(long, env = ENV_TOKEN_AUDIENCE, default_value = DEFAULT_TOKEN_AUDIENCE)]
+    pub token_audience: String,
+
+    /// Lifetime of the projected identity token (10m to 48h).
+    #[arg(long, env = ENV_TOKEN_EXPIRATION, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_expiration: Duration,
+
+    /// How long the proxy may take to become ready (1s to 1h).
+    #[arg(long, env = ENV_PROXY_STARTUP_TIMEOUT, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub proxy_startup_timeout: Duration,
+}
+
+/// A flag value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+/// How the webhook serves.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub dns_names: Vec<String>,
+    pub write_cert: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// Bounds on what one client may ask of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The validated, frozen startup configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub serve: Serve,
+    pub settings: Settings,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let invalid = |flag, reason: String| ConfigError { flag, reason };
+        let range = |flag, value: Duration, min: Duration, max: Duration| {
+            if (min..=max).contains(&value) {
+                return Ok(value);
+            }
+            Err(invalid(
+                flag,
+                format!(
+                    "must be {} to {}, not {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                ),
+            ))
+        };
+        let count = |flag, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                return Ok(value);
+            }
+            Err(invalid(
+                flag,
+                format!("must be {min} to {max}, not {value}"),
+            ))
+        };
+        let (ms, secs) = (Duration::from_millis, Duration::from_secs);
+        let limits = Limits {
+            max_body_bytes: count("max-body-bytes", args.max_body_bytes, 1024, 64 << 20)?,
+            body_timeout: range("body-timeout", args.body_timeout, ms(100), secs(60))?,
+            max_connections: count("max-connections", args.max_connections, 1, 100_000)?,
+        };
+        let dns_names: Vec<String> = args
+            .dns_names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if args.tls_cert.is_none() && dns_names.is_empty() {
+            return Err(invalid(
+                "dns-names",
+                "the generated certificate needs at least one name; give the Service's DNS name"
+                    .to_owned(),
+            ));
+        }
+        let quantity = |flag, text: &str| {
+            Quantity::parse(text).map_err(|e| invalid(flag, format!("`{text}`: {e}")))
+        };
+        let optional = |flag, text: &str| {
+            let text = text.trim();
+            (!text.is_empty()).then(|| quantity(flag, text)).transpose()
+        };
+        let defaults = Settings::default();
+        let settings = Settings {
+            proxy_image: args.proxy_image.unwrap_or(defaults.proxy_image),
+            init_image: args.init_image.unwrap_or(defaults.init_image),
+            image_pull_policy: args.image_pull_policy,
+            native_sidecar: args.native_sidecar,
+            proxy_cpu: quantity("proxy-cpu", &args.proxy_cpu)?,
+            proxy_cpu_limit: optional("proxy-cpu-limit", &args.proxy_cpu_limit)?,
+            proxy_memory: quantity("proxy-memory", &args.proxy_memory)?,
+            proxy_memory_limit: optional("proxy-memory-limit", &args.proxy_memory_limit)?,
+            proxy_log_level: args.proxy_log_level,
+            token_audience: args.token_audience,
+            // Kubernetes refuses token lifetimes under 10 minutes.
+            token_expiration: range(
+                "token-expiration",
+                args.token_expiration,
+                secs(600),
+                secs(48 * 3600),
+            )?,
+            proxy_startup_timeout: range(
+                "proxy-startup-timeout",
+                args.proxy_startup_timeout,
+                secs(1),
+                secs(3600),
+            )?,
+        };
+        if settings.token_audience.trim().is_empty() {
+            return Err(invalid("token-audience", "must not be empty".to_owned()));
+        }
+        Ok(Config {
+            serve: Serve {
+                listen: args.listen,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                dns_names,
+                write_cert: args.write_cert,
+                limits,
+            },
+            settings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("remora-injector").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_settings_defaults() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.settings, Settings::default());
+        assert_eq!(config.serve.listen.port(), 8443);
+        assert_eq!(config.serve.limits, Limits::default());
+    }
+
+    #[test]
+    fn ranges_name_the_flag() {
+        let cases = [
+            (&["--max-body-bytes", "100"][..], "--max-body-bytes: must be 1024 to 67108864, not 100"),
+            (&["--body-timeout", "2m"], "--body-timeout: must be 100ms to 1m, not 2m"),
+            (&["--max-connections", "0"], "--max-connections: must be 1 to 100000, not 0"),
+            (&["--token-expiration", "5m"], "--token-expiration: must be 10m to 2days, not 5m"),
+            (&["--proxy-memory", "lots"], "--proxy-memory: `lots`: not a Kubernetes quantity; use e.g. 128Mi, 1Gi, 100m or 2"),
+            (&["--dns-names", ""], "--dns-names: the generated certificate needs at least one name; give the Service's DNS name"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
+        }
+        let config =
+            parse(&["--proxy-memory-limit", "", "--native-sidecar", "false"]).expect("valid");
+        assert_eq!(config.settings.proxy_memory_limit, None);
+        assert!(!config.settings.native_sidecar);
+        assert!(parse(&["--tls-cert", "/x"])
+            .unwrap_err()
+            .contains("--tls-key"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The environment the injector writes parses with the real flag definitions
+//! of `remora-proxy` and `remora-init` (their clap `Args`), to the values the
+//! annotations asked for. A renamed env var or a format the binaries refuse
+//! fails here, not in a cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use remora_injector::{injected_pod, Settings};
+use serde_json::{json, Value};
+
+/// Variables the proxy reads outside its flags: RUST_LOG through tracing,
+/// REMORA_APP_PROBES not yet (the probe forwarding is still to do, see
+/// docs/injector.md).
+const NOT_FLAGS: &[&str] = &["RUST_LOG", "REMORA_APP_PROBES"];
+
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app:1",
+            "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}}}]}
+    })
+}
+
+fn inject(pod: &Value) -> Value {
+    let labels = BTreeMap::from([("remora.dev/inject".to_owned(), "enabled".to_owned())]);
+    injected_pod(pod, &labels, &Settings::default())
+        .expect("injectable")
+        .expect("injected")
+        .0
+}
+
+/// Turns a container's env into `--flag=value` arguments of `C`, by the env
+/// name each flag declares; an env var that no flag declares is a failure.
+fn argv<C: CommandFactory>(program: &str, container: &Value) -> Vec<String> {
+    let command = C::command();
+    let mut out = vec![program.to_owned()];
+    for var in container["env"].as_array().expect("env") {
+        let name = var["name"].as_str().expect("name");
+        if NOT_FLAGS.contains(&name) {
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .unwrap_or_else(|| panic!("{program} has no flag read from {name}"));
+        let long = arg.get_long().expect("a long flag");
+        out.push(format!(
+            "--{long}={}",
+            var["value"].as_str().expect("value")
+        ));
+    }
+    out
+}
+
+fn find<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == name)
+        .expect("container")
+}
+
+#[test]
+fn proxy_and_init_accept_what_the_annotations_become() {
+    let injected = inject(&pod(json!({
+        "remora.dev/opaque-ports": "6379, 5432",
+        "remora.dev/proxy-drain-deadline": "1m 30s",
+        "remora.dev/exclude-inbound-ports": "9102,8081",
+        "remora.dev/exclude-outbound-ports": "5432",
+        "remora.dev/exclude-outbound-cidrs": "10.1.2.3/8, fd00::1",
+    })));
+
+    let args = argv::<remora_proxy::config::Args>("remora-proxy", find(&injected, "remora-proxy"));
+    let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("proxy flags parse");
+    let config = remora_proxy::config::Config::from_args(parsed).expect("proxy config valid");
+    assert_eq!(
+        config.opaque_ports.into_iter().collect::<Vec<_>>(),
+        [5432, 6379]
+    );
+    assert_eq!(config.drain_deadline, Duration::from_secs(90));
+
+    use remora_iptables::config as init;
+    let args = argv::<init::Args>("remora-init", find(&injected, "remora-init"));
+    let parsed = init::Args::try_parse_from(&args).expect("init flags parse");
+    let config = init::Config::from_args(parsed).expect("init config valid");
+    assert_eq!(config.capture.proxy_uid, 1337);
+    assert_eq!(config.capture.proxy_gid, 1337);
+    assert_eq!(config.capture.exclude_inbound_ports, [8081, 9102]);
+    assert_eq!(config.capture.exclude_outbound_ports, [5432]);
+    assert_eq!(
+        config
+            .capture
+            .exclude_outbound_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.0.0.0/8", "fd00::1/128"]
+    );
+}
+
+/// Both ends of the drain-deadline range the injector accepts are accepted
+/// by the proxy too.
+#[test]
+fn drain_deadline_range_matches_the_proxy() {
+    for (value, expected) in [("0s", 0), ("1h", 3600)] {
+        let injected = inject(&pod(json!({ "remora.dev/proxy-drain-deadline": value })));
+        let args =
+            argv::<remora_proxy::config::Args>("remora-proxy", find(&injected, "remora-proxy"));
+        let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("parse");
+        let config = remora_proxy::config::Config::from_args(parsed).expect("valid");
+        assert_eq!(
+            config.drain_deadline,
+            Duration::from_secs(expected),
+            "{value}"
+        );
+    }
+}
+
+/// The proxy refuses an empty `--opaque-ports`, so the injector refuses the
+/// empty annotation instead of injecting a proxy that cannot start.
+#[test]
+fn empty_opaque_ports_are_refused_as_the_proxy_would() {
+    assert!(
+        remora_proxy::config::Args::try_parse_from(["remora-proxy", "--opaque-ports="]).is_err()
+    );
+    let labels = BTreeMap::from([("remora.dev/inject".to_owned(), "enabled".to_owned())]);
+    let err = injected_pod(
+        &pod(json!({ "remora.dev/opaque-ports": "" })),
+        &labels,
+        &Settings::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "annotation remora.dev/opaque-ports: ``: name at least one port; to keep the proxy's defaults, remove the annotation"
+    );
+}
