@@ -76,6 +76,17 @@ pub struct Args {
     /// Most idle HTTP/1 connections kept open to each upstream endpoint.
     #[arg(long, env = "REMORA_MAX_IDLE_PER_ENDPOINT", default_value_t = 64)]
     pub max_idle_per_endpoint: usize,
+
+    /// An opaque TCP connection (or upgraded tunnel) that carries no bytes in
+    /// either direction for this long is closed.
+    #[arg(long, env = "REMORA_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tcp_idle_timeout: Duration,
+
+    /// Most connections each listener (outbound, inbound) holds open at once;
+    /// past it new connections are reset at once. Default: 20000, or less
+    /// when the open-file limit cannot carry that many.
+    #[arg(long, env = "REMORA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// Whether the proxy listens on IPv6 as well as IPv4.
@@ -111,7 +122,16 @@ pub struct Config {
     /// Where the mesh config file lives in standalone mode.
     pub config_path: Option<PathBuf>,
     pub max_idle_per_endpoint: usize,
+    pub tcp_idle_timeout: Duration,
+    /// Per listener; `None` leaves it to the open-file limit (see `limits`).
+    pub max_connections: Option<usize>,
 }
+
+/// The range of `--tcp-idle-timeout`.
+pub const TCP_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+/// The range of `--max-connections`.
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
 impl Config {
     /// Checks the flags and freezes them.
@@ -138,6 +158,7 @@ impl Config {
         if args.connect_timeout.is_zero() {
             return Err(invalid("connect-timeout", "must be greater than zero"));
         }
+        check_limits(&args)?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -154,8 +175,35 @@ impl Config {
             ipv6: args.ipv6,
             config_path: args.config,
             max_idle_per_endpoint: args.max_idle_per_endpoint,
+            tcp_idle_timeout: args.tcp_idle_timeout,
+            max_connections: args.max_connections,
         })
     }
+}
+
+/// The connection-exhaustion flags: idle timeout and connection limit.
+fn check_limits(args: &Args) -> Result<(), ConfigError> {
+    if !TCP_IDLE_TIMEOUT_RANGE.contains(&args.tcp_idle_timeout) {
+        return Err(ConfigError::Invalid {
+            flag: "tcp-idle-timeout",
+            reason: format!(
+                "{} is out of range: use 1s to 7d",
+                humantime::format_duration(args.tcp_idle_timeout)
+            ),
+        });
+    }
+    if let Some(max) = args.max_connections {
+        if !MAX_CONNECTIONS_RANGE.contains(&max) {
+            return Err(ConfigError::Invalid {
+                flag: "max-connections",
+                reason: format!(
+                    "{max} is out of range: use 1 to {}",
+                    MAX_CONNECTIONS_RANGE.end()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The defaults, for tests elsewhere in the crate.
@@ -198,6 +246,26 @@ mod tests {
         assert!(err.contains("outbound-port"), "{err}");
         let err = parse(&["--detect-timeout", "soon"]).unwrap_err();
         assert!(err.contains("detect-timeout"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_ranges() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.tcp_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(config.max_connections, None, "left to the open-file limit");
+        let config =
+            parse(&["--tcp-idle-timeout", "2s", "--max-connections", "50"]).expect("valid");
+        assert_eq!(config.tcp_idle_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_connections, Some(50));
+        assert!(parse(&["--tcp-idle-timeout", "7d"]).is_ok());
+        for bad in ["0s", "999ms", "8d", "300000000000y"] {
+            let err = parse(&["--tcp-idle-timeout", bad]).unwrap_err();
+            assert!(err.contains("tcp-idle-timeout"), "{bad}: {err}");
+        }
+        for bad in ["0", "1000001", "-1", "many"] {
+            let err = parse(&[&format!("--max-connections={bad}")]).unwrap_err();
+            assert!(err.contains("max-connections"), "{bad}: {err}");
+        }
     }
 
     #[test]

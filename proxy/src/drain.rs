@@ -3,7 +3,9 @@
 //!
 //! Accept loops wait on [`Drain::started`]. Connection tasks are spawned with
 //! [`Drain::spawn`] so the drain can wait for them, and they wait on
-//! [`Drain::forced`] to give up at the deadline.
+//! [`Drain::forced`] to give up at the deadline. Connections that carry no
+//! bytes end earlier, after [`Drain::tcp_idle_timeout`]: the drain hands that
+//! setting to the tunnels it spawns, which have no other way to it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,11 +14,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A cheaply clonable handle on the process's drain state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Drain {
     started: CancellationToken,
     forced: CancellationToken,
     tracker: TaskTracker,
+    tcp_idle_timeout: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            started: CancellationToken::default(),
+            forced: CancellationToken::default(),
+            tracker: TaskTracker::default(),
+            tcp_idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// How a drain ended.
@@ -32,6 +46,18 @@ pub(crate) enum DrainOutcome {
 impl Drain {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets how long an opaque connection or tunnel may carry nothing.
+    pub(crate) fn with_tcp_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.tcp_idle_timeout = timeout;
+        self
+    }
+
+    /// How long an opaque connection or tunnel may carry nothing before it
+    /// is closed (`--tcp-idle-timeout`).
+    pub(crate) fn tcp_idle_timeout(&self) -> Duration {
+        self.tcp_idle_timeout
     }
 
     /// Starts draining. Calling it again does nothing.

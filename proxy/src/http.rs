@@ -251,6 +251,7 @@ pub(crate) async fn forward(
         // The tunnel outlives the HTTP connection that set it up; the drain
         // waits for it, and closes it at the deadline.
         let forced = tunnels.forced();
+        let idle = tunnels.tcp_idle_timeout();
         tunnels.spawn(async move {
             let tunnel = async move {
                 match tokio::try_join!(downstream, upstream_upgrade) {
@@ -258,7 +259,7 @@ pub(crate) async fn forward(
                         let mut down = TokioIo::new(down);
                         let mut up = TokioIo::new(up);
                         if let Err(e) =
-                            crate::io::copy_bidirectional(&mut down, &mut up, 16 * 1024).await
+                            crate::io::copy_bidirectional(&mut down, &mut up, 16 * 1024, idle).await
                         {
                             debug!(error = %e, "upgraded connection ended with an error");
                         }

@@ -10,8 +10,8 @@
 //! `route` (route selection and filters), `balance` (endpoints and load
 //! balancing), `resilience` (retry budgets, circuit breakers), `state` (the
 //! dynamic mesh config snapshot), `source` (the config file), `net`
-//! (sockets), `io` (stream adapters), `metrics`, `drain`, and `admin`
-//! (port 15020).
+//! (sockets), `io` (stream adapters), `limits` (open files, connection
+//! limits), `metrics`, `drain`, and `admin` (port 15020).
 
 mod admin;
 mod balance;
@@ -20,6 +20,7 @@ mod detect;
 mod drain;
 mod http;
 mod io;
+mod limits;
 mod metrics;
 mod net;
 mod proxy;
@@ -42,6 +43,7 @@ pub use config::Config;
 use crate::config::IpFamilyMode;
 use crate::drain::{Drain, DrainOutcome};
 use crate::http::{HttpProxy, Pool};
+use crate::limits::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::proxy::{Direction, Proxy};
 use crate::state::State;
@@ -49,6 +51,9 @@ use crate::state::State;
 /// Runs the proxy until it has drained (after SIGTERM, SIGINT or
 /// `POST /drain`).
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // Before any thread or socket exists: the limit is the process's.
+    let nofile = limits::raise_nofile_limit();
+    let max_connections = limits::max_connections(config.max_connections, nofile);
     // One worker: a current-thread runtime skips the work-stealing
     // machinery entirely, as Linkerd does on a single core.
     let mut builder = if config.workers == 1 {
@@ -63,12 +68,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the data-plane runtime")?;
-    runtime.block_on(serve(Arc::new(config)))
+    runtime.block_on(serve(Arc::new(config), max_connections))
 }
 
-async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let drain = Drain::new();
+    let drain = Drain::new().with_tcp_idle_timeout(config.tcp_idle_timeout);
     let (ready_tx, ready_rx) = watch::channel(false);
     let state = Arc::new(State::new(config.clone(), metrics.clone()));
 
@@ -123,9 +128,18 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         http,
         acceptor: transport::Acceptor::plaintext(),
     });
+    // One limit per direction, shared by its IPv4 and IPv6 sockets.
+    let outbound_limit = ConnectionLimit::new(max_connections);
+    let inbound_limit = ConnectionLimit::new(max_connections);
     let mut accept_loops = Vec::new();
     for (listener, direction) in listeners {
-        accept_loops.push(tokio::spawn(proxy.clone().serve(listener, direction)));
+        let limit = match direction {
+            Direction::Outbound => outbound_limit.clone(),
+            Direction::Inbound => inbound_limit.clone(),
+        };
+        accept_loops.push(tokio::spawn(
+            proxy.clone().serve(listener, direction, limit),
+        ));
     }
     let _ = ready_tx.send(true);
     info!(
@@ -133,6 +147,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         inbound = config.inbound_port,
         admin = %config.admin_addr,
         workers = config.workers,
+        max_connections,
+        tcp_idle_timeout = ?config.tcp_idle_timeout,
         "remora-proxy ready"
     );
 

@@ -39,6 +39,7 @@ pub(crate) struct Metrics {
     tcp_received_bytes: IntCounterVec,
     tcp_sent_bytes: IntCounterVec,
     tcp_errors: IntCounterVec,
+    connections_refused: IntCounterVec,
     detect_timeouts: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -63,6 +64,24 @@ pub(crate) enum TcpErrorReason {
     Detect,
     /// Closed by force at the drain deadline.
     Drain,
+    /// Closed after carrying no bytes for `--tcp-idle-timeout`.
+    IdleTimeout,
+}
+
+/// Why an accepted connection was closed at once; the `reason` label of
+/// `remora_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusedReason {
+    /// The listener already holds `--max-connections` connections.
+    Limit,
+}
+
+impl RefusedReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Limit => "limit",
+        }
+    }
 }
 
 impl TcpErrorReason {
@@ -73,6 +92,7 @@ impl TcpErrorReason {
             TcpErrorReason::Io => "io",
             TcpErrorReason::Detect => "detect",
             TcpErrorReason::Drain => "drain",
+            TcpErrorReason::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -114,6 +134,16 @@ impl Metrics {
             "Proxied TCP connections that ended in an error, by reason",
             &["direction", "reason"],
         );
+        let connections_refused = counter(
+            "remora_connections_refused_total",
+            "Connections reset as soon as they were accepted, by reason (limit: the listener was at --max-connections)",
+            &["direction", "reason"],
+        );
+        // Present from the start, so a dashboard sees 0 rather than nothing.
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            connections_refused
+                .with_label_values(&[direction.as_str(), RefusedReason::Limit.as_str()]);
+        }
         let detect_timeouts = counter(
             "remora_detect_timeouts_total",
             "Connections whose client sent too little to detect a protocol in time (proxied as opaque TCP)",
@@ -190,6 +220,7 @@ impl Metrics {
             tcp_received_bytes,
             tcp_sent_bytes,
             tcp_errors,
+            connections_refused,
             detect_timeouts,
             requests,
             request_duration,
@@ -268,6 +299,12 @@ impl Metrics {
 
     pub(crate) fn tcp_error(&self, direction: Direction, reason: TcpErrorReason) {
         self.tcp_errors
+            .with_label_values(&[direction.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn connection_refused(&self, direction: Direction, reason: RefusedReason) {
+        self.connections_refused
             .with_label_values(&[direction.as_str(), reason.as_str()])
             .inc();
     }

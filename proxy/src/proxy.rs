@@ -2,13 +2,17 @@
 //! original destination, its protocol is detected, and it is forwarded:
 //! outbound to the original destination, inbound to the app in this pod.
 //!
-//! This module owns the per-connection flow. It does not own routing or HTTP
-//! (later layers plug in where the protocol is known), nor sockets' details
-//! (`net`), nor metrics' definitions (`metrics`).
+//! This module owns the per-connection flow, and the accept loop's defence
+//! against exhaustion: a listener at its connection limit resets new
+//! connections at once, and accept errors back off. It does not own routing
+//! or HTTP (later layers plug in where the protocol is known), nor sockets'
+//! details (`net`), nor metrics' definitions (`metrics`), nor the counting
+//! of limits (`limits`).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -18,8 +22,9 @@ use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
 use crate::http::{Downstream, HttpProxy};
-use crate::io::{Counted, Rewind};
-use crate::metrics::{Metrics, TcpErrorReason};
+use crate::io::{CopyError, Counted, Rewind};
+use crate::limits::{ConnectionLimit, Slot, Throttle};
+use crate::metrics::{Metrics, RefusedReason, TcpErrorReason};
 use crate::net;
 use crate::state::{Snapshot, State};
 use crate::transport::{Accepted, Acceptor, Dial};
@@ -27,6 +32,16 @@ use remora_api::Protocol as ApiProtocol;
 
 /// Buffer size for each direction of an opaque TCP copy.
 const COPY_BUF: usize = 16 * 1024;
+
+/// A warning repeated by a flood (refused connections, failed accepts) is
+/// logged at most this often, with the count since the last one.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// After an accept error that is not the connection's own (out of file
+/// descriptors or memory), the loop waits this long, doubling while the
+/// errors go on, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Which way a connection crosses the pod boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +76,23 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Accepts connections until the drain starts, then drops the listener
     /// so that new connections are refused.
-    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, direction: Direction) {
+    ///
+    /// Each connection takes a slot in `limit` for as long as its socket is
+    /// open. Past the limit a connection is accepted and reset at once: the
+    /// kernel's backlog never fills, the client fails fast, and connections
+    /// already open (and the admin server, on its own thread) carry on.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        direction: Direction,
+        limit: ConnectionLimit,
+    ) {
         let local = listener.local_addr().ok();
         let started = self.drain.started();
         tokio::pin!(started);
+        let mut refusals = Throttle::new(WARN_EVERY);
+        let mut failures = Throttle::new(WARN_EVERY);
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -73,22 +101,46 @@ impl Proxy {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    let Some(slot) = limit.try_acquire() else {
+                        self.refuse(stream, peer, direction, &limit, &mut refusals);
+                        continue;
+                    };
                     let proxy = self.clone();
                     let forced = self.drain.forced();
                     self.drain.spawn(async move {
                         tokio::select! {
-                            () = proxy.handle(stream, peer, direction) => {}
+                            () = proxy.handle(stream, slot, peer, direction) => {}
                             () = forced => {
                                 proxy.metrics.tcp_error(direction, TcpErrorReason::Drain);
                             }
                         }
                     });
                 }
+                // The connection's own failure (reset while in the backlog):
+                // nothing to wait for.
+                Err(e) if is_connection_error(&e) => {
+                    debug!(direction = direction.as_str(), error = %e, "connection failed before accept");
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // rather than spin, and keep serving.
-                    warn!(direction = direction.as_str(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Out of file descriptors and the like: back off rather
+                    // than spin (the listener stays readable), and keep serving.
+                    if let Some(failed) = failures.note(Instant::now()) {
+                        warn!(
+                            direction = direction.as_str(),
+                            error = %e,
+                            failed,
+                            backoff = ?backoff,
+                            open = limit.open(),
+                            "accept failed; backing off (if out of file descriptors, lower --max-connections or raise the open-file limit)"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        () = &mut started => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }
@@ -99,7 +151,34 @@ impl Proxy {
         );
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
+    /// Closes a connection past the listener's limit with a reset (SO_LINGER
+    /// 0), so the client fails at once rather than after sending a request.
+    fn refuse(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        direction: Direction,
+        limit: &ConnectionLimit,
+        refusals: &mut Throttle,
+    ) {
+        if let Err(e) = stream.set_zero_linger() {
+            debug!(%peer, error = %e, "cannot set SO_LINGER; closing the refused connection normally");
+        }
+        drop(stream);
+        self.metrics
+            .connection_refused(direction, RefusedReason::Limit);
+        if let Some(refused) = refusals.note(Instant::now()) {
+            warn!(
+                direction = direction.as_str(),
+                max_connections = limit.max(),
+                refused,
+                last_peer = %peer,
+                "listener at its connection limit; resetting new connections (raise --max-connections, or find the client holding them open)"
+            );
+        }
+    }
+
+    async fn handle(&self, stream: TcpStream, slot: Slot, peer: SocketAddr, direction: Direction) {
         let _ = stream.set_nodelay(true);
         let Some(dst) = self.destination(&stream, direction) else {
             return;
@@ -147,7 +226,8 @@ impl Proxy {
             Rewind::new(detected.prefix, stream),
             conn.received.clone(),
             conn.sent.clone(),
-        );
+        )
+        .holding(slot);
         let is_http = matches!(detected.protocol, Protocol::Http1 | Protocol::H2);
         if is_http && wants_http(&snapshot, direction, dst, declared) {
             drop(snapshot);
@@ -229,9 +309,20 @@ impl Proxy {
                 return;
             }
         };
-        if let Err(e) = crate::io::copy_bidirectional(&mut client, &mut upstream, COPY_BUF).await {
-            debug!(%peer, %dst, error = %e, "connection ended with an error");
-            self.metrics.tcp_error(direction, TcpErrorReason::Io);
+        let idle_timeout = self.config.tcp_idle_timeout;
+        match crate::io::copy_bidirectional(&mut client, &mut upstream, COPY_BUF, idle_timeout)
+            .await
+        {
+            Ok(_) => {}
+            Err(e @ CopyError::Idle(_)) => {
+                debug!(%peer, %dst, error = %e, "idle connection closed");
+                self.metrics
+                    .tcp_error(direction, TcpErrorReason::IdleTimeout);
+            }
+            Err(e @ CopyError::Io(_)) => {
+                debug!(%peer, %dst, error = %e, "connection ended with an error");
+                self.metrics.tcp_error(direction, TcpErrorReason::Io);
+            }
         }
     }
 
@@ -267,6 +358,26 @@ impl Proxy {
             (Direction::Inbound, SocketAddr::V6(_)) => Some(INBOUND_SOURCE_V6.into()),
         }
     }
+}
+
+/// Accept errors that belong to one connection (it was reset or timed out
+/// while waiting in the backlog), not to the listener or the process.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            nix::libc::EPROTO
+                | nix::libc::ENETDOWN
+                | nix::libc::EHOSTUNREACH
+                | nix::libc::ENETUNREACH
+        )
+    )
 }
 
 /// Whether a detected-HTTP connection is proxied request by request.

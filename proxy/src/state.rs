@@ -722,6 +722,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_config_source_is_a_readiness_problem() {
+        let state = State::new(Arc::new(crate::config::defaults()), Metrics::new());
+        assert_eq!(state.config_problem(), None);
+        state.source_stopped("the config thread panicked");
+        assert_eq!(
+            state.config_problem().as_deref(),
+            Some("config: the config thread panicked")
+        );
+    }
+
+    #[test]
+    fn an_apply_running_past_the_stall_limit_is_a_readiness_problem() {
+        let state = State::new(Arc::new(crate::config::defaults()), Metrics::new());
+        let now = std::time::Instant::now();
+        state.lock_config_health().applying_since = Some(now);
+        assert_eq!(state.config_problem(), None, "a fresh apply is fine");
+        if let Some(long_ago) = now.checked_sub(APPLY_STALL + std::time::Duration::from_secs(5)) {
+            state.lock_config_health().applying_since = Some(long_ago);
+            let problem = state.config_problem().unwrap_or_default();
+            assert!(
+                problem.starts_with("config: an update has been applying for 3"),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
     fn host_names_lose_their_port() {
         assert_eq!(strip_port("reviews:9080"), "reviews");
         assert_eq!(strip_port("reviews"), "reviews");

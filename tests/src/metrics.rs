@@ -14,6 +14,8 @@ pub const RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 /// `remora_tcp_errors_total{direction,reason}`
 pub const ERRORS: &str = "remora_tcp_errors_total";
+/// `remora_connections_refused_total{direction,reason}`: reset at accept (`limit`).
+pub const REFUSED: &str = "remora_connections_refused_total";
 /// `remora_detect_timeouts_total{direction}`
 pub const DETECT_TIMEOUTS: &str = "remora_detect_timeouts_total";
 /// Label selector for outbound samples.
