@@ -23,8 +23,8 @@ pub use backend::{
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use error::{ConfigError, FieldError, ValidationError};
 pub use mesh::{
-    HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig, Protocol,
-    Service, ServicePort, XForwardedFor,
+    HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig,
+    PathNormalization, PathNormalizationMode, Protocol, Service, ServicePort, XForwardedFor,
 };
 pub use route::{
     BackendObjectRef, BackendRef, GrpcCode, GrpcMethodMatch, HeaderMatch, HeaderModifier,

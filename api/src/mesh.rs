@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
 use crate::route::{BackendRef, Route};
 
@@ -206,6 +208,24 @@ pub struct HttpSettings {
     pub max_headers: u32,
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,
+    /// HTTP/1 protocol upgrades (`Upgrade` tokens) passed to the upstream,
+    /// compared case-insensitively. `h2c` is never allowed: it would tunnel
+    /// past routing. Others are dropped from the request.
+    #[serde(default = "default_allowed_upgrades")]
+    pub allowed_upgrades: Vec<String>,
+    /// How request paths are normalised before routing and forwarding.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+    /// Time a client has to send a whole HTTP/1 request head, first byte
+    /// included; past it the client gets 408.
+    #[serde(default = "default_request_headers_timeout", with = "serde_duration")]
+    #[schemars(with = "GatewayDuration")]
+    pub request_headers_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body; past
+    /// it the upstream request is aborted and the client gets 408.
+    #[serde(default = "default_request_body_idle_timeout", with = "serde_duration")]
+    #[schemars(with = "GatewayDuration")]
+    pub request_body_idle_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -214,6 +234,10 @@ impl Default for HttpSettings {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             x_forwarded_for: XForwardedFor::default(),
+            allowed_upgrades: default_allowed_upgrades(),
+            path_normalization: PathNormalization::default(),
+            request_headers_timeout: default_request_headers_timeout(),
+            request_body_idle_timeout: default_request_body_idle_timeout(),
         }
     }
 }
@@ -224,6 +248,41 @@ fn default_max_header_bytes() -> u32 {
 
 fn default_max_headers() -> u32 {
     100
+}
+
+fn default_allowed_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
+
+fn default_request_headers_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_request_body_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Path normalisation, as Istio's `pathNormalization`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathNormalization {
+    #[serde(default)]
+    pub mode: PathNormalizationMode,
+    /// Also merge runs of `/` into one (`/a//b` becomes `/a/b`).
+    #[serde(default)]
+    pub merge_slashes: bool,
+}
+
+/// Whether request paths are normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PathNormalizationMode {
+    /// RFC 3986: dot-segments removed, percent-encoded unreserved
+    /// characters decoded, other escapes' hex uppercased.
+    #[default]
+    Default,
+    /// Paths are matched and forwarded as the client sent them.
+    None,
 }
 
 /// What the proxy does with `X-Forwarded-For`.

@@ -625,6 +625,41 @@ impl Checker<'_> {
         if http.max_headers == 0 {
             self.error("http.maxHeaders", "must be at least 1");
         }
+        if http.allowed_upgrades.len() > MAX_ALLOWED_UPGRADES {
+            self.error(
+                "http.allowedUpgrades",
+                format!("at most {MAX_ALLOWED_UPGRADES} protocols"),
+            );
+        }
+        for (i, upgrade) in http.allowed_upgrades.iter().enumerate() {
+            let path = format!("http.allowedUpgrades[{i}]");
+            if upgrade.is_empty() || upgrade.len() > 64 || !upgrade.bytes().all(is_upgrade_char) {
+                self.error(
+                    path,
+                    format!("{upgrade:?} is not a protocol name such as \"websocket\""),
+                );
+            } else if upgrade.eq_ignore_ascii_case("h2c") {
+                self.error(
+                    path,
+                    "h2c cannot be allowed: an h2c connection would reach the app past routing; \
+                     clients that want HTTP/2 can send it with prior knowledge",
+                );
+            }
+        }
+        for (field, value) in [
+            ("requestHeadersTimeout", http.request_headers_timeout),
+            ("requestBodyIdleTimeout", http.request_body_idle_timeout),
+        ] {
+            if !(MIN_HTTP_TIMEOUT..=MAX_HTTP_TIMEOUT).contains(&value) {
+                self.error(
+                    format!("http.{field}"),
+                    format!(
+                        "{} is out of range: use 1s to 1h",
+                        crate::duration::format_duration(value)
+                    ),
+                );
+            }
+        }
     }
 
     fn positive(&mut self, path: &str, d: Duration) {
@@ -642,6 +677,19 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Opaque => "opaque",
     }
+}
+
+/// Most entries in `http.allowedUpgrades`.
+const MAX_ALLOWED_UPGRADES: usize = 16;
+/// The range of the HTTP request timeouts: shorter cuts off ordinary
+/// clients on slow links, longer lets a silent client hold a connection.
+const MIN_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A character of an `Upgrade` protocol name (RFC 9110 7.8: a token, and
+/// `/` between name and version).
+fn is_upgrade_char(b: u8) -> bool {
+    is_tchar(b) || b == b'/'
 }
 
 /// RFC 9110 `tchar`.
@@ -1021,6 +1069,26 @@ outbound:
                 "http.maxHeaderBytes".into(),
                 "at least 1024",
             ),
+            (
+                format!("{BASE}http: {{ allowedUpgrades: [websocket, H2C] }}\n"),
+                "http.allowedUpgrades[1]".into(),
+                "h2c cannot be allowed",
+            ),
+            (
+                format!("{BASE}http: {{ allowedUpgrades: ['web socket'] }}\n"),
+                "http.allowedUpgrades[0]".into(),
+                "not a protocol name",
+            ),
+            (
+                format!("{BASE}http: {{ requestHeadersTimeout: 500ms }}\n"),
+                "http.requestHeadersTimeout".into(),
+                "500ms is out of range: use 1s to 1h",
+            ),
+            (
+                format!("{BASE}http: {{ requestBodyIdleTimeout: 2h }}\n"),
+                "http.requestBodyIdleTimeout".into(),
+                "2h is out of range: use 1s to 1h",
+            ),
         ];
         for (yaml, path, message) in cases {
             let errors = check(&yaml);
@@ -1033,6 +1101,23 @@ outbound:
             );
             assert_eq!(errors.len(), 1, "one break, one error: {errors:#?}\n{yaml}");
         }
+    }
+
+    #[test]
+    fn http_settings_at_the_ends_of_their_ranges_are_valid() {
+        let yaml = format!(
+            "{BASE}http: {{ allowedUpgrades: [websocket, TLS/1.0], requestHeadersTimeout: 1s, \
+             requestBodyIdleTimeout: 1h, pathNormalization: {{ mode: none, mergeSlashes: true }} }}\n"
+        );
+        assert_eq!(check(&yaml), Vec::<String>::new());
+        let too_many = (0..17)
+            .map(|i| format!("p{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let errors = check(&format!(
+            "{BASE}http: {{ allowedUpgrades: [{too_many}] }}\n"
+        ));
+        assert_eq!(errors, ["http.allowedUpgrades: at most 16 protocols"]);
     }
 
     #[test]

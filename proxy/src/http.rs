@@ -4,13 +4,16 @@
 //! multiplexing, upgrades, header limits, graceful drain) and forwards each
 //! request: outbound through a route to a balanced backend endpoint
 //! (`outbound`), or to an unknown destination unchanged; inbound to the app
-//! (`inbound`). Connections and their reuse live in `client`.
+//! (`inbound`). Connections and their reuse live in `crate::pool`. Every request
+//! is first refused or normalised (`admit`); a connection's start on a
+//! declared HTTP port is `head`'s.
 
-mod body;
-mod client;
-mod error;
+mod admit;
+mod head;
 mod headers;
+mod idle_body;
 mod inbound;
+mod normalize;
 mod outbound;
 
 use std::convert::Infallible;
@@ -18,43 +21,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+pub(crate) use crate::body::{empty, full, incoming, Body};
+pub(crate) use crate::error::{BoxError, ErrorKind, ProxyError};
+pub(crate) use crate::pool::{Pool, Upstream};
 use crate::transport::Identity;
 pub(crate) use crate::transport::Peer;
-pub(crate) use client::{Pool, PoolSettings, Upstream};
-pub(crate) use error::{BoxError, ErrorKind, ErrorSource, ProxyError};
+pub(crate) use head::sniff;
 
-use crate::detect::Protocol;
+use crate::direction::Direction;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
-use crate::proxy::Direction;
 use crate::state::State;
-
-/// Request and response bodies as the proxy passes them along: streamed,
-/// never buffered whole unless a feature (retries) needs it.
-pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub(crate) fn empty() -> Body {
-    full(Bytes::new())
-}
-
-pub(crate) fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
-}
+use crate::transport::detect::Protocol;
 
 /// What the request handlers know about the downstream connection.
 #[derive(Debug)]
@@ -126,8 +110,9 @@ impl HttpProxy {
             version,
             peer_identity,
         });
+        let handler = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let proxy = self.clone();
+            let proxy = handler.clone();
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
         });
@@ -150,20 +135,34 @@ impl HttpProxy {
                 }
             }
             _ => {
-                let conn = hyper::server::conn::http1::Builder::new()
+                let mut conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .max_buf_size(max_header_bytes.max(8192))
                     .max_headers(max_headers)
+                    .header_read_timeout(limits.request_headers_timeout)
                     .serve_connection(io, service)
                     .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
+                let result = tokio::select! {
+                    r = &mut conn => r,
                     () = &mut started => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                        std::pin::Pin::new(&mut conn).graceful_shutdown();
+                        (&mut conn).await
+                    }
+                };
+                // hyper closes a connection whose head is cut off by its
+                // timer without a word: say 408 on its behalf. An idle
+                // keep-alive connection (nothing read) just closes.
+                if let Err(e) = &result {
+                    if e.is_timeout() {
+                        if let Some(parts) = conn.into_parts() {
+                            if !parts.read_buf.is_empty() {
+                                self.metrics.http_error(direction, ErrorKind::HeaderTimeout);
+                                head::write_timeout(&mut parts.io.into_inner()).await;
+                            }
+                        }
                     }
                 }
+                result
             }
         };
         if let Err(e) = result {
@@ -171,13 +170,57 @@ impl HttpProxy {
         }
     }
 
+    /// Answers a client on a declared HTTP port that sent no request head
+    /// in time (see `head`).
+    pub(crate) async fn late_head<I>(&self, mut io: I, direction: Direction)
+    where
+        I: AsyncWrite + Unpin,
+    {
+        self.metrics.http_error(direction, ErrorKind::HeaderTimeout);
+        head::write_timeout(&mut io).await;
+    }
+
     /// Handles one request; every failure becomes a response.
     async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
-        let req = req.map(incoming);
-        let (result, labels) = match conn.direction {
-            Direction::Outbound => self.outbound(conn, req).await,
-            Direction::Inbound => self.inbound(conn, req).await,
+        let method = req.method().clone();
+        let mut req = req.map(incoming);
+        let snapshot = self.state.load();
+        let settings = &snapshot.http;
+        let (result, labels) = match admit::admit(&mut req, settings) {
+            Ok(()) => {
+                let timeout = settings.request_body_idle_timeout;
+                let (body, stall) =
+                    idle_body::watch(std::mem::replace(req.body_mut(), empty()), timeout);
+                *req.body_mut() = body;
+                let dispatch = async {
+                    match conn.direction {
+                        Direction::Outbound => self.outbound(conn, req).await,
+                        Direction::Inbound => self.inbound(conn, req).await,
+                    }
+                };
+                match stall {
+                    None => dispatch.await,
+                    // A body that stalls before the response has started
+                    // ends the request (dropping the upstream attempt); the
+                    // upstream failure it caused may come back first.
+                    Some(stall) => {
+                        let stalled = || {
+                            let e = idle_body::BodyIdle(timeout);
+                            Err(ProxyError::new(ErrorKind::BodyTimeout, e.to_string()))
+                        };
+                        tokio::select! {
+                            biased;
+                            () = stall.stalled() => (stalled(), Default::default()),
+                            (result, labels) = dispatch => match result {
+                                Err(_) if stall.has_fired() => (stalled(), labels),
+                                other => (other, labels),
+                            },
+                        }
+                    }
+                }
+            }
+            Err(e) => (Err(e), Default::default()),
         };
         let response = match result {
             Ok(response) => response,
@@ -190,7 +233,7 @@ impl HttpProxy {
                     "request failed"
                 );
                 self.metrics.http_error(conn.direction, e.kind);
-                error_response(&e)
+                error_response(&e, &method)
             }
         };
         self.metrics
@@ -200,12 +243,22 @@ impl HttpProxy {
 }
 
 /// The response for a request the proxy could not forward: a short body
-/// that says why, and a `remora-error` header for tools.
-pub(crate) fn error_response(e: &ProxyError) -> Response<Body> {
-    let mut response = Response::new(full(format!("{e}\n")));
+/// that says why, and a `remora-error` header for tools. A response to
+/// `HEAD` has the same headers, `Content-Length` included, and no body
+/// (RFC 9110 9.3.2): an HTTP/2 client resets a HEAD response with data.
+pub(crate) fn error_response(e: &ProxyError, method: &Method) -> Response<Body> {
+    let text = format!("{e}\n");
+    let length = HeaderValue::from(text.len());
+    let body = if method == Method::HEAD {
+        empty()
+    } else {
+        full(text)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = e.kind.status();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, length);
     headers.insert("remora-error", HeaderValue::from_static(e.kind.as_str()));
     response
 }

@@ -5,25 +5,30 @@
 //! and incoming TCP to the inbound listener. Each connection's original
 //! destination is recovered, its protocol detected, and it is forwarded.
 //!
-//! Layout: `config` (startup settings), `proxy` (listeners and per-connection
-//! flow), `detect` (protocol detection), `http` (request-level proxying),
-//! `route` (route selection and filters), `balance` (endpoints and load
-//! balancing), `resilience` (retry budgets, circuit breakers), `state` (the
-//! dynamic mesh config snapshot), `source` (the config file), `net`
-//! (sockets), `io` (stream adapters), `limits` (open files, connection
-//! limits), `metrics`, `drain`, and `admin` (port 15020).
+//! Layout, top-down along a connection's path (docs/architecture.md draws
+//! it): `listener` (accept loops, original destination, loop guard, the
+//! hand-off to HTTP or TCP), `transport` (the one connector, the acceptor
+//! step, protocol detection), `http` (the hyper server side and the
+//! per-direction request paths), `pool` (upstream HTTP connections), then
+//! the pure cores the flows call: `route`, `balance`, `resilience`; and
+//! `state` (the dynamic config snapshot), `source` (the config file),
+//! `body`, `error`, `direction`, `config` (startup settings), `net`, `io`,
+//! `limits`, `metrics`, `drain`, `admin` (port 15020).
 
 mod admin;
 mod balance;
+mod body;
 pub mod config;
-mod detect;
+mod direction;
 mod drain;
+mod error;
 mod http;
 mod io;
 mod limits;
+mod listener;
 mod metrics;
 mod net;
-mod proxy;
+mod pool;
 mod resilience;
 mod route;
 mod source;
@@ -41,11 +46,13 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use crate::config::IpFamilyMode;
+use crate::direction::Direction;
 use crate::drain::{Drain, DrainOutcome};
-use crate::http::{HttpProxy, Pool};
+use crate::http::HttpProxy;
 use crate::limits::ConnectionLimit;
+use crate::listener::Proxy;
 use crate::metrics::Metrics;
-use crate::proxy::{Direction, Proxy};
+use crate::pool::Pool;
 use crate::state::State;
 
 /// Runs the proxy until it has drained (after SIGTERM, SIGINT or

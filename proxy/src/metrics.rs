@@ -11,9 +11,9 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::detect::Protocol;
-use crate::http::ErrorKind;
-use crate::proxy::Direction;
+use crate::direction::Direction;
+use crate::error::ErrorKind;
+use crate::transport::detect::Protocol;
 
 /// Latency buckets in seconds: sub-millisecond to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,24 +50,6 @@ pub(crate) struct Metrics {
     config_apply_seconds: prometheus::Gauge,
 }
 
-/// Why a proxied connection failed; the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TcpErrorReason {
-    /// No original destination, or the connection was made straight to a
-    /// capture port (forwarding it would loop).
-    OriginalDst,
-    /// The upstream refused, was unreachable, or did not answer in time.
-    Connect,
-    /// A read or write failed mid-stream (a reset, most often).
-    Io,
-    /// Reading the first bytes for protocol detection failed.
-    Detect,
-    /// Closed by force at the drain deadline.
-    Drain,
-    /// Closed after carrying no bytes for `--tcp-idle-timeout`.
-    IdleTimeout,
-}
-
 /// Why an accepted connection was closed at once; the `reason` label of
 /// `remora_connections_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,19 +62,6 @@ impl RefusedReason {
     fn as_str(self) -> &'static str {
         match self {
             RefusedReason::Limit => "limit",
-        }
-    }
-}
-
-impl TcpErrorReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            TcpErrorReason::OriginalDst => "original_dst",
-            TcpErrorReason::Connect => "connect",
-            TcpErrorReason::Io => "io",
-            TcpErrorReason::Detect => "detect",
-            TcpErrorReason::Drain => "drain",
-            TcpErrorReason::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -297,7 +266,8 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn tcp_error(&self, direction: Direction, reason: TcpErrorReason) {
+    /// Counts a connection that ended in an error, by its kind.
+    pub(crate) fn tcp_error(&self, direction: Direction, reason: ErrorKind) {
         self.tcp_errors
             .with_label_values(&[direction.as_str(), reason.as_str()])
             .inc();

@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use crate::balance::{spawn_health_checks, Balancer};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
-use crate::http::{Pool, PoolSettings};
 use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSettings};
 use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
 use crate::transport::Connector;
@@ -683,7 +683,7 @@ mod tests {
                 backend: Arc::from(backend),
             };
             metrics.request(
-                crate::proxy::Direction::Outbound,
+                crate::direction::Direction::Outbound,
                 &labels,
                 http::StatusCode::OK,
                 std::time::Duration::from_millis(1),

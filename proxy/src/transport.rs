@@ -9,6 +9,7 @@
 
 mod accept;
 mod connect;
+pub(crate) mod detect;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
 //! Header hygiene between hops: hop-by-hop headers are dropped, `Upgrade`
-//! is kept for protocol upgrades, and `x-forwarded-*` is set as configured.
+//! is kept for the protocol upgrades config allows (never `h2c`), headers
+//! the proxy owns are never taken from a client or an app, and
+//! `x-forwarded-*` is set as configured.
 
 use std::net::IpAddr;
 
@@ -16,14 +18,129 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The `Upgrade` token the request asks for (e.g. `websocket`), if any.
-pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
+/// Headers only the proxy may set. A request carrying one had it forged by
+/// the client (or its app), so it is removed before anything reads it:
+/// `remora-error` names why the proxy answered a request itself, and
+/// `x-remora-client-id` is reserved for the peer identity the inbound proxy
+/// will vouch for once mesh mTLS terminates there.
+pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("remora-error"),
+    HeaderName::from_static("x-remora-client-id"),
+];
+
+/// Headers only the proxy may put on a response: an app's own
+/// `remora-error` would pass its failures off as the mesh's.
+pub(crate) const OWNED_RESPONSE_HEADERS: [HeaderName; 1] =
+    [HeaderName::from_static("remora-error")];
+
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The elements of a comma-separated list header, all its lines together
+/// (RFC 9110 5.6.1), trimmed, empty ones skipped.
+fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes every header in `owned`.
+pub(crate) fn strip_owned(headers: &mut HeaderMap, owned: &[HeaderName]) {
+    for name in owned {
+        headers.remove(name);
+    }
+}
+
+/// Keeps only the protocols in `allowed` (compared case-insensitively, by
+/// name or by `name/version`) in a request's `Upgrade`; `h2c` and
+/// `HTTP2-Settings` go whatever `allowed` says. When nothing is left, the
+/// request goes on as a plain request: `Upgrade` and the `upgrade` token of
+/// `Connection` are removed.
+pub(crate) fn filter_upgrade(headers: &mut HeaderMap, allowed: &[String]) {
+    headers.remove(HTTP2_SETTINGS);
+    if !headers.contains_key(header::UPGRADE) {
+        return;
+    }
+    let kept: Vec<String> = list(headers, &header::UPGRADE)
+        .filter(|token| upgrade_allowed(token, allowed))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::UPGRADE);
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::UPGRADE, value);
+            return;
+        }
+    }
+    remove_connection_tokens(headers, &["upgrade", "http2-settings"]);
+}
+
+fn upgrade_allowed(token: &str, allowed: &[String]) -> bool {
+    let name = token.split('/').next().unwrap_or(token).trim();
+    if name.is_empty() || name.eq_ignore_ascii_case("h2c") {
+        return false;
+    }
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(token) || a.eq_ignore_ascii_case(name))
+}
+
+/// Rewrites `Connection` without the named tokens (dropping it if empty).
+fn remove_connection_tokens(headers: &mut HeaderMap, drop: &[&str]) {
+    let kept: Vec<String> = list(headers, &header::CONNECTION)
+        .filter(|t| !drop.iter().any(|d| t.eq_ignore_ascii_case(d)))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::CONNECTION);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+        headers.insert(header::CONNECTION, value);
+    }
+}
+
+/// Why a request's `Transfer-Encoding` cannot be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TransferCodingError {
+    /// RFC 9112 6.1: a coding the proxy does not implement gets 501.
+    #[error("transfer coding {0:?} is not implemented: send the body chunked only, and say Content-Encoding for compression")]
+    Unsupported(String),
+    /// RFC 9112 7.1: chunked is applied once.
+    #[error("the body is chunked more than once")]
+    ChunkedTwice,
+}
+
+/// Checks an HTTP/1 request's `Transfer-Encoding`: `chunked` alone is
+/// fine. hyper has already refused one that does not end in `chunked`
+/// (400); anything before it (`gzip, chunked`) would be dropped with the
+/// header, silently changing the body, so it is refused here.
+pub(crate) fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), TransferCodingError> {
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            // A coding may carry parameters (`gzip;q=1`): the name decides.
+            let name = coding.split(';').next().unwrap_or(coding).trim();
+            if !name.eq_ignore_ascii_case("chunked") {
+                return Err(TransferCodingError::Unsupported(name.to_owned()));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(TransferCodingError::ChunkedTwice);
+    }
+    Ok(())
+}
+
+/// The `Upgrade` token the request asks for (e.g. `websocket`), if any.
+pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade =
+        list(headers, &header::CONNECTION).any(|token| token.eq_ignore_ascii_case("upgrade"));
     if connection_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -34,12 +151,8 @@ pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, including those `Connection` names. When
 /// `upgrade` is set, `Connection: upgrade` and `Upgrade` are put back.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = list(headers, &header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -61,9 +174,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderVa
     }
 }
 
-/// Appends the downstream peer to `x-forwarded-for` and sets
-/// `x-forwarded-proto`.
-pub(crate) fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
+/// Appends the downstream peer to `x-forwarded-for`.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let name = HeaderName::from_static("x-forwarded-for");
     let peer = peer.to_canonical().to_string();
     let value = match headers.get(&name).and_then(|v| v.to_str().ok()) {
@@ -73,9 +185,16 @@ pub(crate) fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(name, value);
     }
-    headers
-        .entry(HeaderName::from_static("x-forwarded-proto"))
-        .or_insert(HeaderValue::from_static("http"));
+}
+
+/// Sets `x-forwarded-proto` to the scheme the proxy itself received the
+/// request over, whatever the client claimed: plain `http` until inbound
+/// TLS terminates here.
+pub(crate) fn set_forwarded_proto(headers: &mut HeaderMap) {
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
 }
 
 #[cfg(test)]
@@ -125,10 +244,108 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
-        let mut map = headers(&[("x-forwarded-for", "1.2.3.4")]);
-        append_forwarded(&mut map, "10.0.0.2".parse().unwrap());
+    fn forwarded_for_appends_and_proto_is_the_proxys_own() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        append_forwarded_for(&mut map, "10.0.0.2".parse().unwrap());
+        set_forwarded_proto(&mut map);
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
-        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(
+            map.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(),
+            ["http"]
+        );
+    }
+
+    fn allowed(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade() {
+        let mut map = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        filter_upgrade(&mut map, &allowed(&["websocket", "h2c"]));
+        assert_eq!(upgrade_requested(&map), None);
+        assert!(map.get("upgrade").is_none());
+        assert!(map.get("http2-settings").is_none());
+        assert!(map.get("connection").is_none());
+    }
+
+    #[test]
+    fn only_allowed_upgrades_survive() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "h2c, WebSocket, foo/2"),
+        ]);
+        filter_upgrade(&mut map, &allowed(&["websocket"]));
+        assert_eq!(map["upgrade"], "WebSocket");
+        assert_eq!(upgrade_requested(&map).unwrap(), "WebSocket");
+
+        let mut map = headers(&[("connection", "keep-alive, upgrade"), ("upgrade", "foo/2")]);
+        filter_upgrade(&mut map, &allowed(&["websocket"]));
+        assert!(map.get("upgrade").is_none());
+        assert_eq!(map["connection"], "keep-alive");
+
+        let mut map = headers(&[("connection", "upgrade"), ("upgrade", "foo/2, bar")]);
+        filter_upgrade(&mut map, &allowed(&["FOO", "bar/1"]));
+        assert_eq!(map["upgrade"], "foo/2");
+    }
+
+    #[test]
+    fn requests_without_upgrade_are_left_alone() {
+        let mut map = headers(&[("connection", "keep-alive"), ("x-a", "1")]);
+        filter_upgrade(&mut map, &allowed(&["websocket"]));
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["connection"], "keep-alive");
+    }
+
+    #[test]
+    fn owned_headers_are_stripped() {
+        let mut map = headers(&[
+            ("remora-error", "no_route"),
+            ("Remora-Error", "connect"),
+            ("x-remora-client-id", "spiffe://evil"),
+            ("x-kept", "1"),
+        ]);
+        strip_owned(&mut map, &OWNED_REQUEST_HEADERS);
+        assert_eq!(map.len(), 1);
+        let mut map = headers(&[("remora-error", "connect"), ("x-remora-client-id", "a")]);
+        strip_owned(&mut map, &OWNED_RESPONSE_HEADERS);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("x-remora-client-id"));
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_transfer_coding() {
+        let check = |values: &[&str]| {
+            let pairs: Vec<_> = values.iter().map(|v| ("transfer-encoding", *v)).collect();
+            check_transfer_encoding(&headers(&pairs))
+        };
+        assert_eq!(check(&[]), Ok(()));
+        assert_eq!(check(&["chunked"]), Ok(()));
+        assert_eq!(check(&["Chunked"]), Ok(()));
+        assert_eq!(check(&[" chunked ,"]), Ok(()));
+        assert_eq!(
+            check(&["gzip, chunked"]),
+            Err(TransferCodingError::Unsupported("gzip".into()))
+        );
+        assert_eq!(
+            check(&["deflate", "chunked"]),
+            Err(TransferCodingError::Unsupported("deflate".into()))
+        );
+        assert_eq!(
+            check(&["x-custom;q=1, chunked"]),
+            Err(TransferCodingError::Unsupported("x-custom".into()))
+        );
+        assert_eq!(
+            check(&["chunked, chunked"]),
+            Err(TransferCodingError::ChunkedTwice)
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Inbound HTTP: requests arriving for the app in this pod are forwarded to
 //! it over pooled connections, from the loopback source the capture rules
-//! leave alone. Policy (authorization, plugins) will run here.
+//! leave alone, with `x-forwarded-proto` as this proxy saw the request and
+//! without headers only the proxy may set on the app's responses. Policy
+//! (authorization, plugins) will run here.
 
 use http::{Request, Response, Version};
 
@@ -18,8 +20,9 @@ impl HttpProxy {
         let snapshot = self.state.load();
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
-            headers::append_forwarded(req.headers_mut(), conn.peer.ip());
+            headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());
         }
+        headers::set_forwarded_proto(req.headers_mut());
         let upstream = match conn.version {
             Version::HTTP_2 => Upstream::Http2,
             _ => Upstream::Http1,
@@ -32,7 +35,12 @@ impl HttpProxy {
             &authority,
             req,
         )
-        .await;
+        .await
+        .map(|mut response| {
+            // The app cannot speak for the mesh.
+            headers::strip_owned(response.headers_mut(), &headers::OWNED_RESPONSE_HEADERS);
+            response
+        });
         (result, RequestLabels::default())
     }
 }

@@ -10,12 +10,12 @@ use http::{request, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::body::{Replay, MAX_REPLAY_BODY};
 use super::{
-    authority_of, empty, forward, Body, ConnInfo, ErrorKind, ErrorSource, HttpProxy, Peer,
-    ProxyError, Upstream,
+    authority_of, empty, forward, Body, ConnInfo, ErrorKind, HttpProxy, Peer, ProxyError, Upstream,
 };
 use crate::balance::{hash_key, Outcome};
+use crate::body::{Replay, MAX_REPLAY_BODY};
+use crate::error::Retry;
 use crate::metrics::RequestLabels;
 use crate::resilience::{backoff, is_retryable, RequestBody};
 use crate::route::{
@@ -336,16 +336,18 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an attempt says about the endpoint, for the balancer and retries.
 /// `None` when the client failed: that says nothing about the endpoint.
+/// The error's kind decides, as it does for metrics and the status: a
+/// downstream failure, or a refusal of the proxy's own (circuit open, no
+/// endpoints), teaches nothing about the endpoint and is never retried.
 fn outcome_of(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
     match result {
         Ok(response) => Some(Outcome::Status(response.status().as_u16())),
-        Err(e) if e.kind == ErrorKind::Connect => Some(Outcome::ConnectFailure),
-        Err(e) if e.kind == ErrorKind::Timeout => Some(Outcome::Timeout),
-        Err(e) if e.kind.source() == ErrorSource::Downstream => None,
-        // The proxy refused before the endpoint had a say: nothing to learn
-        // about it, and retrying would only spend budget on an overload.
-        Err(e) if matches!(e.kind, ErrorKind::CircuitOpen | ErrorKind::NoEndpoints) => None,
-        Err(_) => Some(Outcome::Error),
+        Err(e) => match e.kind.retry() {
+            Retry::ConnectFailure => Some(Outcome::ConnectFailure),
+            Retry::ConnectionError => Some(Outcome::Error),
+            Retry::Timeout => Some(Outcome::Timeout),
+            Retry::Never => None,
+        },
     }
 }
 

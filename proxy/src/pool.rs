@@ -26,8 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::error::{ErrorKind, ProxyError};
-use super::{Body, BoxError};
+use crate::body::Body;
+use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::resilience::{BreakerOpen, CircuitBreaker, Permit};
 #[cfg(test)]
 use crate::transport::Identity;
@@ -153,7 +153,7 @@ impl Pool {
         };
         match upstream {
             Upstream::Http1 => self.send_h1(key, req).await,
-            Upstream::Http2 => Ok(self.send_h2(&key, req).await?.map(super::incoming)),
+            Upstream::Http2 => Ok(self.send_h2(&key, req).await?.map(crate::body::incoming)),
         }
     }
 
@@ -496,7 +496,7 @@ mod tests {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| async move {
                         tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
                     });
                     let io = TokioIo::new(stream);
                     let _ = if http2 {
@@ -540,7 +540,7 @@ mod tests {
         Request::builder()
             .uri("/")
             .header(http::header::HOST, addr.to_string())
-            .body(super::super::empty())
+            .body(crate::body::empty())
             .unwrap()
     }
 
@@ -596,7 +596,7 @@ mod tests {
         Request::builder()
             .uri(format!("http://{addr}/"))
             .version(http::Version::HTTP_2)
-            .body(super::super::empty())
+            .body(crate::body::empty())
             .unwrap()
     }
 

@@ -19,14 +19,16 @@ use tracing::{debug, info, warn};
 
 use crate::balance::{EndpointState, Outcome};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
-use crate::detect::{self, Protocol};
+use crate::direction::Direction;
 use crate::drain::Drain;
+use crate::error::ErrorKind;
 use crate::http::{Downstream, HttpProxy};
 use crate::io::{CopyError, Counted, Rewind};
 use crate::limits::{ConnectionLimit, Slot, Throttle};
-use crate::metrics::{Metrics, RefusedReason, TcpErrorReason};
+use crate::metrics::{Metrics, RefusedReason};
 use crate::net;
 use crate::state::{Snapshot, State};
+use crate::transport::detect::{self, Protocol};
 use crate::transport::{Accepted, Acceptor, Dial};
 use remora_api::Protocol as ApiProtocol;
 
@@ -42,24 +44,6 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// errors go on, up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// Which way a connection crosses the pod boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    /// The app in this pod is the client.
-    Outbound,
-    /// The app in this pod is the server.
-    Inbound,
-}
-
-impl Direction {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-}
 
 /// What every connection handler shares.
 #[derive(Debug)]
@@ -112,7 +96,7 @@ impl Proxy {
                         tokio::select! {
                             () = proxy.handle(stream, slot, peer, direction) => {}
                             () = forced => {
-                                proxy.metrics.tcp_error(direction, TcpErrorReason::Drain);
+                                proxy.metrics.tcp_error(direction, ErrorKind::Drain);
                             }
                         }
                     });
@@ -194,7 +178,17 @@ impl Proxy {
         };
 
         // Declared ports skip detection: opaque and tcp ones are bytes, and
-        // http2 and grpc ones speak HTTP/2 with prior knowledge.
+        // http2 and grpc ones speak HTTP/2 with prior knowledge. A port
+        // listed as http (a service port, or an inbound port) speaks HTTP,
+        // so a late or bad request head is answered as HTTP, not opaque.
+        let declared_http = match direction {
+            Direction::Outbound => declared == Some(ApiProtocol::Http),
+            Direction::Inbound => snapshot
+                .inbound
+                .ports
+                .iter()
+                .any(|p| p.port == dst.port() && p.protocol == ApiProtocol::Http),
+        };
         let declared_protocol = match declared {
             Some(ApiProtocol::Opaque | ApiProtocol::Tcp) => Some(Protocol::Opaque),
             Some(ApiProtocol::Http2 | ApiProtocol::Grpc) => Some(Protocol::H2),
@@ -207,17 +201,26 @@ impl Proxy {
                 prefix: bytes::Bytes::new(),
                 timed_out: false,
             }
+        } else if declared_http {
+            match crate::http::sniff(&mut stream, snapshot.http.request_headers_timeout).await {
+                Ok(detected) => detected,
+                Err(e) => {
+                    debug!(%peer, %dst, error = %e, "client failed before its request head");
+                    self.metrics.tcp_error(direction, ErrorKind::Detect);
+                    return;
+                }
+            }
         } else {
             match detect::detect(&mut stream, self.config.detect_timeout).await {
                 Ok(detected) => detected,
                 Err(e) => {
                     debug!(%peer, %dst, error = %e, "client failed before its protocol was known");
-                    self.metrics.tcp_error(direction, TcpErrorReason::Detect);
+                    self.metrics.tcp_error(direction, ErrorKind::Detect);
                     return;
                 }
             }
         };
-        if detected.timed_out {
+        if detected.timed_out && !declared_http {
             self.metrics.detect_timeout(direction);
         }
 
@@ -228,6 +231,11 @@ impl Proxy {
             conn.sent.clone(),
         )
         .holding(slot);
+        if declared_http && detected.timed_out {
+            drop(snapshot);
+            self.http.late_head(client, direction).await;
+            return;
+        }
         let is_http = matches!(detected.protocol, Protocol::Http1 | Protocol::H2);
         if is_http && wants_http(&snapshot, direction, dst, declared) {
             drop(snapshot);
@@ -282,7 +290,7 @@ impl Proxy {
             ),
             TcpTarget::Unavailable(reason) => {
                 debug!(%peer, %dst, %reason, "no endpoint for TCP service");
-                self.metrics.tcp_error(direction, TcpErrorReason::Connect);
+                self.metrics.tcp_error(direction, ErrorKind::Connect);
                 return;
             }
         };
@@ -305,7 +313,7 @@ impl Proxy {
             Ok(upstream) => upstream,
             Err(e) => {
                 debug!(%peer, dst = %upstream_addr, error = %e, "upstream connect failed");
-                self.metrics.tcp_error(direction, TcpErrorReason::Connect);
+                self.metrics.tcp_error(direction, ErrorKind::Connect);
                 return;
             }
         };
@@ -316,12 +324,11 @@ impl Proxy {
             Ok(_) => {}
             Err(e @ CopyError::Idle(_)) => {
                 debug!(%peer, %dst, error = %e, "idle connection closed");
-                self.metrics
-                    .tcp_error(direction, TcpErrorReason::IdleTimeout);
+                self.metrics.tcp_error(direction, ErrorKind::IdleTimeout);
             }
             Err(e @ CopyError::Io(_)) => {
                 debug!(%peer, %dst, error = %e, "connection ended with an error");
-                self.metrics.tcp_error(direction, TcpErrorReason::Io);
+                self.metrics.tcp_error(direction, ErrorKind::Io);
             }
         }
     }
@@ -334,15 +341,13 @@ impl Proxy {
             Ok(dst) => dst,
             Err(e) => {
                 debug!(error = %e, "no original destination");
-                self.metrics
-                    .tcp_error(direction, TcpErrorReason::OriginalDst);
+                self.metrics.tcp_error(direction, ErrorKind::OriginalDst);
                 return None;
             }
         };
         if is_loop(dst, stream.local_addr().ok(), &self.config) {
             debug!(%dst, "connection addressed to the proxy itself; refusing to loop");
-            self.metrics
-                .tcp_error(direction, TcpErrorReason::OriginalDst);
+            self.metrics.tcp_error(direction, ErrorKind::OriginalDst);
             return None;
         }
         Some(dst)
@@ -448,12 +453,6 @@ fn is_loop(dst: SocketAddr, local: Option<SocketAddr>, config: &Config) -> bool 
     }
     let capture_port = dst.port() == config.outbound_port || dst.port() == config.inbound_port;
     capture_port && (dst.ip().is_loopback() || local.is_some_and(|l| l.ip() == dst.ip()))
-}
-
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Request bodies that may be sent more than once (retries, mirrors),
-//! without holding up the first attempt.
+//! Bodies as the proxy passes them along ([`Body`]: streamed, boxed), and
+//! request bodies that may be sent more than once (retries, mirrors)
+//! without holding up the first attempt ([`Replay`]).
 //!
 //! The first attempt streams the body as it arrives; every frame it reads
 //! is also kept in a buffer shared by all copies, up to a cap. A retry gets
@@ -20,9 +21,29 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 
-use super::{Body, BoxError};
+use crate::error::BoxError;
+
+/// Request and response bodies as the proxy passes them along: streamed,
+/// never buffered whole; a retry or mirror keeps a bounded copy.
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub(crate) fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
 
 /// Bodies up to this size are kept so they can be sent again.
 pub(crate) const MAX_REPLAY_BODY: usize = 64 * 1024;
@@ -297,7 +318,6 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::http::full;
 
     /// Frames with no length announced, like chunked HTTP/1 or gRPC over
     /// HTTP/2; `None` entries are a pending poll (the client is slow).
@@ -423,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_replays_empty() {
-        let replay = Replay::new(crate::http::empty(), 1024);
+        let replay = Replay::new(empty(), 1024);
         assert!(replay.is_empty());
         assert!(replay.attempt().unwrap().is_end_stream());
     }
