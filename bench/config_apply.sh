@@ -32,6 +32,7 @@ DURATION=30               # seconds of each loaded run (after 1 s warm-up)
 RATE=2000                 # req/s of the steady client, over all connections
 CONNS=4                   # its HTTP/1.1 connections
 CHANGE=both               # what a changed service changes: route and backend, or route only
+POLL_MS=5                 # how often the driver scrapes /metrics while an apply is pending
 OUT=""
 BUILD=1
 INSTALL=1
@@ -42,7 +43,8 @@ usage() {
 
   --quick           ~2 minutes: 12 s runs, 4 rewrites, 3 repeats, sizes 1000
   --services N      services in the config rewritten under load (default 1000)
-  --sizes LIST      config sizes for the apply-time table (default 1000,10000)
+  --sizes LIST      config sizes for the apply-time table (default 1000,10000;
+                    none: no table)
   --rewrites K      rewrites during each loaded run (default 10)
   --repeats R       incremental and full applies per size (default 5)
   --duration S      seconds per loaded run (default 30)
@@ -50,6 +52,7 @@ usage() {
   --conns C         the client's HTTP/1.1 connections (default 4)
   --change WHAT     what a changed service changes: "both" its route and its
                     backend (default), "route" its route only (backends kept)
+  --poll-ms MS      scrape /metrics every MS ms while an apply is pending (default 5)
   --out DIR         where logs and results.md go (default bench/out/apply-<utc-time>)
   --no-build        do not build; use target/release binaries as they are
   --no-install      do not apt-get install missing tools
@@ -69,6 +72,7 @@ while [ $# -gt 0 ]; do
         --rate) num "$1" "${2:-}"; RATE="$2"; shift ;;
         --conns) num "$1" "${2:-}"; CONNS="$2"; shift ;;
         --change) CHANGE="$2"; shift ;;
+        --poll-ms) num "$1" "${2:-}"; POLL_MS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --no-install) INSTALL=0 ;;
@@ -78,7 +82,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$CHANGE" in both|route) ;; *) echo "--change: both or route" >&2; exit 2 ;; esac
-case ",$SIZES," in *,,*|*[!0-9,]*) echo "--sizes needs comma-separated whole numbers" >&2; exit 2 ;; esac
+[ "$SIZES" = none ] && SIZES=""
+case ",$SIZES," in ,,) ;; *,,*|*[!0-9,]*) echo "--sizes needs comma-separated whole numbers, or none" >&2; exit 2 ;; esac
 [ "$SERVICES" -ge 2 ] && [ "$SERVICES" -le 50000 ] || { echo "--services: 2..50000" >&2; exit 2; }
 [ "$DURATION" -ge 8 ] && [ "$DURATION" -le 600 ] || { echo "--duration: 8..600 s" >&2; exit 2; }
 [ "$REWRITES" -ge 1 ] && [ "$REWRITES" -le 100 ] || { echo "--rewrites: 1..100" >&2; exit 2; }
@@ -137,7 +142,8 @@ client_vip() { python3 -c "import sys; sys.path.insert(0, '$BENCH'); import conf
 # (the admin port is the namespace's 127.0.0.1), bounded by its own timeouts.
 drive() {
     local files="$1" out="$2"; shift 2
-    in_c python3 "$PY" drive --files "$files" --config "$CFG" --out "$out" "$@"
+    in_c python3 "$PY" drive --files "$files" --config "$CFG" --out "$out" \
+        --poll "$(awk -v ms="$POLL_MS" 'BEGIN{printf "%.3f", ms / 1000}')" "$@"
 }
 
 # --------------------------------------------------------------------------
@@ -271,7 +277,7 @@ report() {
         echo "- run took $(( $(date +%s) - T0 )) s; load average before: $LOAD0, after: $(loadavg)"
         echo "- client: \`$(cat "$OUT/h2load.cmd")\` (--rps is per connection: ×$CONNS), to the VIP of one of the $SERVICES services; remora-proxy --workers 1 --config (uid 1337, remora-init capture); origin nginx, 1 worker"
         echo "- a changed service changes: $([ "$CHANGE" = both ] && echo "its routes' timeouts and its backend's connect timeout (so the backend, its pool included, is rebuilt)" || echo "its routes' timeouts only (backends unchanged)")"
-        echo "- rewrites: $REWRITES per loaded run, one every $(awk -v d="$DURATION" -v k="$REWRITES" 'BEGIN{printf "%.1f", (d - 6) / (k > 1 ? k - 1 : 1)}') s, each a new file renamed over the watched one, waited for until \`remora_config_updates_total{result=\"applied\"}\` counts it; the baselines poll on the same schedule and rename nothing"
+        echo "- rewrites: $REWRITES per loaded run, one every $(awk -v d="$DURATION" -v k="$REWRITES" 'BEGIN{printf "%.1f", (d - 6) / (k > 1 ? k - 1 : 1)}') s, each a new file renamed over the watched one, waited for until \`remora_config_updates_total{result=\"applied\"}\` counts it (polling every $POLL_MS ms); the baselines poll on the same schedule and rename nothing"
         echo
         echo "**A steady client while $SERVICES services are rewritten** (HTTP/1.1, $RATE req/s, $DURATION s per run). \"incremental\": each rewrite changes one other service; \"full\": each rewrite changes every service, the client's included. \"during\" = requests in flight between a rename and 50 ms after the apply was counted; \"same windows\": the baseline just before, in windows as long as these, at its own (dry) poll times."
         echo
@@ -288,15 +294,17 @@ report() {
             fi
             echo "| $run | $(get lat "$run" load | cut -d' ' -f1) | $(get lat "$run" rps) | $(get lat "$run" errors) | $(get lat "$run" p50) | $(get lat "$run" p99) | $(get lat "$run" p999) | $(get lat "$run" max) | $(get lat "$run" over10) | $(dash "$(get lat "$run" worst_during)") | $(get lat "$run" over10_during) | $same | $added | $counted | $gauge | $(get lat "$run" cpu_us_per_req) |"
         done
-        echo
-        echo "**Apply time by config size** (no traffic; $REPEATS incremental and $REPEATS full applies per size, median / max). \"gauge\": \`remora_config_apply_seconds\` (compile and swap, off the data path); \"seen\": from the rename to the counter's increment as polled (adds the watcher's 50 ms debounce, reading and parsing the file)."
-        echo
-        echo "| services | YAML bytes | first: gauge ms | first: seen ms | incremental: gauge ms | incremental: seen ms | full: gauge ms | full: seen ms | not applied | RSS after MiB | load |"
-        echo "|---|---|---|---|---|---|---|---|---|---|---|"
-        local n
-        for n in ${SIZES//,/ }; do
-            echo "| $n | $(get apply "$n" bytes) | $(dash "$(get apply "$n" gauge_med_base)") | $(dash "$(get apply "$n" seen_med_base)") | $(dash "$(get apply "$n" gauge_med_inc)") / $(dash "$(get apply "$n" gauge_max_inc)") | $(dash "$(get apply "$n" seen_med_inc)") / $(dash "$(get apply "$n" seen_max_inc)") | $(dash "$(get apply "$n" gauge_med_full)") / $(dash "$(get apply "$n" gauge_max_full)") | $(dash "$(get apply "$n" seen_med_full)") / $(dash "$(get apply "$n" seen_max_full)") | $(get apply "$n" not_applied) | $(mib "$(get apply "$n" rss_kb)") | $(get apply "$n" load | cut -d' ' -f1) |"
-        done
+        if [ -n "$SIZES" ]; then
+            echo
+            echo "**Apply time by config size** (no traffic; $REPEATS incremental and $REPEATS full applies per size, median / max). \"gauge\": \`remora_config_apply_seconds\` (compile and swap, off the data path); \"seen\": from the rename to the counter's increment as polled (adds the watcher's 50 ms debounce, reading and parsing the file)."
+            echo
+            echo "| services | YAML bytes | first: gauge ms | first: seen ms | incremental: gauge ms | incremental: seen ms | full: gauge ms | full: seen ms | not applied | RSS after MiB | load |"
+            echo "|---|---|---|---|---|---|---|---|---|---|---|"
+            local n
+            for n in ${SIZES//,/ }; do
+                echo "| $n | $(get apply "$n" bytes) | $(dash "$(get apply "$n" gauge_med_base)") | $(dash "$(get apply "$n" seen_med_base)") | $(dash "$(get apply "$n" gauge_med_inc)") / $(dash "$(get apply "$n" gauge_max_inc)") | $(dash "$(get apply "$n" seen_med_inc)") / $(dash "$(get apply "$n" seen_max_inc)") | $(dash "$(get apply "$n" gauge_med_full)") / $(dash "$(get apply "$n" gauge_max_full)") | $(dash "$(get apply "$n" seen_med_full)") / $(dash "$(get apply "$n" seen_max_full)") | $(get apply "$n" not_applied) | $(mib "$(get apply "$n" rss_kb)") | $(get apply "$n" load | cut -d' ' -f1) |"
+            done
+        fi
         echo
         echo "Proxy health (loaded runs): $(get lat proxy warn_lines) WARN/ERROR lines in the proxy log; RSS at the end $(mib "$(get lat proxy rss_kb)") MiB."
     } >"$md"
