@@ -80,8 +80,9 @@ fi
 WRK_T=1; WRK_C=16
 H2L_C=16; H2L_M=10        # h2load: connections; streams per connection (HTTP/2)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=bench
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"   # log, die, cleanup trap, topology, binaries, remora_up/down
 case "$RATE_MOD" in ''|*[!0-9]*) die "--rate-moderate needs a whole number of req/s" ;; esac
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables): sudo bench/run.sh"
@@ -129,121 +130,13 @@ ensure_tools() {
 ensure_tools
 
 # --------------------------------------------------------------------------
-# Binaries: built once, then copied so a rebuild of the shared target dir
-# mid-run cannot change what is measured.
+# Binaries (built once, then copied), work dirs
 # --------------------------------------------------------------------------
-PROXY_SRC="${REMORA_PROXY:-$ROOT/target/release/remora-proxy}"
-INIT_SRC="${REMORA_INIT:-$ROOT/target/release/remora-init}"
-if [ "$BUILD" = 1 ] && [ -z "${REMORA_PROXY:-}${REMORA_INIT:-}" ]; then
-    BUILD_CMD="cargo build --release -p remora-proxy -p remora-iptables --bins"
-    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-        # Under sudo, build as the invoking user: their toolchain, their target/ ownership.
-        if sudo -u "$SUDO_USER" -H bash -lc 'command -v cargo' >/dev/null 2>&1; then
-            log "building release binaries (as $SUDO_USER)"
-            sudo -u "$SUDO_USER" -H bash -lc "cd '$ROOT' && $BUILD_CMD" >&2 || die "cargo build failed"
-        else
-            log "cargo not found for $SUDO_USER; using existing binaries"
-        fi
-    elif command -v cargo >/dev/null; then
-        log "building release binaries"
-        (cd "$ROOT" && $BUILD_CMD) >&2 || die "cargo build failed"
-    else
-        log "cargo not found; using existing binaries"
-    fi
-fi
-[ -x "$PROXY_SRC" ] || die "no $PROXY_SRC: cargo build --release -p remora-proxy -p remora-iptables --bins"
-[ -x "$INIT_SRC" ] || die "no $INIT_SRC: cargo build --release -p remora-proxy -p remora-iptables --bins"
-
-# --------------------------------------------------------------------------
-# Work dirs, process bookkeeping, cleanup
-# --------------------------------------------------------------------------
+stage_binaries
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-$BENCH/out/$STAMP}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-T="$(mktemp -d /tmp/remora-bench.XXXXXX)"
-chmod 755 "$T"
-mkdir -p "$T/bin" "$T/ngx"
-install -m 755 "$PROXY_SRC" "$T/bin/remora-proxy"
-install -m 755 "$INIT_SRC" "$T/bin/remora-init"
-PROXY_BIN="$T/bin/remora-proxy"
-INIT_BIN="$T/bin/remora-init"
-
-STARTED_PIDS=()           # every long-running process this script started
-NS_CREATED=()
-
-stop_pid() {              # stop_pid PID: TERM, wait up to 5 s, then KILL
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    [ $rc -ne 0 ] && log "failed (exit $rc); cleaning up; logs in $OUT"
-    local pid ns
-    for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
-    for ns in "${NS_CREATED[@]}"; do
-        # Anything still inside a namespace this script created was started by it.
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    rm -rf "$T"
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-in_c() { ip netns exec "$NS_C" "$@"; }
-in_s() { ip netns exec "$NS_S" "$@"; }
-
-start_bg() {              # start_bg LOGFILE CMD...: sets BG_PID
-    "${@:2}" >"$1" 2>&1 &
-    BG_PID=$!
-    STARTED_PIDS+=("$BG_PID")
-}
-
-wait_listen() {           # wait_listen NS PORT [PID]: until PORT listens (10 s) or PID exits
-    local ns="$1" port="$2" pid="${3:-}" n=100
-    while [ $n -gt 0 ]; do
-        [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && return 1
-        [ -n "$(ip netns exec "$ns" ss -Hltn "sport = :$port" 2>/dev/null)" ] && return 0
-        sleep 0.1; n=$((n - 1))
-    done
-    return 1
-}
-
-# --------------------------------------------------------------------------
-# Memory and CPU of a process and its children (nginx: master + worker)
-# --------------------------------------------------------------------------
-tree_pids() { local p; for p in "$@"; do echo "$p"; pgrep -P "$p" || true; done; }
-rss_kb() {
-    local total=0 p v
-    for p in $(tree_pids "$@"); do
-        v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-cpu_ticks() {
-    local total=0 p v
-    for p in $(tree_pids "$@"); do
-        # utime + stime; the comm field may hold spaces, so cut after ')'.
-        v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-CLK_TCK="$(getconf CLK_TCK)"
 
 rss_sampler() {           # rss_sampler OUTFILE PID...: max RSS until killed
     local out="$1" max=0 v; shift
@@ -257,69 +150,10 @@ rss_sampler() {           # rss_sampler OUTFILE PID...: max RSS until killed
 # --------------------------------------------------------------------------
 # Topology
 # --------------------------------------------------------------------------
-setup_topology() {
-    local ns
-    for ns in "$NS_C" "$NS_S"; do
-        if ip netns list | grep -qw "^$ns"; then
-            die "namespace $ns already exists (another bench run, or a killed one: ip netns del $ns)"
-        fi
-    done
-    ip netns add "$NS_C"; NS_CREATED+=("$NS_C")
-    ip netns add "$NS_S"; NS_CREATED+=("$NS_S")
-    ip link add "$VETH_C" netns "$NS_C" type veth peer name "$VETH_S" netns "$NS_S"
-    in_c ip addr add "$IP_C/24" dev "$VETH_C"
-    in_s ip addr add "$IP_S/24" dev "$VETH_S"
-    for ns in "$NS_C" "$NS_S"; do
-        ip netns exec "$ns" ip link set lo up
-        ip netns exec "$ns" sysctl -qw net.core.somaxconn=4096
-        # Ephemeral ports stay clear of every listener here (all below 20000),
-        # so a lingering client socket can never block a proxy's bind.
-        ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="20000 65000"
-        ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=1
-    done
-    in_c ip link set "$VETH_C" up
-    in_s ip link set "$VETH_S" up
-}
-
-nginx_temp_paths() {      # nginx_temp_paths DIR: keeps nginx out of /var/lib/nginx
-    local d="$1" k
-    for k in client_body proxy fastcgi uwsgi scgi; do
-        mkdir -p "$d/$k"; echo "  ${k}_temp_path $d/$k;"
-    done
-}
-
 start_origins() {
     start_bg "$OUT/iperf3-server.log" ip netns exec "$NS_S" iperf3 -s -B "$IP_S" -p "$IPERF_PORT"
-    IPERF_PID=$BG_PID
-    mkdir -p "$T/ngx/origin"
-    cat >"$T/ngx/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $T/ngx/origin/nginx.pid;
-error_log $OUT/nginx-origin.err warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-$(nginx_temp_paths "$T/ngx/origin")
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  server {
-    listen $IP_S:$HTTP_PORT backlog=4096;
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-  # HTTP/2 over cleartext with prior knowledge (h2c), for the HTTP/2 test.
-  server {
-    listen $IP_S:$H2_PORT http2 backlog=4096;
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-}
-EOF
-    start_bg "$OUT/nginx-origin.log" ip netns exec "$NS_S" nginx -e "$OUT/nginx-origin.err" -c "$T/ngx/origin/nginx.conf"
-    wait_listen "$NS_S" "$IPERF_PORT" "$IPERF_PID" || die "iperf3 server did not start"
-    wait_listen "$NS_S" "$HTTP_PORT" "$BG_PID" || die "origin nginx did not start"
-    in_c curl -sf -m 5 "http://$IP_S:$HTTP_PORT/" >/dev/null || die "origin nginx does not answer over the veth link"
-    in_c curl -sf -m 5 --http2-prior-knowledge "http://$IP_S:$H2_PORT/" >/dev/null || die "origin nginx does not answer h2c on :$H2_PORT"
+    wait_listen "$NS_S" "$IPERF_PORT" "$BG_PID" || die "iperf3 server did not start"
+    start_origin_nginx
 }
 
 # --------------------------------------------------------------------------
@@ -337,32 +171,10 @@ none_stop() { :; }
 # proxy as uid 1337, as the sidecar would.
 remora_start() {
     local name="$1"; shift
-    in_c "$INIT_BIN" >>"$OUT/$name-init.log" 2>&1 || die "remora-init failed; see $OUT/$name-init.log"
-    if ! in_c iptables-save -t nat 2>/dev/null | grep -q -- "--to-ports 15001"; then
-        in_c iptables-save -t nat >>"$OUT/$name-init.log" 2>&1 || true
-        die "remora-init ran but installed no outbound redirect (is remora-init finished?); see $OUT/$name-init.log"
-    fi
     CUR_LOG="$OUT/$name-proxy.r$ROUND.log"
-    # shellcheck disable=SC2086
-    start_bg "$CUR_LOG" env RUST_LOG="${RUST_LOG:-info}" ip netns exec "$NS_C" \
-        setpriv --reuid=1337 --regid=1337 --clear-groups -- "$PROXY_BIN" --workers 1 "$@"
-    PROXY_PIDS="$BG_PID"
-    local n=100
-    until in_c curl -sf -o /dev/null http://127.0.0.1:15020/ready; do
-        kill -0 "$BG_PID" 2>/dev/null || die "remora-proxy exited; see $CUR_LOG"
-        n=$((n - 1)); [ $n -gt 0 ] || die "remora-proxy not ready after 10 s; see $CUR_LOG"
-        sleep 0.1
-    done
+    remora_up "$OUT/$name-init.log" "$CUR_LOG" "$@"
 }
-remora_stop() {
-    local name="$1"
-    in_c curl -sf http://127.0.0.1:15020/metrics >"$OUT/$name-metrics.r$ROUND.txt" 2>/dev/null || true
-    stop_pid "$PROXY_PIDS"
-    in_c "$INIT_BIN" --cleanup >>"$OUT/$name-init.log" 2>&1 || die "remora-init --cleanup failed"
-    if in_c iptables-save -t nat 2>/dev/null | grep -q -- "--to-ports 15001"; then
-        die "remora-init --cleanup left the redirect in place"
-    fi
-}
+remora_stop() { remora_down "$OUT/$1-init.log" "$OUT/$1-metrics.r$ROUND.txt"; }
 
 nginx_start() {           # nginx_start NAME stream|http
     local name="$1" mode="$2" d="$T/ngx/$1"
@@ -532,13 +344,6 @@ selected() {
 # --------------------------------------------------------------------------
 RAW="$OUT/raw.tsv"
 : >"$RAW"
-shcmd() {                 # shcmd ARGS...: the command as one would type it
-    local a out=""
-    for a in "$@"; do
-        case "$a" in *[[:space:]]*) out+="\"$a\" " ;; *) out+="$a " ;; esac
-    done
-    printf '%s\n' "${out% }"
-}
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$ROUND" "$2" "$3" >>"$RAW"; }
 
 measure_iperf() {         # measure_iperf SCENARIO HOST:PORT
@@ -630,13 +435,6 @@ pct = lambda p: d[min(len(d) - 1, max(0, int(-(-p * len(d) // 100)) - 1))] / 100
 print("%d %d %.3f %.3f" % (len(d), bad, pct(50), pct(99)))
 EOF
 }
-h2load_summary() {        # h2load_summary OUTPUT: "req/s errors" from h2load's own summary
-    awk '/^finished in/{gsub(/,/,""); rps=$4}
-         /^requests:/{gsub(/,/,""); e+=$10+$12+$14}
-         /^status codes:/{gsub(/,/,""); e+=$5+$7+$9}
-         END{printf "%s %d\n", (rps==""?"NA":rps), e}' "$1"
-}
-
 # Open loop: h2load --rps sends each connection's requests on a timer, at a
 # fixed rate, whether or not earlier responses came back. HTTP/1.1 allows one
 # request in flight per connection, so a request that falls due while its
@@ -772,19 +570,10 @@ report() {
     local d_tcp d_rps d_p50 d_p99 d_close
     d_tcp=$(median direct tcp_gbps); d_rps=$(median direct http_rps)
     d_p50=$(median direct p50_ms); d_p99=$(median direct p99_ms); d_close=$(median direct close_rps)
-    local cpu kernel mem commit dirty
-    cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
-    kernel=$(uname -r)
-    mem=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
-    commit="$COMMIT0"; dirty="$DIRTY0"
-    [ -n "${REMORA_PROXY:-}${REMORA_INIT:-}" ] && dirty+="; binaries given by REMORA_PROXY/REMORA_INIT, not built from this tree"
     {
         echo "### Run $STAMP"
         echo
-        echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-        echo "- machine: $(nproc) CPUs ($cpu), $mem, kernel $kernel"
-        echo "- commit: $commit$dirty; binaries $PROXY_SRC (sha256 $(sha256sum "$PROXY_BIN" | cut -c1-12)), $INIT_SRC"
-        echo "- command: \`$CMDLINE\`"
+        header_lines
         echo "- rounds: $ROUNDS (scenarios interleaved per round; figures are medians); run took $(( $(date +%s) - T0 )) s; load average before the run: $LOAD0"
         echo "- tools: $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(iperf3 -v 2>&1 | head -1 | awk '{print $1, $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v 2>&1 | head -1 | awk '{print $1, $2, $3}')"
         echo "- TCP: \`$(cat "$OUT/direct-iperf.cmd")\` (client ns → server ns; target differs per scenario)"
@@ -889,8 +678,8 @@ report() {
 
     echo
     echo "================ Remora bench: $STAMP ================"
-    printf 'machine: %s CPUs (%s), kernel %s; commit %s%s\n' "$(nproc)" "$cpu" "$kernel" "$commit" "$dirty"
-    printf 'command: %s\n\n' "$CMDLINE"
+    header_lines | sed -n 's/^- \(machine\|commit\|command\): /\1: /p'
+    echo
     for s in "${SCENARIOS[@]}"; do
         IFS='|' read -r sc tcp http fr h2 start stop label <<<"$s"
         selected "$sc" || continue
@@ -924,22 +713,13 @@ report() {
             "$(ratio "$(median "$sc" h2_rps)" "$(median direct h2_rps)")" "$(fmt "$(median "$sc" h2_p99_ms)" 3)"
         echo
     done
-    echo
-    echo "Markdown (for bench/RESULTS.md): $md"
-    echo "Raw per-round figures and logs:  $OUT"
-    echo
-    cat "$md"
+    show_report "$md"
 }
 
 # --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-T0=$(date +%s)
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-COMMIT0=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY0=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^?? bench/' && echo " (working tree has uncommitted changes)" || true)
-log "output: $OUT"
+run_start
 setup_topology
 start_origins
 for ROUND in $(seq 1 "$ROUNDS"); do
