@@ -392,7 +392,10 @@ async fn sweep(pool: Weak<Pool>) {
         }
         None => return,
     };
-    let mut ticker = tokio::time::interval(every);
+    // The first sweep comes a random part of a period from now, so that the
+    // pools of a large config, all made at once, never sweep at once.
+    let first = every.mul_f64(rand::random_range(0.5..1.5));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -29,7 +29,11 @@ use notify::{RecursiveMode, Watcher};
 use remora_api::{MeshConfig, ParseLimits};
 use tracing::{debug, info, warn};
 
-use crate::state::State;
+use crate::state::{Snapshot, State};
+
+/// How often replaced snapshots are looked at, to drop them once no
+/// request holds them.
+const RETIRE_CHECK: Duration = Duration::from_millis(100);
 
 /// Changes closer together than this are read once.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -154,10 +158,43 @@ pub(crate) fn load(path: &Path, state: &State) -> Result<(), SourceError> {
 }
 
 fn apply(path: &Path, state: &State, config: MeshConfig) -> Result<(), SourceError> {
-    state.apply(config).map_err(|source| SourceError::Apply {
-        path: path.to_owned(),
-        source,
-    })
+    apply_retiring(path, state, config).map(drop)
+}
+
+fn apply_retiring(
+    path: &Path,
+    state: &State,
+    config: MeshConfig,
+) -> Result<Arc<Snapshot>, SourceError> {
+    state
+        .apply_retiring(config)
+        .map_err(|source| SourceError::Apply {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Snapshots replaced by a newer config, kept until no request holds them
+/// so that they are dropped here, on the config thread, and not by the last
+/// request to finish on a data-plane thread (a 10,000-service snapshot takes
+/// milliseconds to free).
+#[derive(Debug, Default)]
+struct Retired(Vec<Arc<Snapshot>>);
+
+impl Retired {
+    fn keep(&mut self, snapshot: Arc<Snapshot>) {
+        self.0.push(snapshot);
+        self.collect();
+    }
+
+    /// Drops the snapshots only this list still holds.
+    fn collect(&mut self) {
+        self.0.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Parses on a helper thread and waits at most `timeout` for it. A parse
@@ -272,7 +309,25 @@ fn reload_loop<F>(
 ) where
     F: Fn(&Path, &[u8]) -> Result<MeshConfig, SourceError> + Clone + Send + 'static,
 {
-    while changes.recv().is_ok() {
+    let mut retired = Retired::default();
+    loop {
+        // While old snapshots wait for their last requests, look again now
+        // and then; otherwise sleep until the next change.
+        let next = if retired.is_empty() {
+            changes.recv().map_err(|_| ())
+        } else {
+            match changes.recv_timeout(RETIRE_CHECK) {
+                Ok(()) => Ok(()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    retired.collect();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            }
+        };
+        if next.is_err() {
+            break;
+        }
         // A burst of events (write, chmod, rename) is one change.
         while changes.recv_timeout(DEBOUNCE).is_ok() {}
         let bytes = match read(path, MAX_CONFIG_BYTES) {
@@ -296,9 +351,12 @@ fn reload_loop<F>(
         last = Some(bytes.clone());
         let result = parser
             .parse(path, bytes)
-            .and_then(|config| apply(path, state, config));
+            .and_then(|config| apply_retiring(path, state, config));
         match result {
-            Ok(()) => info!(path = %path.display(), "config file reloaded"),
+            Ok(previous) => {
+                retired.keep(previous);
+                info!(path = %path.display(), "config file reloaded");
+            }
             Err(SourceError::Apply { .. }) => {} // State logged and counted it.
             Err(e) => {
                 warn!(error = %e, "config file rejected; the last good config stays in force");
@@ -367,6 +425,28 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_replaced_snapshot_is_dropped_here_once_no_request_holds_it() {
+        let mut retired = Retired::default();
+        let in_flight = Arc::new(Snapshot::default());
+        retired.keep(in_flight.clone());
+        assert!(!retired.is_empty(), "a request still holds it");
+        let weak = Arc::downgrade(&in_flight);
+        drop(in_flight);
+        assert!(
+            weak.upgrade().is_some(),
+            "the request let go, the list still has it"
+        );
+        retired.collect();
+        assert!(retired.is_empty());
+        assert!(
+            weak.upgrade().is_none(),
+            "dropped by collect, on this thread"
+        );
+        retired.keep(Arc::new(Snapshot::default()));
+        assert!(retired.is_empty(), "nobody else held it: dropped at once");
     }
 
     #[test]

@@ -295,7 +295,16 @@ impl State {
     }
 
     /// Compiles `config` and swaps it in, or rejects it with the reason.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn apply(&self, config: MeshConfig) -> Result<(), StateError> {
+        self.apply_retiring(config).map(drop)
+    }
+
+    /// [`State::apply`], handing back the snapshot it replaced, so that the
+    /// caller (the config thread) can drop it once requests in flight are
+    /// done with it: dropping a large snapshot is work the data plane should
+    /// not do.
+    pub(crate) fn apply_retiring(&self, config: MeshConfig) -> Result<Arc<Snapshot>, StateError> {
         let previous = self.current.load_full();
         let started = std::time::Instant::now();
         self.lock_config_health().applying_since = Some(started);
@@ -315,7 +324,7 @@ impl State {
                 self.metrics.config_applied_in(started.elapsed());
                 self.metrics.config_update(true);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(())
+                Ok(previous)
             }
             Err(e) => {
                 self.reject(e.to_string());
