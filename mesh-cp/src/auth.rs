@@ -91,13 +91,23 @@ struct Stamp {
     inode: u64,
 }
 
+/// Called after each reload attempt with whether it succeeded (for metrics).
+pub type OnReload = Box<dyn Fn(bool) + Send + Sync>;
+
 /// Standalone mode: a YAML (or JSON) file mapping tokens to identities.
-#[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
     trust_domain: String,
     state: Mutex<(Stamp, std::sync::Arc<Table>)>,
-    on_reload: fn(bool),
+    on_reload: OnReload,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenFile {
@@ -106,7 +116,7 @@ impl TokenFile {
     pub fn open(
         path: &Path,
         trust_domain: &str,
-        on_reload: fn(bool),
+        on_reload: OnReload,
     ) -> Result<Self, TokenFileError> {
         let stamp = stamp(path)?;
         let table = load(path, trust_domain)?;
@@ -245,7 +255,7 @@ mod tests {
             "tokens:\n  - token: t-web\n    namespace: default\n    serviceAccount: web\n",
         )
         .unwrap();
-        let file = TokenFile::open(&path, "cluster.local", |_| {}).unwrap();
+        let file = TokenFile::open(&path, "cluster.local", Box::new(|_| {})).unwrap();
         let id = block_on(file.authenticate("t-web")).unwrap();
         assert_eq!(id.uri(), "spiffe://cluster.local/ns/default/sa/web");
         assert!(matches!(
@@ -285,7 +295,7 @@ mod tests {
             ("tokens:\n  - token: a\n    namespace: ns\n    sa: web\n", "not valid"),
         ] {
             std::fs::write(&path, text).unwrap();
-            let err = TokenFile::open(&path, "cluster.local", |_| {}).unwrap_err();
+            let err = TokenFile::open(&path, "cluster.local", Box::new(|_| {})).unwrap_err();
             assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
     }

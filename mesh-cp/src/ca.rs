@@ -121,7 +121,7 @@ pub fn generate_root(
 ) -> Result<RootMaterial, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::KeyGen)?;
     let mut params = ca_params(
-        &format!("remora root {trust_domain} {}", unix_seconds(now)),
+        &format!("remora root {trust_domain} {}", name_tag(now)),
         now,
         lifetime,
         1,
@@ -170,7 +170,7 @@ impl Ca {
 
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::KeyGen)?;
         let mut params = ca_params(
-            &format!("remora intermediate {trust_domain} {}", unix_seconds(now)),
+            &format!("remora intermediate {trust_domain} {}", name_tag(now)),
             now,
             lifetimes.intermediate,
             0,
@@ -364,6 +364,14 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01 << 6; // never leading zero: a fixed 16-byte encoding
     SerialNumber::from_slice(&bytes)
+}
+
+/// Makes each CA's subject unique: the creation time and a random tag. Two
+/// roots with one subject would make a verifier try the wrong key
+/// (BadSignature) instead of reporting an unknown issuer.
+fn name_tag(now: SystemTime) -> String {
+    let tag: [u8; 4] = rand::random();
+    format!("{} {}", unix_seconds(now), hex(&tag))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -150,12 +150,15 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let serving = Arc::new(ServingCert::new(&server_cert, server_key)?);
     let ca = Arc::new(ArcSwap::from_pointee(ca));
 
-    let reload_metrics = metrics.clone();
-    RELOAD_METRICS.get_or_init(|| reload_metrics);
+    let reloads = metrics.token_reloads.clone();
     let auth = Arc::new(TokenFile::open(
         &config.token_file,
         &config.trust_domain,
-        count_reload,
+        Box::new(move |ok| {
+            reloads
+                .with_label_values(&[if ok { "ok" } else { "error" }])
+                .inc()
+        }),
     )?);
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
@@ -209,17 +212,6 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         admin,
         deadline: config.drain_deadline,
     })
-}
-
-/// The token file's reload callback is a plain `fn`; it finds the metrics here.
-static RELOAD_METRICS: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
-
-fn count_reload(ok: bool) {
-    if let Some(m) = RELOAD_METRICS.get() {
-        m.token_reloads
-            .with_label_values(&[if ok { "ok" } else { "error" }])
-            .inc();
-    }
 }
 
 fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {
