@@ -53,6 +53,7 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     drain: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
     ready: watch::Sender<Readiness>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
@@ -110,6 +111,9 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let (ready_tx, ready_rx) = watch::channel(Readiness::Starting);
     let (drain_tx, drain_rx) = watch::channel(false);
+    // The admin server outlives the gRPC drain, so /ready says "draining"
+    // rather than refusing connections while calls finish.
+    let (admin_stop_tx, mut admin_stop) = watch::channel(false);
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
@@ -119,11 +123,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         ready: ready_rx,
     });
-    let mut admin_drain = drain_rx.clone();
     let admin = tokio::spawn(async move {
         axum::serve(admin_listener, router)
             .with_graceful_shutdown(async move {
-                let _ = admin_drain.wait_for(|d| *d).await;
+                let _ = admin_stop.wait_for(|d| *d).await;
             })
             .await
     });
@@ -207,6 +210,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         grpc_addr,
         admin_addr,
         drain: drain_tx,
+        admin_stop: admin_stop_tx,
         ready: ready_tx,
         grpc,
         admin,
@@ -282,16 +286,17 @@ impl Running {
         let _ = self.ready.send(Readiness::Draining);
         let _ = self.drain.send(true);
         let deadline = self.deadline;
-        let both = async {
-            let _ = self.grpc.await;
-            let _ = self.admin.await;
-        };
-        if tokio::time::timeout(deadline, both).await.is_err() {
+        let mut grpc = self.grpc;
+        if tokio::time::timeout(deadline, &mut grpc).await.is_err() {
+            grpc.abort();
             tracing::warn!(
                 ?deadline,
                 "drain deadline passed; closing the remaining connections"
             );
         }
+        let _ = self.admin_stop.send(true);
+        // Admin requests are short; a stuck scrape does not hold the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
     }
 
     /// Runs until `signal` resolves, then shuts down.

@@ -309,8 +309,23 @@ async fn the_binary_starts_ready_and_drains_on_sigterm() {
     }
     assert_eq!(get("/live").await.as_deref(), Some("200"));
     assert_eq!(get("/nope").await.as_deref(), Some("404"));
-    // The gRPC port answers a real TLS handshake.
-    assert!(tokio::net::TcpStream::connect(grpc).await.is_ok());
+    // A client that got a certificate keeps its connection open across the
+    // SIGTERM: the drain must not wait for it to go away on its own.
+    let root = read(&scratch.path("state/root-cert.pem"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = remora_cp::proto::certificates_client::CertificatesClient::new(channel);
+    let issued = issue(&mut c, request(&csr(|_| {}).1, "token-web")).await;
+    assert_eq!(issued.identity, WEB);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -339,4 +354,5 @@ async fn the_binary_starts_ready_and_drains_on_sigterm() {
         tokio::net::TcpStream::connect(admin).await.is_err(),
         "admin port still open"
     );
+    drop(c);
 }
