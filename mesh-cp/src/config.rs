@@ -225,7 +225,7 @@ impl Config {
         in_range(
             "intermediate-lifetime",
             args.intermediate_lifetime,
-            Duration::from_secs(60),
+            Duration::from_secs(20),
             10 * 365 * DAY,
         )?;
         in_range(

@@ -44,8 +44,29 @@ use crate::tls::ServingCert;
 /// The handler's own limits (16 KiB CSR, 8 KiB token) sit well inside it.
 pub const MAX_GRPC_MESSAGE: usize = 64 * 1024;
 
-/// How often the renewal task looks at the intermediate and serving cert.
-const RENEW_CHECK: Duration = Duration::from_secs(30);
+/// The renewal task looks at the intermediate and the serving certificate
+/// this often at most (more often when lifetimes are short).
+const RENEW_CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// How often to look: a tenth of the shortest lifetime, at most 30 s, so a
+/// renewal is never late by more than a small part of a lifetime.
+fn renew_interval(config: &Config) -> Duration {
+    (config.cert_lifetime.min(config.intermediate_lifetime) / 10).min(RENEW_CHECK_MAX)
+}
+
+/// A certificate is due for renewal once half its life is gone, or once
+/// less than `must_fit` (plus two checks of slack) is left: the
+/// intermediate must always outlive the longest leaf it may still sign.
+fn renewal_due(
+    not_after: SystemTime,
+    now: SystemTime,
+    lifetime: Duration,
+    must_fit: Duration,
+    check: Duration,
+) -> bool {
+    let keep = (lifetime / 2).max(must_fit + 2 * check);
+    not_after < now + keep
+}
 
 /// A started control plane.
 #[derive(Debug)]
@@ -228,8 +249,8 @@ fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {
     metrics.intermediate_expiry.set(expiry);
 }
 
-/// Renews the intermediate when half its life is gone, and the serving
-/// certificate likewise; both are swapped in whole.
+/// Renews the intermediate and the serving certificate when `renewal_due`
+/// says so; both are swapped in whole.
 async fn renew(
     config: Arc<Config>,
     inputs: CaInputs,
@@ -239,14 +260,21 @@ async fn renew(
     metrics: Arc<Metrics>,
     mut drain: watch::Receiver<bool>,
 ) {
-    let half = |lifetime: Duration| lifetime / 2;
+    let check = renew_interval(&config);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RENEW_CHECK) => {}
+            _ = tokio::time::sleep(check) => {}
             _ = drain.wait_for(|d| *d) => return,
         }
         let now = SystemTime::now();
-        if ca.load().intermediate_not_after() < now + half(config.intermediate_lifetime) {
+        let intermediate_due = renewal_due(
+            ca.load().intermediate_not_after(),
+            now,
+            config.intermediate_lifetime,
+            config.cert_max_lifetime.max(config.cert_lifetime),
+            check,
+        );
+        if intermediate_due {
             match inputs.build(now) {
                 Ok(fresh) => {
                     publish_ca_metrics(&metrics, &fresh);
@@ -256,7 +284,13 @@ async fn renew(
                 Err(e) => tracing::error!(error = %e, "could not renew the intermediate; retrying"),
             }
         }
-        if serving_not_after < now + half(config.cert_lifetime) {
+        if renewal_due(
+            serving_not_after,
+            now,
+            config.cert_lifetime,
+            Duration::ZERO,
+            check,
+        ) {
             let issued = ca.load().issue_server(
                 &config.identity,
                 &config.dns_names,
@@ -304,5 +338,34 @@ impl Running {
         signal.await;
         tracing::info!("draining");
         self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn renewal_is_due_at_half_life_or_when_a_leaf_would_no_longer_fit() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        // 30 days, leaves up to 48 h, checked every 30 s: at half life.
+        let (life, leaf, check) = (30 * 86_400 * S, 48 * 3600 * S, 30 * S);
+        let not_after = t0 + life;
+        assert!(!renewal_due(
+            not_after,
+            t0 + life / 2 - S,
+            life,
+            leaf,
+            check
+        ));
+        assert!(renewal_due(not_after, t0 + life / 2 + S, life, leaf, check));
+        // 20 s, leaves up to 10 s, checked every 1 s: 12 s before the end,
+        // so a 10 s leaf signed just before the next check still fits.
+        let (life, leaf, check) = (20 * S, 10 * S, S);
+        let not_after = t0 + life;
+        assert!(!renewal_due(not_after, t0 + 7 * S, life, leaf, check));
+        assert!(renewal_due(not_after, t0 + 9 * S, life, leaf, check));
     }
 }

@@ -356,3 +356,72 @@ async fn the_binary_starts_ready_and_drains_on_sigterm() {
     );
     drop(c);
 }
+
+/// Short lifetimes, so the renewals happen within the test: the
+/// intermediate and the serving certificate are replaced while requests go
+/// on, none fails, and every leaf verifies against the (unchanged) bundle.
+#[tokio::test]
+async fn the_intermediate_and_the_serving_certificate_renew_under_requests() {
+    let scratch = Scratch::new();
+    let cp = scratch
+        .start(&[
+            "--cert-lifetime",
+            "10s",
+            "--cert-max-lifetime",
+            "10s",
+            "--intermediate-lifetime",
+            "20s",
+        ])
+        .await
+        .unwrap();
+    let root = read(&scratch.path("state/root-cert.pem"));
+    let serving_serial = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let chain = tls.get_ref().1.peer_certificates().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    let first_serving = serving_serial(
+        &handshake(&cp, &root, &rustls::version::TLS13)
+            .await
+            .unwrap(),
+    );
+    let mut c = client(&cp, &root).await;
+    let roots = bundle(&mut c).await;
+    let (key, csr_pem) = csr(|_| {});
+    let first = issue(&mut c, request(&csr_pem, "token-web")).await;
+    let (_, metrics) = admin_get(&cp, "/metrics").await;
+    let first_expiry = metric(&metrics, "remora_cp_intermediate_expiry_seconds");
+
+    // 12 s at 4 requests a second: past the first renewal of the
+    // intermediate (~8 s), before the second (~16 s).
+    let mut intermediates = std::collections::BTreeSet::new();
+    for _ in 0..48 {
+        let leaf = issue(&mut c, request(&csr_pem, "token-web")).await;
+        verify(&leaf, &roots, &key).unwrap();
+        intermediates.insert(leaf.chain_pem[0].clone());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(intermediates.contains(&first.chain_pem[0]));
+    assert_eq!(
+        intermediates.len(),
+        2,
+        "one renewal of the intermediate in 12 s"
+    );
+    assert_eq!(bundle(&mut c).await, roots);
+    let (_, metrics) = admin_get(&cp, "/metrics").await;
+    let expiry = metric(&metrics, "remora_cp_intermediate_expiry_seconds");
+    assert!(
+        (8..=12).contains(&(expiry - first_expiry)),
+        "{first_expiry} -> {expiry}"
+    );
+    assert_eq!(metric(&metrics, "remora_cp_certificates_issued_total"), 49);
+
+    // A fresh handshake gets a renewed serving certificate, and it verifies.
+    let renewed = serving_serial(
+        &handshake(&cp, &root, &rustls::version::TLS13)
+            .await
+            .unwrap(),
+    );
+    assert_ne!(renewed, first_serving);
+    cp.shutdown().await;
+}
