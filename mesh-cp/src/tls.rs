@@ -20,10 +20,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::ca::Issued;
 
 /// A handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many handshakes run at once; more connections wait in the
-/// kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
+/// kernel's backlog. Proxies finish a handshake in milliseconds, so this is
+/// only reached by connections that stall on purpose.
+const MAX_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

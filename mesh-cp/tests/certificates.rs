@@ -259,3 +259,41 @@ async fn the_grpc_port_speaks_tls13_only_and_survives_junk() {
     assert_eq!(issued.identity, WEB);
     cp.shutdown().await;
 }
+
+/// Connections that never start a handshake do not keep an honest proxy
+/// from its certificate, and are closed at the handshake timeout.
+#[tokio::test]
+async fn silent_connections_do_not_starve_the_service() {
+    use tokio::io::AsyncReadExt;
+    let (_scratch, cp, root, _) = started().await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(cp.grpc_addr).await.unwrap());
+    }
+    let opened = std::time::Instant::now();
+    let honest = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut c = client(&cp, &root).await;
+        issue(&mut c, request(&csr(|_| {}).1, "token-web")).await
+    })
+    .await
+    .expect("an honest client waited behind 300 silent connections");
+    assert_eq!(honest.identity, WEB);
+
+    // Each silent connection is closed by the server (EOF), not before the
+    // timeout and not long after it.
+    let mut buf = [0u8; 1];
+    for conn in &mut silent {
+        let n = tokio::time::timeout(Duration::from_secs(8), conn.read(&mut buf))
+            .await
+            .expect("a silent connection stayed open past the handshake timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}, want about {:?}",
+        remora_cp::tls::HANDSHAKE_TIMEOUT
+    );
+    cp.shutdown().await;
+}
