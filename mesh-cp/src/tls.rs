@@ -113,6 +113,11 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // gRPC calls are small writes answered at once: without NODELAY,
+        // Nagle and delayed ACKs add ~40 ms to every call.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         tokio::spawn(async move {

@@ -297,3 +297,19 @@ async fn silent_connections_do_not_starve_the_service() {
     );
     cp.shutdown().await;
 }
+
+/// A proxy's calls on one connection are not held back by Nagle and
+/// delayed ACKs (which cost ~40 ms per call before TCP_NODELAY).
+#[tokio::test]
+async fn sequential_calls_on_one_connection_are_not_delayed() {
+    let (_scratch, cp, _, mut client) = started().await;
+    let (_, csr_pem) = csr(|_| {});
+    issue(&mut client, request(&csr_pem, "token-web")).await;
+    let started_at = std::time::Instant::now();
+    for _ in 0..20 {
+        issue(&mut client, request(&csr_pem, "token-web")).await;
+    }
+    let took = started_at.elapsed();
+    assert!(took < Duration::from_millis(400), "20 calls took {took:?}");
+    cp.shutdown().await;
+}
