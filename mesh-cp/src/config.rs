@@ -1,0 +1,356 @@
+//! Startup settings: parsed once from flags and environment, checked, and
+//! frozen in an `Arc<Config>`. Dynamic state (the CA, tokens) is not here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ca::MIN_LEAF_LIFETIME;
+use crate::identity::{Identity, IdentityError};
+
+/// Environment variables, one per flag; the names live here only.
+pub mod env {
+    pub const GRPC_ADDR: &str = "REMORA_CP_GRPC_ADDR";
+    pub const ADMIN_ADDR: &str = "REMORA_CP_ADMIN_ADDR";
+    pub const TRUST_DOMAIN: &str = "REMORA_CP_TRUST_DOMAIN";
+    pub const STATE_DIR: &str = "REMORA_CP_STATE_DIR";
+    pub const ROOT_CERT: &str = "REMORA_CP_ROOT_CERT";
+    pub const ROOT_KEY: &str = "REMORA_CP_ROOT_KEY";
+    pub const EXTRA_TRUST_ROOTS: &str = "REMORA_CP_EXTRA_TRUST_ROOTS";
+    pub const TOKEN_FILE: &str = "REMORA_CP_TOKEN_FILE";
+    pub const CERT_LIFETIME: &str = "REMORA_CP_CERT_LIFETIME";
+    pub const CERT_MAX_LIFETIME: &str = "REMORA_CP_CERT_MAX_LIFETIME";
+    pub const INTERMEDIATE_LIFETIME: &str = "REMORA_CP_INTERMEDIATE_LIFETIME";
+    pub const ROOT_LIFETIME: &str = "REMORA_CP_ROOT_LIFETIME";
+    pub const NAMESPACE: &str = "REMORA_CP_NAMESPACE";
+    pub const SERVICE_ACCOUNT: &str = "REMORA_CP_SERVICE_ACCOUNT";
+    pub const DNS_NAMES: &str = "REMORA_CP_DNS_NAMES";
+    pub const DRAIN_DEADLINE: &str = "REMORA_CP_DRAIN_DEADLINE";
+    pub const LOG_FORMAT: &str = "REMORA_CP_LOG_FORMAT";
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "remora-cp",
+    version,
+    about = "Remora's control plane: the mesh CA and certificate service"
+)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, which is what runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (the default).
+    Serve(Box<ServeArgs>),
+    /// Root management for rotation (see docs/identity.md).
+    #[command(subcommand)]
+    Root(RootCommand),
+    // `crds` (print the CRD YAML) arrives with the control-plane sources.
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Generate a new root into a directory (root-cert.pem, root-key.pem);
+    /// refuses to overwrite an existing root.
+    Generate {
+        /// Directory to write into; created 0700 if missing.
+        #[arg(long)]
+        out_dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long the root lives.
+        #[arg(long, default_value = "3650d", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The gRPC (TLS) listener: certificate service; discovery later.
+    #[arg(long, env = env::GRPC_ADDR, default_value = "0.0.0.0:15012")]
+    pub grpc_addr: SocketAddr,
+    /// The admin listener: /live, /ready, /metrics (plain HTTP).
+    #[arg(long, env = env::ADMIN_ADDR, default_value = "0.0.0.0:15014")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, env = env::TRUST_DOMAIN, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Where a generated root is persisted (root-cert.pem, root-key.pem).
+    #[arg(long, env = env::STATE_DIR, default_value = "/var/lib/remora-cp")]
+    pub state_dir: PathBuf,
+    /// A supplied signing root (PEM certificate); needs --root-key. When set,
+    /// the state directory is not used for the root.
+    #[arg(long, env = env::ROOT_CERT, requires = "root_key")]
+    pub root_cert: Option<PathBuf>,
+    /// The supplied root's private key (PKCS#8 PEM).
+    #[arg(long, env = env::ROOT_KEY, requires = "root_cert")]
+    pub root_key: Option<PathBuf>,
+    /// Another root to serve in the trust bundle (rotation); repeatable.
+    #[arg(long = "extra-trust-root", env = env::EXTRA_TRUST_ROOTS, value_delimiter = ',')]
+    pub extra_trust_roots: Vec<PathBuf>,
+    /// Standalone mode: the file mapping tokens to identities.
+    /// (Required: the Kubernetes TokenReview mode comes later.)
+    #[arg(long, env = env::TOKEN_FILE)]
+    pub token_file: Option<PathBuf>,
+    /// Lifetime of a leaf whose request names none.
+    #[arg(long, env = env::CERT_LIFETIME, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Duration,
+    /// The longest leaf lifetime a request may ask for.
+    #[arg(long, env = env::CERT_MAX_LIFETIME, default_value = "48h", value_parser = humantime::parse_duration)]
+    pub cert_max_lifetime: Duration,
+    /// Lifetime of the intermediate made at each start.
+    #[arg(long, env = env::INTERMEDIATE_LIFETIME, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub intermediate_lifetime: Duration,
+    /// Lifetime of a root generated on first start.
+    #[arg(long, env = env::ROOT_LIFETIME, default_value = "3650d", value_parser = humantime::parse_duration)]
+    pub root_lifetime: Duration,
+    /// The control plane's own namespace (for its serving identity).
+    #[arg(long, env = env::NAMESPACE, default_value = "remora-system")]
+    pub namespace: String,
+    /// The control plane's own service account (for its serving identity).
+    #[arg(long, env = env::SERVICE_ACCOUNT, default_value = "remora-cp")]
+    pub service_account: String,
+    /// DNS names in the serving certificate; default remora-cp,
+    /// remora-cp.<ns>, remora-cp.<ns>.svc.
+    #[arg(long = "dns-name", env = env::DNS_NAMES, value_delimiter = ',')]
+    pub dns_names: Vec<String>,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = env::DRAIN_DEADLINE, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Duration,
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} {value:?} is outside {min:?}..={max:?}")]
+    Range {
+        flag: &'static str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("--cert-lifetime ({0:?}) is longer than --cert-max-lifetime ({1:?})")]
+    DefaultOverMax(Duration, Duration),
+    #[error("--intermediate-lifetime ({0:?}) must be at least twice --cert-max-lifetime ({1:?}), so a leaf always fits")]
+    IntermediateTooShort(Duration, Duration),
+    #[error("--root-lifetime ({0:?}) must be longer than --intermediate-lifetime ({1:?})")]
+    RootTooShort(Duration, Duration),
+    #[error("--dns-name {0:?} is not a DNS name")]
+    DnsName(String),
+    #[error("--token-file is required: standalone mode is the only way to check tokens for now")]
+    NoTokenFile,
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Where the signing root comes from.
+#[derive(Debug, Clone)]
+pub enum RootSource {
+    /// Generated into, then read from, this state directory.
+    StateDir(PathBuf),
+    /// Supplied by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// The frozen startup settings of `serve`.
+#[derive(Debug)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub trust_domain: String,
+    pub root: RootSource,
+    pub extra_trust_roots: Vec<PathBuf>,
+    pub token_file: PathBuf,
+    pub cert_lifetime: Duration,
+    pub cert_max_lifetime: Duration,
+    pub intermediate_lifetime: Duration,
+    pub root_lifetime: Duration,
+    /// The identity in the serving certificate.
+    pub identity: Identity,
+    pub dns_names: Vec<String>,
+    pub drain_deadline: Duration,
+    pub log_format: LogFormat,
+}
+
+fn in_range(
+    flag: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Range {
+            flag,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Arc<Self>, ConfigError> {
+        let token_file = args.token_file.ok_or(ConfigError::NoTokenFile)?;
+        let identity = Identity::new(&args.trust_domain, &args.namespace, &args.service_account)?;
+        in_range(
+            "cert-lifetime",
+            args.cert_lifetime,
+            MIN_LEAF_LIFETIME,
+            365 * DAY,
+        )?;
+        in_range(
+            "cert-max-lifetime",
+            args.cert_max_lifetime,
+            MIN_LEAF_LIFETIME,
+            365 * DAY,
+        )?;
+        in_range(
+            "intermediate-lifetime",
+            args.intermediate_lifetime,
+            Duration::from_secs(20),
+            10 * 365 * DAY,
+        )?;
+        in_range(
+            "root-lifetime",
+            args.root_lifetime,
+            Duration::from_secs(3600),
+            100 * 365 * DAY,
+        )?;
+        in_range(
+            "drain-deadline",
+            args.drain_deadline,
+            Duration::ZERO,
+            Duration::from_secs(600),
+        )?;
+        if args.cert_lifetime > args.cert_max_lifetime {
+            return Err(ConfigError::DefaultOverMax(
+                args.cert_lifetime,
+                args.cert_max_lifetime,
+            ));
+        }
+        if args.intermediate_lifetime < 2 * args.cert_max_lifetime {
+            return Err(ConfigError::IntermediateTooShort(
+                args.intermediate_lifetime,
+                args.cert_max_lifetime,
+            ));
+        }
+        if args.root_lifetime <= args.intermediate_lifetime {
+            return Err(ConfigError::RootTooShort(
+                args.root_lifetime,
+                args.intermediate_lifetime,
+            ));
+        }
+        let dns_names = if args.dns_names.is_empty() {
+            let ns = &args.namespace;
+            vec![
+                "remora-cp".to_owned(),
+                format!("remora-cp.{ns}"),
+                format!("remora-cp.{ns}.svc"),
+            ]
+        } else {
+            args.dns_names
+        };
+        for name in &dns_names {
+            if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() {
+                return Err(ConfigError::DnsName(name.clone()));
+            }
+        }
+        let root = match (args.root_cert, args.root_key) {
+            (Some(cert), Some(key)) => RootSource::Files { cert, key },
+            _ => RootSource::StateDir(args.state_dir),
+        };
+        Ok(Arc::new(Self {
+            grpc_addr: args.grpc_addr,
+            admin_addr: args.admin_addr,
+            trust_domain: args.trust_domain,
+            root,
+            extra_trust_roots: args.extra_trust_roots,
+            token_file,
+            cert_lifetime: args.cert_lifetime,
+            cert_max_lifetime: args.cert_max_lifetime,
+            intermediate_lifetime: args.intermediate_lifetime,
+            root_lifetime: args.root_lifetime,
+            identity,
+            dns_names,
+            drain_deadline: args.drain_deadline,
+            log_format: args.log_format,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Arc<Config>, ConfigError> {
+        let mut argv = vec!["remora-cp", "--token-file", "/t"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        Config::from_args(cli.serve)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.grpc_addr.port(), 15012);
+        assert_eq!(c.admin_addr.port(), 15014);
+        assert_eq!(c.cert_lifetime, DAY);
+        assert_eq!(
+            c.identity.uri(),
+            "spiffe://cluster.local/ns/remora-system/sa/remora-cp"
+        );
+        assert_eq!(c.dns_names[2], "remora-cp.remora-system.svc");
+    }
+
+    #[test]
+    fn ranges_name_the_flag() {
+        let err = parse(&["--cert-lifetime", "5s"]).unwrap_err();
+        assert!(err.to_string().starts_with("--cert-lifetime"), "{err}");
+        let err = parse(&["--cert-lifetime", "72h"]).unwrap_err();
+        assert!(matches!(err, ConfigError::DefaultOverMax(..)), "{err}");
+        let err = parse(&["--intermediate-lifetime", "1d"]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::IntermediateTooShort(..)),
+            "{err}"
+        );
+        let err = parse(&["--trust-domain", "Bad"]).unwrap_err();
+        assert!(matches!(err, ConfigError::Identity(_)), "{err}");
+        let err = parse(&["--dns-name", "bad name"]).unwrap_err();
+        assert!(matches!(err, ConfigError::DnsName(_)), "{err}");
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from([
+            "remora-cp",
+            "serve",
+            "--token-file",
+            "/t",
+            "--cert-lifetime",
+            "1h",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.cert_lifetime, Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,371 @@
+//! remora-cp: the control plane. Today it is the mesh CA and its
+//! certificate service (gRPC over TLS on 15012) with an admin server
+//! (/live, /ready, /metrics on 15014). Sources, translation and discovery
+//! (issue 9) will be added beside these modules and served on the same port.
+//!
+//! This file is the wiring: it loads the root, builds the CA, binds the
+//! listeners, renews what expires, and drains on shutdown.
+
+pub mod admin;
+pub mod auth;
+pub mod ca;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod service;
+pub mod tls;
+
+/// The generated certificate service (api/proto/remora/identity/v1).
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("remora.identity.v1");
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{AdminState, Readiness};
+use crate::auth::TokenFile;
+use crate::ca::store::{self, RootOrigin};
+use crate::ca::{Ca, Lifetimes, RootMaterial};
+use crate::config::{Config, RootSource};
+use crate::metrics::Metrics;
+use crate::tls::ServingCert;
+
+/// gRPC messages larger than this are refused by tonic before decoding.
+/// The handler's own limits (16 KiB CSR, 8 KiB token) sit well inside it.
+pub const MAX_GRPC_MESSAGE: usize = 64 * 1024;
+
+/// The renewal task looks at the intermediate and the serving certificate
+/// this often at most (more often when lifetimes are short).
+const RENEW_CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// How often to look: a tenth of the shortest lifetime, at most 30 s, so a
+/// renewal is never late by more than a small part of a lifetime.
+fn renew_interval(config: &Config) -> Duration {
+    (config.cert_lifetime.min(config.intermediate_lifetime) / 10).min(RENEW_CHECK_MAX)
+}
+
+/// A certificate is due for renewal once half its life is gone, or once
+/// less than `must_fit` (plus two checks of slack) is left: the
+/// intermediate must always outlive the longest leaf it may still sign.
+fn renewal_due(
+    not_after: SystemTime,
+    now: SystemTime,
+    lifetime: Duration,
+    must_fit: Duration,
+    check: Duration,
+) -> bool {
+    let keep = (lifetime / 2).max(must_fit + 2 * check);
+    not_after < now + keep
+}
+
+/// A started control plane.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    drain: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    ready: watch::Sender<Readiness>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    deadline: Duration,
+}
+
+/// Everything the CA is built from, kept to rebuild it with a new intermediate.
+#[derive(Debug)]
+struct CaInputs {
+    trust_domain: String,
+    root: RootMaterial,
+    extra_roots: Vec<(String, String)>,
+    lifetimes: Lifetimes,
+}
+
+impl CaInputs {
+    fn build(&self, now: SystemTime) -> anyhow::Result<Ca> {
+        Ok(Ca::new(
+            &self.trust_domain,
+            &self.root,
+            &self.extra_roots,
+            self.lifetimes,
+            now,
+        )?)
+    }
+}
+
+fn load_root(config: &Config, now: SystemTime) -> anyhow::Result<RootMaterial> {
+    let (root, origin) = match &config.root {
+        RootSource::StateDir(dir) => {
+            store::load_or_generate(dir, &config.trust_domain, config.root_lifetime, now)?
+        }
+        RootSource::Files { cert, key } => (
+            RootMaterial {
+                cert_pem: store::read_pem(cert)?,
+                key_pem: store::read_pem(key)?,
+            },
+            RootOrigin::Supplied,
+        ),
+    };
+    tracing::info!(?origin, source = ?config.root, "signing root loaded");
+    Ok(root)
+}
+
+fn read_extra_roots(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    paths
+        .iter()
+        .map(|p| Ok((p.display().to_string(), store::read_pem(p)?)))
+        .collect()
+}
+
+/// Starts the control plane; returns once both listeners are bound and it
+/// is ready.
+pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Starting);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    // The admin server outlives the gRPC drain, so /ready says "draining"
+    // rather than refusing connections while calls finish.
+    let (admin_stop_tx, mut admin_stop) = watch::channel(false);
+
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let router = admin::router(AdminState {
+        metrics: metrics.clone(),
+        ready: ready_rx,
+    });
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|d| *d).await;
+            })
+            .await
+    });
+
+    let now = SystemTime::now();
+    let inputs = CaInputs {
+        trust_domain: config.trust_domain.clone(),
+        root: load_root(&config, now)?,
+        extra_roots: read_extra_roots(&config.extra_trust_roots)?,
+        lifetimes: Lifetimes {
+            leaf_default: config.cert_lifetime,
+            leaf_max: config.cert_max_lifetime,
+            intermediate: config.intermediate_lifetime,
+        },
+    };
+    let ca = inputs.build(now)?;
+    publish_ca_metrics(&metrics, &ca);
+    let (server_cert, server_key) = ca.issue_server(
+        &config.identity,
+        &config.dns_names,
+        config.cert_lifetime,
+        now,
+    )?;
+    let serving = Arc::new(ServingCert::new(&server_cert, server_key)?);
+    let ca = Arc::new(ArcSwap::from_pointee(ca));
+
+    let reloads = metrics.token_reloads.clone();
+    let auth = Arc::new(TokenFile::open(
+        &config.token_file,
+        &config.trust_domain,
+        Box::new(move |ok| {
+            reloads
+                .with_label_values(&[if ok { "ok" } else { "error" }])
+                .inc()
+        }),
+    )?);
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC listener on {}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    tokio::spawn(tls::accept_loop(
+        grpc_listener,
+        tls::server_config(serving.clone())?,
+        conn_tx,
+        drain_rx.clone(),
+    ));
+    let service = proto::certificates_server::CertificatesServer::new(
+        service::CertificateService::new(ca.clone(), auth, metrics.clone()),
+    )
+    .max_decoding_message_size(MAX_GRPC_MESSAGE)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let mut grpc_drain = drain_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(10))
+            .concurrency_limit_per_connection(64)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+                async move {
+                    let _ = grpc_drain.wait_for(|d| *d).await;
+                },
+            ),
+    );
+
+    tokio::spawn(renew(
+        config.clone(),
+        inputs,
+        ca,
+        serving,
+        server_cert.not_after,
+        metrics,
+        drain_rx,
+    ));
+
+    let _ = ready_tx.send(Readiness::Ready);
+    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp ready");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        drain: drain_tx,
+        admin_stop: admin_stop_tx,
+        ready: ready_tx,
+        grpc,
+        admin,
+        deadline: config.drain_deadline,
+    })
+}
+
+fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {
+    metrics.trust_roots.set(ca.trust_bundle().len() as i64);
+    let expiry = ca
+        .intermediate_not_after()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    metrics.intermediate_expiry.set(expiry);
+}
+
+/// Renews the intermediate and the serving certificate when `renewal_due`
+/// says so; both are swapped in whole.
+async fn renew(
+    config: Arc<Config>,
+    inputs: CaInputs,
+    ca: Arc<ArcSwap<Ca>>,
+    serving: Arc<ServingCert>,
+    mut serving_not_after: SystemTime,
+    metrics: Arc<Metrics>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let check = renew_interval(&config);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = drain.wait_for(|d| *d) => return,
+        }
+        let now = SystemTime::now();
+        let intermediate_due = renewal_due(
+            ca.load().intermediate_not_after(),
+            now,
+            config.intermediate_lifetime,
+            config.cert_max_lifetime.max(config.cert_lifetime),
+            check,
+        );
+        if intermediate_due {
+            match inputs.build(now) {
+                Ok(fresh) => {
+                    publish_ca_metrics(&metrics, &fresh);
+                    ca.store(Arc::new(fresh));
+                    tracing::info!("intermediate renewed");
+                }
+                Err(e) => tracing::error!(error = %e, "could not renew the intermediate; retrying"),
+            }
+        }
+        if renewal_due(
+            serving_not_after,
+            now,
+            config.cert_lifetime,
+            Duration::ZERO,
+            check,
+        ) {
+            let issued = ca.load().issue_server(
+                &config.identity,
+                &config.dns_names,
+                config.cert_lifetime,
+                now,
+            );
+            match issued.map_err(anyhow::Error::from).and_then(|(cert, key)| {
+                serving.replace(&cert, key)?;
+                Ok(cert.not_after)
+            }) {
+                Ok(not_after) => {
+                    serving_not_after = not_after;
+                    tracing::info!("serving certificate renewed");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not renew the serving certificate; retrying")
+                }
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight calls finish until the drain
+    /// deadline, then returns; whatever is left is dropped.
+    pub async fn shutdown(self) {
+        let _ = self.ready.send(Readiness::Draining);
+        let _ = self.drain.send(true);
+        let deadline = self.deadline;
+        let mut grpc = self.grpc;
+        if tokio::time::timeout(deadline, &mut grpc).await.is_err() {
+            grpc.abort();
+            tracing::warn!(
+                ?deadline,
+                "drain deadline passed; closing the remaining connections"
+            );
+        }
+        let _ = self.admin_stop.send(true);
+        // Admin requests are short; a stuck scrape does not hold the exit.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("draining");
+        self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn renewal_is_due_at_half_life_or_when_a_leaf_would_no_longer_fit() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        // 30 days, leaves up to 48 h, checked every 30 s: at half life.
+        let (life, leaf, check) = (30 * 86_400 * S, 48 * 3600 * S, 30 * S);
+        let not_after = t0 + life;
+        assert!(!renewal_due(
+            not_after,
+            t0 + life / 2 - S,
+            life,
+            leaf,
+            check
+        ));
+        assert!(renewal_due(not_after, t0 + life / 2 + S, life, leaf, check));
+        // 20 s, leaves up to 10 s, checked every 1 s: 12 s before the end,
+        // so a 10 s leaf signed just before the next check still fits.
+        let (life, leaf, check) = (20 * S, 10 * S, S);
+        let not_after = t0 + life;
+        assert!(!renewal_due(not_after, t0 + 7 * S, life, leaf, check));
+        assert!(renewal_due(not_after, t0 + 9 * S, life, leaf, check));
+    }
+}

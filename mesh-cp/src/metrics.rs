@@ -1,0 +1,74 @@
+//! The control plane's Prometheus metrics, in one registry served on /metrics.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Leaves signed.
+    pub issued: IntCounter,
+    /// Requests refused, by reason (see docs/identity.md).
+    pub refused: IntCounterVec,
+    /// Token file reloads, by result (ok, error).
+    pub token_reloads: IntCounterVec,
+    /// Roots in the trust bundle.
+    pub trust_roots: IntGauge,
+    /// The signing intermediate's notAfter, Unix seconds.
+    pub intermediate_expiry: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let issued = IntCounter::new(
+            "remora_cp_certificates_issued_total",
+            "Workload certificates signed.",
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_certificates_refused_total",
+                "Certificate requests refused, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let token_reloads = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_token_file_reloads_total",
+                "Token file reloads after a change, by result.",
+            ),
+            &["result"],
+        )?;
+        let trust_roots = IntGauge::new(
+            "remora_cp_trust_bundle_roots",
+            "Roots in the served trust bundle.",
+        )?;
+        let intermediate_expiry = IntGauge::new(
+            "remora_cp_intermediate_expiry_seconds",
+            "notAfter of the signing intermediate, as Unix seconds.",
+        )?;
+        registry.register(Box::new(issued.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(token_reloads.clone()))?;
+        registry.register(Box::new(trust_roots.clone()))?;
+        registry.register(Box::new(intermediate_expiry.clone()))?;
+        Ok(Self {
+            registry,
+            issued,
+            refused,
+            token_reloads,
+            trust_roots,
+            intermediate_expiry,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
