@@ -199,13 +199,15 @@ impl HttpProxy {
         let (result, labels) = match admit::admit(&mut req, settings) {
             Ok(()) => {
                 let timeout = settings.request_body_idle_timeout;
-                let (body, stall) =
-                    idle_body::watch(std::mem::replace(req.body_mut(), empty()), timeout);
-                *req.body_mut() = body;
+                let (parts, body) = req.into_parts();
+                let (body, stall) = idle_body::watch(body, timeout);
+                let req = Request::from_parts(parts, body);
+                // The request is admitted, routed and sent on one snapshot.
+                let snapshot = snapshot.clone();
                 let dispatch = async {
                     match conn.direction {
-                        Direction::Outbound => self.outbound(conn, req).await,
-                        Direction::Inbound => self.inbound(conn, req).await,
+                        Direction::Outbound => self.outbound(conn, req, snapshot).await,
+                        Direction::Inbound => self.inbound(conn, req, snapshot).await,
                     }
                 };
                 match stall {

@@ -9,15 +9,18 @@ use http::{Request, Response, Version};
 use super::{
     authority_of, forward, headers, Body, ConnInfo, HttpProxy, Peer, ProxyError, Upstream,
 };
+use std::sync::Arc;
+
 use crate::metrics::RequestLabels;
+use crate::state::Snapshot;
 
 impl HttpProxy {
     pub(super) async fn inbound(
         &self,
         conn: &ConnInfo,
         mut req: Request<Body>,
+        snapshot: Arc<Snapshot>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
-        let snapshot = self.state.load();
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());

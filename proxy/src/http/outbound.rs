@@ -28,8 +28,8 @@ impl HttpProxy {
         &self,
         conn: &ConnInfo,
         req: Request<Body>,
+        snapshot: Arc<Snapshot>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
-        let snapshot = self.state.load();
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         let port = snapshot.service_for(conn.orig_dst, &authority).cloned();
         let mut labels = RequestLabels {
