@@ -511,14 +511,24 @@ backends:
         );
 
         // A rejected update shows up; the version in force stays.
-        let bad = MeshConfig::from_yaml("version: v8\ninbound: {mode: strict}\n").unwrap();
+        // (Valid as parsed, then broken in code: a regex that only the
+        // proxy's compile step sees.)
+        let mut bad = MeshConfig::from_yaml(
+            "version: v8\nbackends: {b: {endpoints: [{address: '10.0.0.2:80'}]}}\noutbound: {services: [{name: s, addresses: [10.0.0.1], ports: [{port: 80, routes: [{matches: [{path: {type: RegularExpression, value: /a}}], backendRefs: [{name: b}]}]}]}]}\n",
+        )
+        .unwrap();
+        bad.outbound.services[0].ports[0].routes[0].matches[0]
+            .path
+            .as_mut()
+            .unwrap()
+            .value = "(".into();
         assert!(admin.state.state.apply(bad).is_err());
         let summary = get_json(&admin, "/config_dump").await;
         assert_eq!(summary["version"], "v7");
         assert!(
-            summary["lastError"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("inbound.mode:")),
+            summary["lastError"].as_str().is_some_and(|e| e.starts_with(
+                "outbound.services[0].ports[0].routes[0].matches[0].path.value: regex"
+            )),
             "{summary}"
         );
     }

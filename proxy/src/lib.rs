@@ -18,6 +18,7 @@
 //! fuzz/.
 
 mod admin;
+mod authz;
 mod balance;
 mod body;
 pub mod config;
@@ -27,6 +28,7 @@ mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod http;
+mod identity;
 mod io;
 mod limits;
 mod listener;
