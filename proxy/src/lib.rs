@@ -13,7 +13,8 @@
 //! the pure cores the flows call: `route`, `balance`, `resilience`; and
 //! `state` (the dynamic config snapshot), `source` (the config file),
 //! `body`, `error`, `direction`, `config` (startup settings), `net`, `io`,
-//! `limits`, `metrics`, `drain`, `admin` (port 15020). `fuzzing` (only
+//! `limits`, `metrics`, `drain`, `admin` (port 15020), and `identity`
+//! (the workload certificate and trust bundle, from remora-cp). `fuzzing` (only
 //! under `--cfg fuzzing`) holds the entry points of the fuzz targets in
 //! fuzz/.
 
@@ -27,6 +28,7 @@ mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod http;
+mod identity;
 mod io;
 mod limits;
 mod listener;
@@ -87,6 +89,13 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
     let drain = Drain::new().with_tcp_idle_timeout(config.tcp_idle_timeout);
     let (ready_tx, ready_rx) = watch::channel(false);
     let state = Arc::new(State::new(config.clone(), metrics.clone()));
+    // Without --ca-addr there is no identity, and nothing changes.
+    let identity = match &config.identity {
+        Some(identity) => {
+            Some(identity::spawn(identity, &metrics).context("starting the certificate client")?)
+        }
+        None => None,
+    };
 
     let admin = std::net::TcpListener::bind(config.admin_addr).with_context(|| {
         format!(
@@ -101,6 +110,7 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
             drain: drain.clone(),
             ready: ready_rx,
             state: state.clone(),
+            identity,
         },
     )?;
 
