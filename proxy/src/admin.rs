@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use crate::config::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::drain::Drain;
+use crate::identity::IdentityState;
 use crate::metrics::Metrics;
 use crate::state::State;
 use dump::{DumpQuery, FullDump};
@@ -44,6 +45,9 @@ pub(crate) struct AdminState {
     /// first config is in force).
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) state: Arc<State>,
+    /// The certificate client's state, with `--ca-addr`: no certificate
+    /// means not ready.
+    pub(crate) identity: Option<watch::Receiver<Arc<IdentityState>>>,
 }
 
 /// An admin response: a small body, or a full config dump streamed.
@@ -124,10 +128,18 @@ impl Admin {
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("not ready: {problem}\n"),
                     )
-                } else if *state.ready.borrow() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                } else if !*state.ready.borrow() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                } else {
+                    let identity = state.identity.as_ref().map(|rx| rx.borrow().readiness());
+                    match identity {
+                        Some(Err(detail)) => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {detail}\n"),
+                        ),
+                        Some(Ok(Some(note))) => text(StatusCode::OK, format!("ready\n{note}\n")),
+                        Some(Ok(None)) | None => text(StatusCode::OK, "ready\n"),
+                    }
                 }
             }
             (&Method::GET, "/metrics") => with_type(
@@ -156,7 +168,12 @@ impl Admin {
         let snapshot = self.state.state.load();
         let (kind, name, answer) = match &query {
             DumpQuery::Summary => {
-                let summary = dump::summary(&snapshot, self.state.state.last_error());
+                let mut summary = dump::summary(&snapshot, self.state.state.last_error());
+                summary.identity = self
+                    .state
+                    .identity
+                    .as_ref()
+                    .map(|rx| dump::identity(&rx.borrow()));
                 return json(serde_json::to_vec_pretty(&summary));
             }
             DumpQuery::Full => {
@@ -258,6 +275,7 @@ mod tests {
             drain: Drain::new(),
             ready: rx,
             state: Arc::new(State::new(startup, metrics)),
+            identity: None,
         };
         (Admin::new(state), tx)
     }

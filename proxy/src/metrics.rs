@@ -424,6 +424,11 @@ impl Metrics {
         }
     }
 
+    /// For metrics that live with their module (`identity`).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The registry in the Prometheus text format.
     pub(crate) fn render(&self) -> String {
         TextEncoder::new()

@@ -226,7 +226,17 @@ struct ConfigHealth {
 pub(crate) const APPLY_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl State {
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn new(startup: Arc<Config>, metrics: Metrics) -> Self {
+        Self::with_connector(startup, metrics, Arc::new(Connector::plaintext()))
+    }
+
+    /// A state whose upstream dials all go through `connector`.
+    pub(crate) fn with_connector(
+        startup: Arc<Config>,
+        metrics: Metrics,
+        connector: Arc<Connector>,
+    ) -> Self {
         State {
             current: ArcSwap::from_pointee(Snapshot::default()),
             last_error: Mutex::new(None),
@@ -234,7 +244,7 @@ impl State {
             startup,
             health: Mutex::default(),
             config_health: Mutex::default(),
-            connector: Arc::new(Connector::plaintext()),
+            connector,
         }
     }
 

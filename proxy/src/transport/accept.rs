@@ -58,10 +58,6 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn plaintext() -> Self {
-        Acceptor::default()
-    }
-
     /// An acceptor that terminates mesh mTLS on inbound connections.
     pub(crate) fn mesh(tls: Option<Arc<MeshTls>>, metrics: Metrics) -> Self {
         Acceptor {

@@ -81,6 +81,7 @@ pub(crate) struct Connector {
 
 impl Connector {
     /// A connector that dials plaintext TCP only.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn plaintext() -> Self {
         Connector::default()
     }
