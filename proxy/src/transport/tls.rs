@@ -376,3 +376,287 @@ pub(crate) fn peer_identity(
     }
     Ok(Identity::new(uri))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::identity::{CaStatus, Credentials};
+    use crate::metrics::Metrics;
+    use crate::transport::{Acceptor, ConnectError, Connector, Dial, Terminated};
+
+    /// A root that signs workload leaves, as remora-cp does.
+    pub(crate) struct TestCa {
+        root: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl TestCa {
+        pub(crate) fn new() -> TestCa {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                format!("test root {}", rand::random::<u32>()),
+            );
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let root = params.self_signed(&key).unwrap();
+            TestCa { root, key }
+        }
+
+        /// The identity state of a workload holding `id`, trusting `trust`.
+        pub(crate) fn workload(&self, id: &str, trust: &[&TestCa]) -> Arc<IdentityState> {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let issuer = rcgen::Issuer::from_ca_cert_der(self.root.der(), &self.key).unwrap();
+            let leaf = params.signed_by(&key, &issuer).unwrap();
+            let provider = rustls::crypto::ring::default_provider();
+            let signing = provider
+                .key_provider
+                .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    key.serialize_der(),
+                )))
+                .unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in trust {
+                roots.add(ca.root.der().clone()).unwrap();
+            }
+            Arc::new(IdentityState {
+                credentials: Some(Arc::new(Credentials {
+                    identity: Identity::new(id),
+                    certified_key: Arc::new(CertifiedKey::new(vec![leaf.der().clone()], signing)),
+                    serial_hex: "01".into(),
+                    not_after: SystemTime::now() + Duration::from_secs(3600),
+                })),
+                roots: Arc::new(roots),
+                root_fingerprints: Arc::from(Vec::new()),
+                trust_domain: Arc::from("cluster.local"),
+                ca: CaStatus::Ok,
+            })
+        }
+    }
+
+    const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+    const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+
+    /// A server on loopback that terminates one connection with `state`.
+    async fn server(
+        state: Arc<IdentityState>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Terminated>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::mesh(Some(Arc::new(MeshTls::new(state).unwrap())), Metrics::new());
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 3];
+            stream.peek(&mut first).await.unwrap();
+            acceptor
+                .terminate(stream, bytes::Bytes::new(), Duration::from_secs(5))
+                .await
+        });
+        (addr, task)
+    }
+
+    fn dial(addr: SocketAddr, identity: &str, inner: Inner) -> Dial {
+        Dial {
+            addr,
+            source: None,
+            timeout: Duration::from_secs(5),
+            identity: Some(Identity::new(identity)),
+            inner,
+        }
+    }
+
+    use std::net::SocketAddr;
+
+    #[tokio::test]
+    async fn both_sides_prove_their_identity_and_agree_on_the_inner_protocol() {
+        let ca = TestCa::new();
+        let (addr, server) = server(ca.workload(B, &[&ca])).await;
+        let connector = Connector::mesh(
+            Some(Arc::new(MeshTls::new(ca.workload(A, &[&ca])).unwrap())),
+            Metrics::new(),
+        );
+        let mut conn = connector
+            .connect(&dial(addr, B, Inner::H2))
+            .await
+            .expect("mTLS to B");
+        assert_eq!(conn.peer_identity().map(Identity::as_str), Some(B));
+        conn.write_all(b"hello").await.unwrap();
+        match server.await.unwrap() {
+            Terminated::Mesh {
+                mut io,
+                identity,
+                inner,
+            } => {
+                assert_eq!((identity.as_str(), inner), (A, Inner::H2));
+                let mut buf = [0u8; 5];
+                io.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"hello");
+            }
+            other => panic!("expected a mesh connection, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_with_another_identity_fails_the_dial_and_is_counted() {
+        let ca = TestCa::new();
+        let (addr, _server) = server(ca.workload(A, &[&ca])).await;
+        let metrics = Metrics::new();
+        let connector = Connector::mesh(
+            Some(Arc::new(MeshTls::new(ca.workload(A, &[&ca])).unwrap())),
+            metrics.clone(),
+        );
+        let err = connector
+            .connect(&dial(addr, B, Inner::Tcp))
+            .await
+            .expect_err("A is not B");
+        assert!(
+            matches!(err, ConnectError::IdentityMismatch { .. }),
+            "{err}"
+        );
+        assert!(err.is_identity_mismatch());
+        assert_eq!(
+            err.to_string(),
+            format!("the endpoint proved identity {A}, not the expected {B}")
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"remora_tls_handshakes_total{direction="outbound",result="identity_mismatch"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chain_from_another_root_is_refused() {
+        let (ours, theirs) = (TestCa::new(), TestCa::new());
+        let (addr, server) = server(theirs.workload(B, &[&theirs, &ours])).await;
+        let connector = Connector::mesh(
+            Some(Arc::new(MeshTls::new(ours.workload(A, &[&ours])).unwrap())),
+            Metrics::new(),
+        );
+        let err = connector
+            .connect(&dial(addr, B, Inner::H2))
+            .await
+            .expect_err("untrusted");
+        assert!(matches!(err, ConnectError::Handshake(_)), "{err}");
+        assert!(!err.is_identity_mismatch());
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_trust_bundle_with_both_roots_accepts_both_during_a_rotation() {
+        let (old, new) = (TestCa::new(), TestCa::new());
+        let (addr, server) = server(new.workload(B, &[&old, &new])).await;
+        let connector = Connector::mesh(
+            Some(Arc::new(
+                MeshTls::new(old.workload(A, &[&old, &new])).unwrap(),
+            )),
+            Metrics::new(),
+        );
+        connector
+            .connect(&dial(addr, B, Inner::H2))
+            .await
+            .expect("old and new roots both trusted");
+        assert!(matches!(server.await.unwrap(), Terminated::Mesh { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_never_presented() {
+        let ca = TestCa::new();
+        let state = ca.workload(A, &[&ca]);
+        let mut expired = (*state).clone();
+        let creds = state.credentials.as_ref().unwrap();
+        expired.credentials = Some(Arc::new(Credentials {
+            identity: creds.identity.clone(),
+            certified_key: creds.certified_key.clone(),
+            serial_hex: creds.serial_hex.clone(),
+            not_after: SystemTime::now() - Duration::from_secs(1),
+        }));
+        let tls = MeshTls::new(Arc::new(expired)).unwrap();
+        assert!(!tls.has_certificate());
+        let connector = Connector::mesh(Some(Arc::new(tls)), Metrics::new());
+        let err = connector
+            .connect(&dial("127.0.0.1:9".parse().unwrap(), B, Inner::H2))
+            .await
+            .expect_err("no certificate to present");
+        assert!(matches!(err, ConnectError::NoCertificate { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_apps_own_tls_is_handed_back_byte_for_byte() {
+        let ca = TestCa::new();
+        let (addr, server) = server(ca.workload(B, &[&ca])).await;
+        // An ordinary TLS client (ALPN h2), not the mesh.
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from("app.example").unwrap(),
+        )
+        .unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&hello).await.unwrap();
+        match server.await.unwrap() {
+            Terminated::NotMesh { prefix, .. } => assert_eq!(&prefix[..], &hello[..]),
+            other => panic!("expected the app's TLS back, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_that_starts_like_tls_is_handed_back_not_fatal() {
+        let ca = TestCa::new();
+        let (addr, server) = server(ca.workload(B, &[&ca])).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let garbage = b"\x16\x03\x01\x00\x05hello-not-a-handshake";
+        stream.write_all(garbage).await.unwrap();
+        match server.await.unwrap() {
+            Terminated::NotMesh { prefix, .. } => assert_eq!(&prefix[..], &garbage[..]),
+            other => panic!("expected the bytes back, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_peer_identity_is_the_one_spiffe_uri() {
+        let ca = TestCa::new();
+        let state = ca.workload(A, &[&ca]);
+        let chain = state
+            .credentials
+            .as_ref()
+            .unwrap()
+            .certified_key
+            .cert
+            .clone();
+        assert_eq!(peer_identity(Some(&chain)).unwrap().as_str(), A);
+        assert_eq!(peer_identity(None), Err(PeerIdentityError::NoCertificate));
+        assert!(matches!(
+            peer_identity(Some(&[CertificateDer::from(vec![1, 2, 3])])),
+            Err(PeerIdentityError::Unparsable(_))
+        ));
+    }
+}
