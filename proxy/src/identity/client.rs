@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
@@ -185,47 +185,39 @@ impl CaClient {
     pub(crate) async fn request(&self) -> Result<Issued, RequestError> {
         let token = self.token()?;
         let tls = self.connect().await?;
-        let stream = Arc::new(Mutex::new(Some(TokioIo::new(tls))));
-        // The connector hands over the one connection made above; tonic
-        // never gets a second (a failure is the next attempt's business).
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let stream = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
-            async move {
-                stream.ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection already used")
-                })
-            }
-        });
-        // The authority names the CA; the connector ignores the URI.
-        let uri = format!("http://{}", self.config.ca_server_name);
-        let channel = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| self.unreachable(e))?
-            .timeout(CALL_TIMEOUT)
-            .connect_with_connector(connector)
+        // One HTTP/2 connection for the two calls; it closes when `send`
+        // and the client are dropped at the end of this request.
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, tonic::body::Body>(TokioIo::new(tls))
             .await
             .map_err(|e| self.unreachable(e))?;
-        let mut client = CertificatesClient::new(channel)
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "the connection to the CA ended");
+            }
+        });
+        // The origin names the CA for `:authority`; the connection is made.
+        let origin = http::Uri::try_from(format!("https://{}", self.config.ca_server_name))
+            .map_err(|e| self.unreachable(e))?;
+        let mut client = CertificatesClient::with_origin(Http2(send), origin)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
 
-        let answer = client
-            .trust_bundle(TrustBundleRequest {})
-            .await
-            .map_err(|s| self.status(s))?
-            .into_inner();
+        let answer = self
+            .call(client.trust_bundle(TrustBundleRequest {}))
+            .await?;
         let bundle = material::bundle(&answer.trust_domain, &answer.roots_pem)?;
         *self.bundle_roots.lock().unwrap_or_else(|p| p.into_inner()) = bundle.ders.clone();
 
         let mine = material::key_and_csr()?;
-        let answer = client
-            .create_certificate(CreateCertificateRequest {
+        let answer = self
+            .call(client.create_certificate(CreateCertificateRequest {
                 csr_pem: mine.csr_pem.clone(),
                 token,
                 lifetime_seconds: self.config.cert_lifetime.map_or(0, |d| d.as_secs()),
-            })
-            .await
-            .map_err(|s| self.status(s))?
-            .into_inner();
+            }))
+            .await?;
         let credentials = material::credentials(
             &mine.key,
             &answer.leaf_pem,
@@ -238,6 +230,21 @@ impl CaClient {
             bundle,
             credentials,
         })
+    }
+
+    /// One call, bounded by [`CALL_TIMEOUT`].
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RequestError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.status(status)),
+            Err(_) => Err(self.unreachable(format!(
+                "no answer within {}",
+                humantime::format_duration(CALL_TIMEOUT)
+            ))),
+        }
     }
 
     /// A gRPC status as the CA meant it: refusals are its answer; a status
@@ -253,5 +260,30 @@ impl CaClient {
                 message: status.message().to_owned(),
             },
         }
+    }
+}
+
+/// A hyper HTTP/2 connection as the tower service tonic's client calls:
+/// all the gRPC client needs, without tonic's `Channel` (balancing,
+/// buffering, reconnecting), which one request a renewal does not use.
+#[derive(Debug, Clone)]
+struct Http2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
     }
 }
