@@ -379,6 +379,25 @@ mod tests {
         );
     }
 
+    /// The authorization example in docs/config.md parses, and says what
+    /// the page says it does.
+    #[test]
+    fn the_documented_authorization_parses() {
+        let section = &DOCS[DOCS.find("### Authorization").expect("the section")..];
+        let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &section[start..start + section[start..].find("```").expect("its end")];
+        let config = MeshConfig::from_yaml(&format!("version: doc\n{block}"))
+            .unwrap_or_else(|e| panic!("docs/config.md's authorization example: {e}"));
+        let authz = &config.inbound.authorization;
+        assert_eq!(authz.default_action, crate::AuthzAction::Deny);
+        assert_eq!(authz.policies.len(), 2);
+        assert_eq!(
+            authz.policies[0].rules[0].identities,
+            ["spiffe://cluster.local/ns/shop/*"]
+        );
+        assert_eq!(authz.policies[1].action, crate::AuthzAction::Deny);
+    }
+
     #[test]
     fn minimal_config_is_tiny_and_gets_defaults() {
         let config = MeshConfig::from_yaml("version: v1").unwrap();

@@ -270,39 +270,41 @@ async fn an_invalid_file_is_rejected_and_the_last_good_config_stays() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "b"));
 }
 
-/// `inbound.mode: strict` promises mTLS the proxy cannot enforce yet, so a
-/// proxy refuses to start on it, saying why.
+/// An authorization policy with no rule would match nothing (or, read the
+/// other way, everything): a proxy refuses to start on it, naming the field.
 #[tokio::test]
-async fn a_proxy_refuses_to_start_on_a_strict_inbound_config() {
-    let net = TestNet::new("reload_strict_start");
+async fn a_proxy_refuses_to_start_on_an_authorization_policy_without_rules() {
+    let net = TestNet::new("reload_authz_start");
     let pod = net.pod("a");
-    let file = ConfigFile::new("reload_strict_start");
-    file.write_json(
-        &serde_json::json!({ "version": "strict-v1", "inbound": { "mode": "strict" } }),
-    );
+    let file = ConfigFile::new("reload_authz_start");
+    file.write_json(&serde_json::json!({
+        "version": "authz-v1",
+        "inbound": { "authorization": { "policies": [{ "name": "p", "action": "allow", "rules": [] }] } }
+    }));
     let mut proxy = pod.spawn_proxy(&file.proxy_args());
     let status = proxy.wait_exit(WAIT).await.unwrap_or_else(|| {
         panic!(
-            "the proxy is still running on a strict config; its log:\n{}",
+            "the proxy is still running on a policy without rules; its log:\n{}",
             proxy.log()
         )
     });
     let log = proxy.log();
     assert!(
         !status.success(),
-        "the proxy exited with {status} on a strict config; its log:\n{log}"
+        "the proxy exited with {status} on an invalid config; its log:\n{log}"
     );
     assert!(
-        log.contains("inbound.mode") && log.contains("mTLS"),
-        "the proxy's error must name inbound.mode and mTLS; its log:\n{log}"
+        log.contains("inbound.authorization.policies[0].rules"),
+        "the proxy's error must name the field; its log:\n{log}"
     );
 }
 
-/// Reloading a running proxy to `inbound.mode: strict` is rejected like any
-/// invalid config: the previous one stays in force.
+/// Reloading a running proxy to an authorization policy with a malformed
+/// identity pattern is rejected like any invalid config: the previous one
+/// stays in force.
 #[tokio::test]
-async fn a_reload_to_strict_inbound_is_rejected_and_the_last_good_config_stays() {
-    let t = Standalone::start("reload_strict", &["a", "b", "c1"], |apps| {
+async fn a_reload_to_a_malformed_authorization_is_rejected_and_the_last_good_config_stays() {
+    let t = Standalone::start("reload_authz", &["a", "b", "c1"], |apps| {
         config("v1", apps, "a", &["c1"])
     })
     .await;
@@ -310,13 +312,16 @@ async fn a_reload_to_strict_inbound_is_rejected_and_the_last_good_config_stays()
     assert_eq!(client.get("/flip").await.expect("GET /flip").body, "a");
 
     // Applied, this would also send /flip to b.
-    let mut strict = serde_json::to_value(config("v2", &t.apps, "b", &["c1"])).unwrap();
-    strict["inbound"] = serde_json::json!({ "mode": "strict" });
+    let mut bad = serde_json::to_value(config("v2", &t.apps, "b", &["c1"])).unwrap();
+    bad["inbound"] = serde_json::json!({ "authorization": { "policies": [{
+        "name": "p", "action": "deny",
+        "rules": [{ "identities": ["spiffe://cluster.local/ns/*/sa/x"] }]
+    }] } });
     let before = t.proxy.metrics().await;
-    t.file.write_json(&strict);
+    t.file.write_json(&bad);
     let after = t
         .proxy
-        .wait_metrics("the strict config rejected", |m| {
+        .wait_metrics("the malformed config rejected", |m| {
             m.since(&before, CONFIG_UPDATES, &[("result", "rejected")]) >= 1.0
         })
         .await;
@@ -334,8 +339,8 @@ async fn a_reload_to_strict_inbound_is_rejected_and_the_last_good_config_stays()
     assert_eq!(dump.version, "v1", "the last good version stays");
     let error = dump.last_error.unwrap_or_default();
     assert!(
-        error.contains("inbound.mode"),
-        "lastError must name inbound.mode; got {error:?}"
+        error.contains("inbound.authorization.policies[0].rules[0].identities[0]"),
+        "lastError must name the field; got {error:?}"
     );
     for _ in 0..5 {
         let reply = client.get("/flip").await.expect("GET /flip");

@@ -57,6 +57,13 @@ impl HttpProxy {
                 return (Err(ProxyError::new(ErrorKind::Forbidden, why)), labels);
             }
         }
+        tracing::debug!(
+            client_id = conn.peer_identity.as_ref().map_or("", |id| id.as_str()),
+            peer = %conn.peer,
+            method = %req.method(),
+            path = req.uri().path(),
+            "inbound request"
+        );
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());

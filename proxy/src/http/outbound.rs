@@ -193,7 +193,7 @@ impl HttpProxy {
         let mut first = Some(parts);
         let deadline = timeouts.request.map(|d| Instant::now() + d);
         let mut attempt: u32 = 0;
-        let mut wrong_peers = Vec::new();
+        let mut avoid = Vec::new();
         loop {
             let body = match (&replay, once.take()) {
                 (Some(replay), _) => replay.attempt(),
@@ -207,13 +207,7 @@ impl HttpProxy {
             };
             let method = req.method().clone();
             let result = self
-                .attempt(
-                    target,
-                    req,
-                    timeouts.backend_request,
-                    deadline,
-                    &mut wrong_peers,
-                )
+                .attempt(target, req, timeouts.backend_request, deadline, &mut avoid)
                 .await;
 
             // A downstream failure is not retried: the client is gone.
@@ -254,29 +248,41 @@ impl HttpProxy {
         req: Request<Body>,
         per_try: Option<Duration>,
         deadline: Option<Instant>,
-        wrong_peers: &mut Vec<std::net::SocketAddr>,
+        avoid: &mut Vec<std::net::SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = target.backend;
-        // An endpoint that proved the wrong identity is not tried again
-        // for this request.
+        // An endpoint this request already found wrong is not tried again.
         let mut picked = None;
-        for _ in 0..4 {
+        for _ in 0..2 {
             match backend.balancer.pick(target.hash) {
-                Some(endpoint) if wrong_peers.contains(&endpoint.address()) => continue,
+                Some(endpoint) if avoid.contains(&endpoint.address()) => continue,
                 other => {
                     picked = other;
                     break;
                 }
             }
         }
+        if picked.is_none() && !avoid.is_empty() {
+            // The balancer keeps preferring what failed (a refusing
+            // endpoint answers fast): take any other, from a random start.
+            let endpoints = backend.balancer.endpoints();
+            let start = rand::random_range(0..endpoints.len().max(1));
+            picked = endpoints
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(endpoints.len())
+                .find(|e| !avoid.contains(&e.address()))
+                .cloned();
+        }
         let Some(endpoint) = picked else {
-            let why = if wrong_peers.is_empty() {
+            let why = if avoid.is_empty() {
                 format!("backend {} has no endpoints", backend.name)
             } else {
                 format!(
-                    "backend {}: no endpoint left to try after {} proved the wrong identity",
+                    "backend {}: no endpoint left to try after {} refused or proved the wrong identity",
                     backend.name,
-                    wrong_peers.len()
+                    avoid.len()
                 )
             };
             return Err(ProxyError::new(ErrorKind::NoEndpoints, why));
@@ -317,8 +323,14 @@ impl HttpProxy {
             Some(outcome) => guard.finish(outcome),
             None => drop(guard),
         }
-        if result.as_ref().is_err_and(ProxyError::is_wrong_peer) {
-            wrong_peers.push(endpoint.address());
+        // Neither an endpoint that proved the wrong identity nor one whose
+        // sidecar refused the stream (its app is down) gets this request
+        // again: a retry goes elsewhere.
+        if result
+            .as_ref()
+            .is_err_and(|e| e.is_wrong_peer() || e.kind == ErrorKind::Refused)
+        {
+            avoid.push(endpoint.address());
         }
         result
     }
