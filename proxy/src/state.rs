@@ -69,6 +69,10 @@ pub(crate) struct BackendState {
     pub(crate) pool: Arc<Pool>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) budget: Arc<RetryBudget>,
+    /// Some endpoint is meshed (has an identity): a stream its sidecar
+    /// refuses may be retried on another endpoint even without a retry
+    /// policy.
+    pub(crate) meshed: bool,
 }
 
 /// A backend's running active health checks.
@@ -508,6 +512,7 @@ impl State {
             pool,
             breaker,
             budget,
+            meshed: config.endpoints.iter().any(|e| e.identity.is_some()),
         })
     }
 }

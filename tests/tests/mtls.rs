@@ -568,7 +568,8 @@ async fn a_post_to_a_pod_whose_app_died_is_retried_on_the_other_pod_exactly_once
     );
     let (pb1, _f1) = m.sidecar(&b1, B, &server).await;
     let (_pb2, _f2) = m.sidecar(&b2, B, &server).await;
-    let config = client_config("c1", &[b1.addr4(APP_PORT), b2.addr4(APP_PORT)], B_ID, true);
+    // No retry policy on the route: a refused stream is retried anyway.
+    let config = client_config("c1", &[b1.addr4(APP_PORT), b2.addr4(APP_PORT)], B_ID, false);
     let (pa, _fa) = m.sidecar(&a, A, &config).await;
     dead.stop().await;
 

@@ -134,7 +134,9 @@ impl HttpProxy {
         };
         // A retry or a mirror needs the body again: it streams to the first
         // attempt at once while a bounded copy is kept.
-        let body = if route.retry().is_some() || !mirrors.is_empty() {
+        // A meshed backend may refuse a stream its app never saw, which is
+        // retried elsewhere: it needs the body again too.
+        let body = if route.retry().is_some() || !mirrors.is_empty() || backend.meshed {
             let replay = Replay::new(body, MAX_REPLAY_BODY);
             if !mirrors.is_empty() && !replay.exceeds_cap() {
                 let template = Arc::new(Template::of(&parts));
@@ -189,7 +191,7 @@ impl HttpProxy {
             Outgoing::Once(body) => (None, Some(body)),
         };
         // Only a request that may be retried needs its head again.
-        let template = retry.map(|_| Template::of(&parts));
+        let template = (retry.is_some() || backend.meshed).then(|| Template::of(&parts));
         let mut first = Some(parts);
         let deadline = timeouts.request.map(|d| Instant::now() + d);
         let mut attempt: u32 = 0;
@@ -226,7 +228,14 @@ impl HttpProxy {
                         && is_retryable(&method, outcome, grpc_status(&result), policy, body_kind)
                         && deadline.is_none_or(|d| Instant::now() < d)
                 }
-                None => false,
+                // Without a policy, a stream the peer's sidecar refused (not
+                // processed: RFC 9113 8.7) still goes once to another
+                // endpoint, whatever its method.
+                None => {
+                    attempt == 0
+                        && result.as_ref().is_err_and(|e| e.kind == ErrorKind::Refused)
+                        && body_kind != RequestBody::Streamed
+                }
             };
             if !may_retry || !backend.budget.try_withdraw() {
                 return result;
