@@ -30,12 +30,34 @@ pub struct TokenEntry<'a> {
     pub service_account: &'a str,
 }
 
+/// The identities the mTLS tests give their pods.
+pub const CLIENT: TokenEntry<'static> = TokenEntry {
+    token: "token-client",
+    namespace: "default",
+    service_account: "client",
+};
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+pub const SERVER: TokenEntry<'static> = TokenEntry {
+    token: "token-server",
+    namespace: "default",
+    service_account: "server",
+};
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
+pub const INTRUDER: TokenEntry<'static> = TokenEntry {
+    token: "token-intruder",
+    namespace: "other",
+    service_account: "intruder",
+};
+pub const INTRUDER_ID: &str = "spiffe://cluster.local/ns/other/sa/intruder";
+
 /// A running (or stopped) `remora-cp` in a pod.
 #[derive(Debug)]
 pub struct ControlPlane {
     pod: Pod,
     dir: PathBuf,
     args: Vec<String>,
+    /// How many of `args` are the fixed ones (the rest are the test's).
+    fixed_args: usize,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -85,8 +107,10 @@ impl Pod {
             args.push(flag.to_owned());
             args.push(dir.join(file).display().to_string());
         }
+        let fixed_args = args.len();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cp = ControlPlane {
+            fixed_args,
             pod: self.clone(),
             log: dir.join("remora-cp.log"),
             dir,
@@ -174,6 +198,35 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The flags a proxy in `pod` needs to get `token`'s identity from this
+    /// CA (the token is written where uid 1337 can read it).
+    pub fn proxy_identity_args(&self, pod: &Pod, token: &str) -> Vec<String> {
+        let token_path = self.scratch(&format!("token-{}", pod.name()));
+        write_readable(&token_path, token);
+        vec![
+            "--ca-addr".into(),
+            self.ca_addr(),
+            "--ca-roots".into(),
+            self.roots_path().display().to_string(),
+            "--identity-token-file".into(),
+            token_path.display().to_string(),
+        ]
+    }
+
+    /// The state directory (where a generated root lives).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Stops the process and starts it again with `extra` in place of the
+    /// test's earlier flags (a rollout with new flags), same state directory.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.args.truncate(self.fixed_args);
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.start().await;
     }
 
     /// Kills the process (the CA is gone at once, as in a node failure).

@@ -28,7 +28,10 @@ pub mod ws;
 pub use admin::HttpResponse;
 pub use apps::{assert_closed_without_data, echo, exchange, round_trip, App};
 pub use binaries::bin_dir;
-pub use control_plane::{write_readable, ControlPlane, TokenEntry, CA_PORT};
+pub use control_plane::{
+    write_readable, ControlPlane, TokenEntry, CA_PORT, CLIENT, CLIENT_ID, INTRUDER, INTRUDER_ID,
+    SERVER, SERVER_ID,
+};
 pub use grpc_apps::GrpcApp;
 pub use iptables::Family;
 pub use metrics::{Metrics, Sample, INBOUND, OUTBOUND};

@@ -22,28 +22,11 @@ use remora_e2e::mesh_config::{
     backend, mesh, route, service, wait_version, ConfigFile, VIP, VIP_PORT,
 };
 use remora_e2e::{
-    assert_closed_without_data, exchange, write_readable, ControlPlane, Metrics, Pod, ProxyHandle,
-    TestNet, TokenEntry,
+    assert_closed_without_data, exchange, ControlPlane, Metrics, Pod, ProxyHandle, TestNet,
+    TokenEntry, CLIENT as A, CLIENT_ID as A_ID, INTRUDER as C, INTRUDER_ID as C_ID, SERVER as B,
+    SERVER_ID as B_ID,
 };
 
-const A: TokenEntry<'static> = TokenEntry {
-    token: "token-a",
-    namespace: "default",
-    service_account: "client",
-};
-const B: TokenEntry<'static> = TokenEntry {
-    token: "token-b",
-    namespace: "default",
-    service_account: "server",
-};
-const C: TokenEntry<'static> = TokenEntry {
-    token: "token-c",
-    namespace: "other",
-    service_account: "intruder",
-};
-const A_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
-const B_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
-const C_ID: &str = "spiffe://cluster.local/ns/other/sa/intruder";
 const APP_PORT: u16 = 8080;
 const HANDSHAKES: &str = "remora_tls_handshakes_total";
 const INBOUND_CONNECTIONS: &str = "remora_inbound_connections_total";
@@ -72,21 +55,8 @@ impl Mesh {
     ) -> (ProxyHandle, ConfigFile) {
         let file = ConfigFile::new(&format!("{}-{}", pod.name(), config.version));
         file.write(config);
-        let token_path = self.cp.scratch(&format!("token-{}", pod.name()));
-        write_readable(&token_path, token.token);
-        let (ca, roots) = (
-            self.cp.ca_addr(),
-            self.cp.roots_path().display().to_string(),
-        );
-        let token_path = token_path.display().to_string();
-        let mut args = vec![
-            "--ca-addr",
-            &ca,
-            "--ca-roots",
-            &roots,
-            "--identity-token-file",
-            &token_path,
-        ];
+        let identity = self.cp.proxy_identity_args(pod, token.token);
+        let mut args: Vec<&str> = identity.iter().map(String::as_str).collect();
         args.extend_from_slice(&file.proxy_args());
         let proxy = pod.mesh_with(&[], &args).await;
         wait_version(&proxy, &config.version).await;
