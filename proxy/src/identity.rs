@@ -53,7 +53,6 @@ pub(crate) struct IdentityState {
     /// certificate and after expiry.
     pub(crate) credentials: Option<Arc<Credentials>>,
     /// The roots peers must chain to (rustls type), never empty once fetched.
-    #[allow(dead_code)] // read by the TLS layer (transport/)
     pub(crate) roots: Arc<rustls::RootCertStore>,
     /// SHA-256 fingerprints (hex) of the roots, for /config_dump.
     pub(crate) root_fingerprints: Arc<[String]>,
@@ -67,7 +66,6 @@ pub(crate) struct Credentials {
     /// The SPIFFE ID the CA gave us.
     pub(crate) identity: crate::transport::Identity,
     /// Leaf + intermediates, and the signing key.
-    #[allow(dead_code)] // read by the TLS layer (transport/)
     pub(crate) certified_key: Arc<rustls::sign::CertifiedKey>,
     pub(crate) serial_hex: String,
     pub(crate) not_after: SystemTime,

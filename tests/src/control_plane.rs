@@ -55,9 +55,11 @@ pub const INTRUDER_ID: &str = "spiffe://cluster.local/ns/other/sa/intruder";
 pub struct ControlPlane {
     pod: Pod,
     dir: PathBuf,
+    /// Flags every start gets (not the state directory).
     args: Vec<String>,
-    /// How many of `args` are the fixed ones (the rest are the test's).
-    fixed_args: usize,
+    state_dir: PathBuf,
+    /// Flags of this test, replaced by [`ControlPlane::set_flags`].
+    extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -103,23 +105,20 @@ impl Pod {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for (flag, file) in [("--token-file", "tokens.yaml"), ("--state-dir", "state")] {
-            args.push(flag.to_owned());
-            args.push(dir.join(file).display().to_string());
-        }
-        let fixed_args = args.len();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--token-file".to_owned());
+        args.push(dir.join("tokens.yaml").display().to_string());
         let mut cp = ControlPlane {
-            fixed_args,
             pod: self.clone(),
             log: dir.join("remora-cp.log"),
+            state_dir: dir.join("state"),
             dir,
             args,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         cp.start().await;
         // The proxies' --ca-roots: the root, where uid 1337 can read it.
-        let root = std::fs::read_to_string(cp.dir.join("state/root-cert.pem"))
+        let root = std::fs::read_to_string(cp.state_dir.join("root-cert.pem"))
             .expect("remora-cp wrote its root");
         write_readable(&cp.roots_path(), &root);
         cp
@@ -147,6 +146,61 @@ impl ControlPlane {
         self.dir.join(name)
     }
 
+    /// The state directory the next start uses (the signing root).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Signs with the root in `dir` from the next start on.
+    pub fn set_state_dir(&mut self, dir: &Path) {
+        self.state_dir = dir.to_owned();
+    }
+
+    /// Replaces the test's own flags from the next start on.
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// `remora-cp root generate` into the scratch directory `name`; returns
+    /// that directory (usable as a state directory).
+    pub fn generate_root(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        let out = Command::new(bin_path("remora-cp"))
+            .args(["root", "generate", "--out-dir"])
+            .arg(&dir)
+            .output()
+            .expect("run remora-cp root generate");
+        assert!(
+            out.status.success(),
+            "remora-cp root generate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    }
+
+    /// The flags a proxy in `pod` needs to get `token`'s identity from this
+    /// CA (the token is written where uid 1337 can read it).
+    pub fn proxy_identity_args(&self, pod: &Pod, token: &str) -> Vec<String> {
+        let token_path = self.scratch(&format!("token-{}", pod.name()));
+        write_readable(&token_path, token);
+        vec![
+            "--ca-addr".into(),
+            self.ca_addr(),
+            "--ca-roots".into(),
+            self.roots_path().display().to_string(),
+            "--identity-token-file".into(),
+            token_path.display().to_string(),
+        ]
+    }
+
+    /// Stops the process and starts it again with `extra` in place of the
+    /// test's earlier flags (a rollout with new flags), same state directory.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.set_flags(extra);
+        self.start().await;
+    }
+
     /// Everything remora-cp wrote so far (all its runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -165,6 +219,9 @@ impl ControlPlane {
             .args(["netns", "exec", self.pod.namespace()])
             .arg(bin_path("remora-cp"))
             .args(&self.args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -198,35 +255,6 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// The flags a proxy in `pod` needs to get `token`'s identity from this
-    /// CA (the token is written where uid 1337 can read it).
-    pub fn proxy_identity_args(&self, pod: &Pod, token: &str) -> Vec<String> {
-        let token_path = self.scratch(&format!("token-{}", pod.name()));
-        write_readable(&token_path, token);
-        vec![
-            "--ca-addr".into(),
-            self.ca_addr(),
-            "--ca-roots".into(),
-            self.roots_path().display().to_string(),
-            "--identity-token-file".into(),
-            token_path.display().to_string(),
-        ]
-    }
-
-    /// The state directory (where a generated root lives).
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    /// Stops the process and starts it again with `extra` in place of the
-    /// test's earlier flags (a rollout with new flags), same state directory.
-    pub async fn restart_with(&mut self, extra: &[&str]) {
-        self.stop();
-        self.args.truncate(self.fixed_args);
-        self.args.extend(extra.iter().map(|s| s.to_string()));
-        self.start().await;
     }
 
     /// Kills the process (the CA is gone at once, as in a node failure).

@@ -393,3 +393,52 @@ async fn bad_identity_flags_stop_the_start() {
         assert!(proxy.log().contains(says), "{args:?}: {}", proxy.log());
     }
 }
+
+/// The trust bundle follows a root rotation (docs/identity.md, three
+/// steps), one renewal per step: the proxy learns the new root from the
+/// bundle, trusts the CA's serving certificate by it when the CA moves to
+/// the new root (its `--ca-roots` file still holds only the old one), and
+/// drops the old root in the end, renewing at every step.
+#[tokio::test]
+async fn the_trust_bundle_follows_a_root_rotation() {
+    let (mut mesh, proxy) = ready_mesh("id_rotate", "10s").await;
+    let old_dir = mesh.cp.state_dir().to_owned();
+    let old = fingerprint(&mesh.cp.root_pem());
+    let first = dumped(&proxy).await;
+    assert_eq!(first["trustBundle"], serde_json::json!([old]));
+    let new_dir = mesh.cp.generate_root("next-root");
+    let new_pem = std::fs::read_to_string(new_dir.join("root-cert.pem")).unwrap();
+    let new = fingerprint(&new_pem);
+    let old_root = old_dir.join("root-cert.pem").display().to_string();
+    let new_root = new_dir.join("root-cert.pem").display().to_string();
+
+    let steps = [
+        (&old_dir, &new_root, serde_json::json!([old, new])),
+        (&new_dir, &old_root, serde_json::json!([new, old])),
+    ];
+    let mut last = serial(&first);
+    for (renewals, (state_dir, extra_root, bundle)) in (2..).zip(steps) {
+        mesh.cp.stop();
+        mesh.cp.set_state_dir(state_dir);
+        mesh.cp.set_flags(&["--extra-trust-root", extra_root]);
+        mesh.cp.start().await;
+        let (now, metrics) = next_serial(&proxy, &last, Duration::from_secs(10)).await;
+        // The next renewal (4.5-5.5 s after the last) reaches the CA
+        // restarted for this step and brings its bundle.
+        assert_eq!(now["trustBundle"], bundle, "{now}");
+        assert_eq!(
+            metrics.get(RENEWALS, &[("result", "ok")]),
+            f64::from(renewals)
+        );
+        last = serial(&now);
+    }
+    // Step 3: only the new root. (From step 2 on, the CA's serving
+    // certificate chains to NEW, trusted from the last bundle fetched.)
+    mesh.cp.stop();
+    mesh.cp.set_flags(&[]);
+    mesh.cp.start().await;
+    let (now, _) = next_serial(&proxy, &last, Duration::from_secs(10)).await;
+    assert_eq!(now["trustBundle"], serde_json::json!([new]));
+    assert_eq!(now["identity"], WEB_ID);
+    assert_eq!(ready(&proxy).await, (200, "ready\n".to_owned()));
+}

@@ -240,7 +240,7 @@ async fn certificates_renew_under_traffic_and_the_control_plane_can_go_away() {
 #[tokio::test]
 async fn the_trust_root_rotates_in_three_steps_with_no_failed_request() {
     let mut w = world("mtls_rotate").await;
-    let old_dir = w.cp.state_dir();
+    let old_dir = w.cp.state_dir().to_owned();
     let old_cert = old_dir.join("root-cert.pem").display().to_string();
     let new_dir = w.cp.scratch("next-root");
     let out = std::process::Command::new(remora_e2e::bin_dir().join("remora-cp"))

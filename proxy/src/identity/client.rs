@@ -287,3 +287,85 @@ impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
         Box::pin(self.0.send_request(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(token_file: PathBuf) -> CaClient {
+        let config = IdentityConfig {
+            ca_host: "127.0.0.1".to_owned(),
+            ca_port: 1,
+            ca_server_name: "remora-cp.remora-system.svc".to_owned(),
+            ca_roots: PathBuf::from("/unused"),
+            token_file,
+            cert_lifetime: None,
+        };
+        CaClient::new(config, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn the_token_is_read_fresh_trimmed_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("remora-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let ca = client(path.clone());
+        let err = ca.token().unwrap_err();
+        assert!(err.to_string().starts_with(&format!(
+            "cannot read the service-account token {}: No such file",
+            path.display()
+        )));
+        assert_eq!(err.ca_reachable(), None, "never asked the CA");
+        std::fs::write(&path, "eyJ.a.b\n").unwrap();
+        assert_eq!(ca.token().unwrap(), "eyJ.a.b");
+        // kubelet rotated it: the next request reads the new one.
+        std::fs::write(&path, "eyJ.c.d").unwrap();
+        assert_eq!(ca.token().unwrap(), "eyJ.c.d");
+        std::fs::write(&path, " \n").unwrap();
+        assert!(matches!(ca.token(), Err(RequestError::EmptyToken(_))));
+        std::fs::write(&path, "x".repeat(8 * 1024 + 1)).unwrap();
+        assert!(matches!(ca.token(), Err(RequestError::LargeToken(_))));
+        std::fs::write(&path, "x".repeat(8 * 1024)).unwrap();
+        assert_eq!(ca.token().unwrap().len(), 8 * 1024);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn statuses_tonic_makes_up_mean_unreachable_and_the_cas_are_refusals() {
+        let ca = client(PathBuf::from("/unused"));
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+        ] {
+            let err = ca.status(tonic::Status::new(code, "h2 protocol error"));
+            assert_eq!(err.ca_reachable(), Some(false), "{code:?}");
+            assert!(err
+                .to_string()
+                .starts_with("the CA at 127.0.0.1:1 is unreachable: "));
+        }
+        let err = ca.status(tonic::Status::permission_denied("CSR asks for URI SAN x"));
+        assert_eq!(err.ca_reachable(), Some(true));
+        assert_eq!(
+            err.to_string(),
+            "the CA refused the request (PermissionDenied): CSR asks for URI SAN x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ca_that_is_not_listening_is_unreachable_at_once() {
+        let dir = std::env::temp_dir().join(format!("remora-token-test2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "t").unwrap();
+        // Port 1 on loopback: refused.
+        let err = client(dir.join("token")).request().await.unwrap_err();
+        assert_eq!(err.ca_reachable(), Some(false));
+        assert!(
+            err.to_string()
+                .starts_with("the CA at 127.0.0.1:1 is unreachable: Connection refused"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -281,3 +281,86 @@ fn the_cache_never_outlives_the_token() {
     assert_eq!(cache_ttl(&jwt(json!({"sub": "x"})), now), CACHE_TTL);
     assert_eq!(cache_ttl("not-a-jwt", now), CACHE_TTL);
 }
+
+/// Through the certificate service: what a proxy gets back for an allowed,
+/// a denied and an unanswered review, and how each is counted.
+#[tokio::test]
+async fn the_certificate_service_turns_reviews_into_grpc_statuses() {
+    use std::sync::Arc;
+
+    use crate::ca::{generate_root, Ca, Lifetimes};
+    use crate::metrics::Metrics;
+    use crate::proto::certificates_server::Certificates as _;
+    use crate::proto::CreateCertificateRequest;
+    use crate::service::CertificateService;
+
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let root = generate_root("cluster.local", 3650 * day, now).unwrap();
+    let lifetimes = Lifetimes {
+        leaf_default: day,
+        leaf_max: 2 * day,
+        intermediate: 30 * day,
+    };
+    let ca = Ca::new("cluster.local", &root, &[], lifetimes, now).unwrap();
+    let (reviewer, mut handle) = reviewer(Duration::from_millis(300));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let service = CertificateService::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(ca)),
+        Arc::new(reviewer),
+        metrics.clone(),
+    );
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_pem = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let ask = |token: &str| {
+        tonic::Request::new(CreateCertificateRequest {
+            csr_pem: csr_pem.clone(),
+            token: token.to_owned(),
+            lifetime_seconds: 0,
+        })
+    };
+    let refused = |reason: &str| metrics.refused.with_label_values(&[reason]).get();
+
+    let ok = allowed("system:serviceaccount:default:web", json!(["remora"]));
+    let (issued, ()) = tokio::join!(
+        service.create_certificate(ask("good")),
+        answer(&mut handle, "good", StatusCode::CREATED, ok)
+    );
+    assert_eq!(
+        issued.unwrap().into_inner().identity,
+        "spiffe://cluster.local/ns/default/sa/web"
+    );
+
+    let denied = review(
+        json!({"user": {}, "error": "[invalid bearer token, service account token has been invalidated]"}),
+    );
+    let (status, ()) = tokio::join!(
+        service.create_certificate(ask("revoked")),
+        answer(&mut handle, "revoked", StatusCode::CREATED, denied)
+    );
+    let status = status.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "the token was refused: [invalid bearer token, service account token has been invalidated]"
+    );
+    assert_eq!(refused("unauthenticated"), 1);
+
+    // Nobody answers: UNAVAILABLE within the timeout, so the proxy retries.
+    let hang = async {
+        let held = handle.next_request().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(held);
+    };
+    let status = tokio::select! {
+        status = service.create_certificate(ask("slow")) => status.unwrap_err(),
+        () = hang => panic!("the review outlived its timeout"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(refused("auth_unavailable"), 1);
+    assert_eq!(metrics.issued.get(), 1);
+}
