@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
 use crate::parse::ParseLimits;
+use crate::plugin::{Consumer, GlobalRule, Plugins};
 use crate::ranges;
 use crate::route::{BackendRef, Route};
 
@@ -35,6 +36,13 @@ pub struct MeshConfig {
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]
     pub http: HttpSettings,
+    /// APISIX's global rules: their plugins run first on every request, in
+    /// both directions. Each `id` once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_rules: Vec<GlobalRule>,
+    /// Who may call, with their credentials for the authentication plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
 }
 
 impl MeshConfig {
@@ -115,6 +123,14 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     pub ports: Vec<ServicePort>,
+    /// Plugins for every route of the service; a route's config of the same
+    /// plugin wins.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::parse::unique_keys"
+    )]
+    pub plugins: Plugins,
 }
 
 /// One port of a service, with its protocol and routes.
@@ -199,6 +215,20 @@ pub struct InboundPort {
     pub name: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Plugins for every request to this port; a route's config of the same
+    /// plugin wins.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::parse::unique_keys"
+    )]
+    pub plugins: Plugins,
+    /// Routes that pick plugins by request, e.g. `jwt-auth` on `/admin`
+    /// only: the outbound match model and precedence, `name`, `matches` and
+    /// `plugins` only (every request still goes to the app). A request no
+    /// route matches runs the port's plugins alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// HTTP settings for the whole proxy, inbound and outbound.

@@ -64,6 +64,7 @@ impl Checker<'_> {
         }
         self.services(&config.outbound.services);
         self.inbound(config);
+        self.plugin_owners(config);
         for (name, backend) in &config.backends {
             self.backend(&format!("backends.{name}"), name, backend);
         }
@@ -213,13 +214,7 @@ impl Checker<'_> {
         let mut route_names = HashMap::new();
         for (k, route) in port.routes.iter().enumerate() {
             let route_path = format!("{path}.routes[{k}]");
-            if let Some(name) = &route.name {
-                let what = format!("route name {name:?}");
-                self.once(&mut route_names, name, format!("{route_path}.name"), what);
-            }
-            for (m, route_match) in route.matches.iter().enumerate() {
-                self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
-            }
+            self.route_head(&route_path, route, &mut route_names);
             self.filters(
                 &format!("{route_path}.filters"),
                 &route.filters,
@@ -277,6 +272,22 @@ impl Checker<'_> {
                     self.duration_in(format!("{rp}.backoff"), backoff, ranges::RETRY_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// A route's name (once per port) and its matches.
+    fn route_head<'r>(
+        &mut self,
+        route_path: &str,
+        route: &'r crate::route::Route,
+        names: &mut HashMap<&'r String, String>,
+    ) {
+        if let Some(name) = &route.name {
+            let what = format!("route name {name:?}");
+            self.once(names, name, format!("{route_path}.name"), what);
+        }
+        for (m, route_match) in route.matches.iter().enumerate() {
+            self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
         }
     }
 
@@ -715,6 +726,61 @@ impl Checker<'_> {
             if let Some(name) = &port.name {
                 let what = format!("port name {name:?}");
                 self.once(&mut names, name, format!("{p}.name"), what);
+            }
+            let mut route_names = HashMap::new();
+            for (k, route) in port.routes.iter().enumerate() {
+                let route_path = format!("{p}.routes[{k}]");
+                self.route_head(&route_path, route, &mut route_names);
+                let only = "an inbound route picks plugins and always goes to the app: \
+                            it takes name, matches and plugins only";
+                if !route.filters.is_empty() {
+                    self.error(format!("{route_path}.filters"), only);
+                }
+                if !route.backend_refs.is_empty() {
+                    self.error(format!("{route_path}.backendRefs"), only);
+                }
+                if route.retry.is_some() {
+                    self.error(format!("{route_path}.retry"), only);
+                }
+                if !route.timeouts.is_unset() {
+                    self.error(format!("{route_path}.timeouts"), only);
+                }
+            }
+        }
+    }
+
+    /// Global rule ids and consumer names: each once, and consumer names
+    /// in APISIX's alphabet (they travel in a header).
+    fn plugin_owners(&mut self, config: &MeshConfig) {
+        let mut ids = HashMap::new();
+        for (i, rule) in config.global_rules.iter().enumerate() {
+            let path = format!("globalRules[{i}].id");
+            if rule.id.is_empty() {
+                self.error(path, "must not be empty: name the rule");
+            } else {
+                let what = format!("global rule id {:?}", rule.id);
+                self.once(&mut ids, &rule.id, path, what);
+            }
+        }
+        let mut names = HashMap::new();
+        for (i, consumer) in config.consumers.iter().enumerate() {
+            let path = format!("consumers[{i}].username");
+            let name = &consumer.username;
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                self.error(
+                    path,
+                    format!(
+                        "{name:?} is not a consumer name: 1 to 100 letters, digits, `_` or `-`"
+                    ),
+                );
+            } else {
+                let what = format!("consumer {name:?}");
+                self.once(&mut names, name, path, what);
             }
         }
     }

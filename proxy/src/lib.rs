@@ -32,6 +32,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod net;
+mod plugins;
 mod pool;
 mod resilience;
 mod route;

@@ -339,6 +339,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics defined elsewhere (APISIX's, by the
+    /// prometheus plugin).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The registry in the Prometheus text format.
     pub(crate) fn render(&self) -> String {
         TextEncoder::new()

@@ -138,6 +138,7 @@ pub fn service(name: &str, vip: IpAddr, port: u16, routes: Vec<Route>) -> Servic
         addresses: vec![vip],
         hostnames: Vec::new(),
         ports: vec![http_port(port, routes)],
+        plugins: Default::default(),
     }
 }
 
@@ -148,6 +149,7 @@ pub fn host_service(name: &str, hostnames: &[&str], port: u16, routes: Vec<Route
         addresses: Vec::new(),
         hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
         ports: vec![http_port(port, routes)],
+        plugins: Default::default(),
     }
 }
 
@@ -194,6 +196,7 @@ pub fn route() -> RouteBuilder {
         backend_refs: Vec::new(),
         timeouts: Timeouts::default(),
         retry: None,
+        plugins: Default::default(),
     })
 }
 

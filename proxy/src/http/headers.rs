@@ -23,9 +23,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// `remora-error` names why the proxy answered a request itself, and
 /// `x-remora-client-id` is reserved for the peer identity the inbound proxy
 /// will vouch for once mesh mTLS terminates there.
-pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 2] = [
+pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("remora-error"),
     HeaderName::from_static("x-remora-client-id"),
+    crate::plugins::CONSUMER_HEADER,
 ];
 
 /// Headers only the proxy may put on a response: an app's own

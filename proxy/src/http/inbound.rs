@@ -2,7 +2,8 @@
 //! it over pooled connections, from the loopback source the capture rules
 //! leave alone, with `x-forwarded-proto` as this proxy saw the request and
 //! without headers only the proxy may set on the app's responses. Policy
-//! (authorization, plugins) will run here.
+//! (authorization) will run here; the port's plugins, or its matching
+//! inbound route's, run before the request goes to the app.
 
 use http::{Request, Response, Version};
 
@@ -12,15 +13,33 @@ use super::{
 use std::sync::Arc;
 
 use crate::metrics::RequestLabels;
+use crate::plugins::{Chain, Ctx};
 use crate::state::Snapshot;
 
 impl HttpProxy {
     pub(super) async fn inbound(
         &self,
         conn: &ConnInfo,
-        mut req: Request<Body>,
+        req: Request<Body>,
         snapshot: Arc<Snapshot>,
+        plugins: &mut Ctx<'_>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
+        let (mut parts, body) = req.into_parts();
+        let mut labels = RequestLabels::default();
+        // The port's plugins, or its matching route's.
+        let chain = match snapshot.plugins.inbound_port(conn.orig_dst.port()) {
+            Some(port) => {
+                let (chain, route) = port.select(&parts);
+                plugins.route = route.clone();
+                labels.route = route;
+                chain.clone()
+            }
+            None => Chain::default(),
+        };
+        if let Some(r) = plugins.request_phases(&chain, &mut parts).await {
+            return (Ok(r), labels);
+        }
+        let mut req = Request::from_parts(parts, body);
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());
@@ -44,6 +63,6 @@ impl HttpProxy {
             headers::strip_owned(response.headers_mut(), &headers::OWNED_RESPONSE_HEADERS);
             response
         });
-        (result, RequestLabels::default())
+        (result, labels)
     }
 }
