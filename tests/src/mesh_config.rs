@@ -253,6 +253,12 @@ impl RouteBuilder {
         self
     }
 
+    /// Attaches APISIX plugin `name` with its JSON config.
+    pub fn plugin(mut self, name: &str, config: Value) -> Self {
+        self.0.plugins.insert(name.to_owned(), config);
+        self
+    }
+
     /// The finished route.
     pub fn build(self) -> Route {
         self.0
