@@ -16,10 +16,14 @@
 //! Phases are plain method calls; a plugin that must wait returns
 //! [`Flow::Wait`], so only waiting plugins pay for a boxed future.
 
+mod basic_auth;
 mod consumer_restriction;
+mod ip_restriction;
+mod jwt_auth;
 mod key_auth;
 mod limit_count;
 mod prometheus;
+mod proxy_rewrite;
 mod request_id;
 #[cfg(test)]
 mod testing;
@@ -152,6 +156,8 @@ pub(crate) struct Consumer {
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
     pub(crate) key_auth: HashMap<String, Arc<Consumer>>,
+    pub(crate) basic_auth: basic_auth::Users,
+    pub(crate) jwt: jwt_auth::Keys,
 }
 
 /// One inbound port's plugins: its own, and its routes'.
@@ -349,8 +355,12 @@ fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
 /// Every plugin the proxy knows.
 pub(crate) const REGISTRY: &[Descriptor] = &[
     request_id::DESCRIPTOR,
+    ip_restriction::DESCRIPTOR,
+    basic_auth::DESCRIPTOR,
+    jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
+    proxy_rewrite::DESCRIPTOR,
     limit_count::DESCRIPTOR,
     prometheus::DESCRIPTOR,
 ];

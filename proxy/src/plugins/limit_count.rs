@@ -22,7 +22,7 @@ use http::{request, HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::vars::{is_known, var};
+use super::vars::{is_known, var, Template};
 use super::{in_range, json_response, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 use crate::body::empty;
 
@@ -96,15 +96,8 @@ fn yes() -> bool {
 #[derive(Debug)]
 enum Key {
     Var(String),
-    /// Literal text and variable names, in order.
-    Combination(Vec<Part>),
+    Combination(Template),
     Constant,
-}
-
-#[derive(Debug)]
-enum Part {
-    Text(String),
-    Var(String),
 }
 
 #[derive(Debug)]
@@ -187,38 +180,16 @@ fn build(config: Config) -> Result<LimitCount, Fault> {
     })
 }
 
-/// Splits `"$remote_addr $consumer_name"` into text and variables.
-fn combination(key: &str) -> Result<Vec<Part>, Fault> {
-    let mut parts = Vec::new();
-    let mut rest = key;
-    while let Some(at) = rest.find('$') {
-        if at > 0 {
-            parts.push(Part::Text(rest[..at].to_owned()));
-        }
-        let after = &rest[at + 1..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let name = &after[..end];
-        if !is_known(name) {
-            return Err(Fault::new(
-                "key",
-                format!("${name} is not a variable this proxy knows"),
-            ));
-        }
-        parts.push(Part::Var(name.to_owned()));
-        rest = &after[end..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_owned()));
-    }
-    if !parts.iter().any(|p| matches!(p, Part::Var(_))) {
+/// A `var_combination` key: text with at least one variable.
+fn combination(key: &str) -> Result<Template, Fault> {
+    let template = Template::compile("key", key)?;
+    if template.vars() == 0 {
         return Err(Fault::new(
             "key",
             "a var_combination names variables with `$`, e.g. \"$remote_addr $consumer_name\"",
         ));
     }
-    Ok(parts)
+    Ok(template)
 }
 
 /// What the counter said.
@@ -235,21 +206,9 @@ impl LimitCount {
         let key = match &self.key {
             Key::Constant => Some(String::new()),
             Key::Var(name) => var(ctx, req, name).map(|v| v.into_owned()),
-            Key::Combination(parts) => {
-                let mut out = String::new();
-                let mut resolved = 0;
-                for part in parts {
-                    match part {
-                        Part::Text(t) => out.push_str(t),
-                        Part::Var(name) => {
-                            if let Some(v) = var(ctx, req, name) {
-                                resolved += 1;
-                                out.push_str(&v);
-                            }
-                        }
-                    }
-                }
-                (resolved > 0).then_some(out)
+            Key::Combination(template) => {
+                let (key, resolved) = template.render(ctx, req);
+                (resolved > 0).then_some(key)
             }
         };
         key.unwrap_or_else(|| ctx.remote_addr.ip().to_string())

@@ -92,3 +92,25 @@ pub(crate) fn assert_faults(compile: super::CompileFn, cases: &[(serde_json::Val
         );
     }
 }
+
+/// Each consumer credential is refused by `file` naming `field` with a
+/// message that contains the text given.
+pub(crate) fn assert_credential_faults(
+    file: super::CredentialFn,
+    cases: &[(serde_json::Value, &str, &str)],
+) {
+    let mut table = super::Consumers::default();
+    let owner = consumer("owner");
+    for (value, field, message) in cases {
+        let fault = match file(value, &owner, &mut table) {
+            Ok(()) => panic!("{value}: accepted"),
+            Err(fault) => fault,
+        };
+        assert_eq!(fault.field, *field, "{value}: {}", fault.message);
+        assert!(
+            fault.message.contains(message),
+            "{value}: {}",
+            fault.message
+        );
+    }
+}

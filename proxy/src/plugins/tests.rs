@@ -64,8 +64,8 @@ fn unknown_plugins_and_bad_fields_are_named_with_their_path() {
     let e = compile_layer("outbound.services[0].plugins", &plugins, &env).expect_err("unknown");
     assert!(
         e.to_string().starts_with(
-            "outbound.services[0].plugins.key-oauth: unknown plugin \"key-oauth\"; known plugins: consumer-restriction, key-auth, limit-count"
-        ),
+            "outbound.services[0].plugins.key-oauth: unknown plugin \"key-oauth\"; known plugins: "
+        ) && e.to_string().contains(", key-auth, limit-count, "),
         "{e}"
     );
     let plugins: Plugins =

@@ -52,6 +52,98 @@ pub(crate) fn var<'r>(ctx: &Ctx<'_>, req: &'r request::Parts, name: &str) -> Opt
     }
 }
 
+/// Text with APISIX variables in it (`/users/$arg_id`, `${remote_addr}`),
+/// split once at config load.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Var(String),
+}
+
+impl Template {
+    /// Splits `text`; a `$name` that is not a known variable is an error
+    /// naming `field`. `$` not followed by a name stays literal.
+    pub(crate) fn compile(field: &str, text: &str) -> Result<Self, super::Fault> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('$') {
+            literal.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let (name, next) = match after.strip_prefix('{') {
+                Some(braced) => match braced.find('}') {
+                    Some(end) => (&braced[..end], &braced[end + 1..]),
+                    None => {
+                        return Err(super::Fault::new(
+                            field,
+                            format!("unclosed `${{` in {text:?}"),
+                        ))
+                    }
+                },
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            if name.is_empty() {
+                literal.push('$');
+                rest = after;
+                continue;
+            }
+            if !is_known(name) {
+                return Err(super::Fault::new(
+                    field,
+                    format!("${name} is not a variable this proxy knows (remote_addr, uri, consumer_name, http_<header>, arg_<name>, ...)"),
+                ));
+            }
+            if !literal.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut literal)));
+            }
+            parts.push(Part::Var(name.to_owned()));
+            rest = next;
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        Ok(Template { parts })
+    }
+
+    /// How many variables the text names.
+    pub(crate) fn vars(&self) -> usize {
+        self.parts
+            .iter()
+            .filter(|p| matches!(p, Part::Var(_)))
+            .count()
+    }
+
+    /// The text with each variable's value (empty when unset), and how many
+    /// variables had one.
+    pub(crate) fn render(&self, ctx: &Ctx<'_>, req: &request::Parts) -> (String, usize) {
+        let mut out = String::new();
+        let mut resolved = 0;
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(name) => {
+                    if let Some(v) = var(ctx, req, name) {
+                        resolved += 1;
+                        out.push_str(&v);
+                    }
+                }
+            }
+        }
+        (out, resolved)
+    }
+}
+
 /// Whether `name` is a variable [`var`] knows, for config checks.
 pub(crate) fn is_known(name: &str) -> bool {
     name.starts_with("http_")
@@ -120,6 +212,22 @@ pub(crate) fn remove_query_arg(uri: &mut Uri, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_split_at_config_load_and_render_per_request() {
+        let compiled = super::super::testing::consumers(&[]);
+        let ctx = super::super::testing::ctx(&compiled);
+        let req = super::super::testing::request("/p?id=7", &[("x-a", "b")]);
+        let render = |t: &str| Template::compile("f", t).expect(t).render(&ctx, &req);
+        assert_eq!(render("/u/$arg_id/x"), ("/u/7/x".into(), 1));
+        assert_eq!(render("${http_x_a}-$remote_addr"), ("b-10.0.0.7".into(), 2));
+        assert_eq!(render("$arg_none!"), ("!".into(), 0));
+        assert_eq!(render("cost: 5$ or $"), ("cost: 5$ or $".into(), 0));
+        let e = Template::compile("uri", "/$nope").expect_err("unknown");
+        assert_eq!(e.field, ".uri");
+        assert!(e.message.contains("$nope"), "{}", e.message);
+        assert!(Template::compile("uri", "/${uri").is_err());
+    }
 
     #[test]
     fn query_args_decode_and_remove() {
