@@ -18,6 +18,9 @@
 
 mod basic_auth;
 mod consumer_restriction;
+mod edits;
+mod expr;
+mod fault_injection;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
@@ -25,6 +28,7 @@ mod limit_count;
 mod prometheus;
 mod proxy_rewrite;
 mod request_id;
+mod response_rewrite;
 #[cfg(test)]
 mod testing;
 mod vars;
@@ -59,7 +63,6 @@ pub(crate) enum Flow {
     Respond(Response<Body>),
     /// Wait for this, then act on what it says (e.g. a delay, a remote
     /// counter).
-    #[allow(dead_code)] // The first waiting plugin is fault-injection's delay.
     Wait(Pin<Box<dyn Future<Output = Flow> + Send>>),
 }
 
@@ -355,6 +358,7 @@ fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
 /// Every plugin the proxy knows.
 pub(crate) const REGISTRY: &[Descriptor] = &[
     request_id::DESCRIPTOR,
+    fault_injection::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
     basic_auth::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
@@ -362,6 +366,7 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     consumer_restriction::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
     limit_count::DESCRIPTOR,
+    response_rewrite::DESCRIPTOR,
     prometheus::DESCRIPTOR,
 ];
 
@@ -526,8 +531,10 @@ pub(crate) struct Ctx<'a> {
     /// Headers plugins put on the response, whoever makes it: replacing
     /// (true) or only where the response has none (false).
     response_headers: Vec<(HeaderName, HeaderValue, bool)>,
-    /// Set once the request phases ran, so the response phases know.
+    /// When the request arrived.
     started: Instant,
+    /// Plugins' notes to their own later phases (which matched, ...).
+    marks: Vec<&'static str>,
 }
 
 impl<'a> Ctx<'a> {
@@ -546,6 +553,7 @@ impl<'a> Ctx<'a> {
             chain: Chain::default(),
             response_headers: Vec::new(),
             started: Instant::now(),
+            marks: Vec::new(),
         }
     }
 
@@ -566,6 +574,16 @@ impl<'a> Ctx<'a> {
     /// Sets a header on the response unless the response has it already.
     pub(crate) fn default_response_header(&mut self, name: HeaderName, value: HeaderValue) {
         self.response_headers.push((name, value, false));
+    }
+
+    /// Notes `mark` for a later phase of the same plugin.
+    pub(crate) fn mark(&mut self, mark: &'static str) {
+        self.marks.push(mark);
+    }
+
+    /// Whether `mark` was noted earlier in this request.
+    pub(crate) fn marked(&self, mark: &'static str) -> bool {
+        self.marks.contains(&mark)
     }
 
     /// Whether any plugin would run for this request.

@@ -18,6 +18,7 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::edits::HeaderEdits;
 use super::vars::Template;
 use super::{header_name, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
@@ -38,26 +39,7 @@ pub(crate) struct Config {
     #[serde(default)]
     host: Option<String>,
     #[serde(default)]
-    headers: Option<Headers>,
-}
-
-/// APISIX's two shapes for `headers`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(untagged)]
-enum Headers {
-    Ops(HeaderOps),
-    Set(BTreeMap<String, String>),
-}
-
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct HeaderOps {
-    #[serde(default)]
-    add: BTreeMap<String, String>,
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    #[serde(default)]
-    remove: Vec<String>,
+    headers: Option<HeaderEdits<BTreeMap<String, String>>>,
 }
 
 const METHODS: &[&str] = &[
@@ -138,14 +120,7 @@ fn build(config: Config) -> Result<ProxyRewrite, Fault> {
         }
         None => None,
     };
-    let ops = match config.headers {
-        Some(Headers::Ops(ops)) => ops,
-        Some(Headers::Set(set)) => HeaderOps {
-            set,
-            ..HeaderOps::default()
-        },
-        None => HeaderOps::default(),
-    };
+    let ops = HeaderEdits::ops(config.headers);
     let pairs = |field: &str, map: &BTreeMap<String, String>| {
         map.iter()
             .map(|(name, value)| {
