@@ -558,6 +558,54 @@ impl Standalone {
     }
 }
 
+/// A server pod whose proxy runs standalone with inbound plugins: an
+/// unmeshed `client` pod and an app `srv` on port [`INBOUND_APP_PORT`]
+/// behind the `srv` pod's sidecar, configured with `inbound.ports` and
+/// `consumers` as given (JSON).
+#[derive(Debug)]
+pub struct InboundStandalone {
+    pub proxy: ProxyHandle,
+    pub app: HttpApp,
+    pub file: ConfigFile,
+    pub client: Pod,
+    pub server: Pod,
+    pub net: TestNet,
+}
+
+/// The port of [`InboundStandalone`]'s app.
+pub const INBOUND_APP_PORT: u16 = 8080;
+
+impl InboundStandalone {
+    pub async fn start(test: &str, ports: Value, consumers: Value) -> InboundStandalone {
+        let net = TestNet::new(test);
+        let client = net.pod("client");
+        let server = net.pod("srv");
+        let app = server.spawn_http_app(INBOUND_APP_PORT, "srv");
+        let file = ConfigFile::new(test);
+        let config = MeshConfig::from_json(
+            &json!({"version": "in-1", "inbound": {"ports": ports}, "consumers": consumers})
+                .to_string(),
+        )
+        .expect("a valid inbound config");
+        file.write(&config);
+        let proxy = server.mesh_with(&[], &file.proxy_args()).await;
+        wait_version(&proxy, "in-1").await;
+        InboundStandalone {
+            proxy,
+            app,
+            file,
+            client,
+            server,
+            net,
+        }
+    }
+
+    /// The app's address, as a client outside the pod dials it.
+    pub fn app_addr(&self) -> SocketAddr {
+        self.server.addr4(INBOUND_APP_PORT)
+    }
+}
+
 /// A config with one service, [`SERVICE`] at [`vip()`], holding `routes`,
 /// and `backends`.
 pub fn web(

@@ -6,8 +6,7 @@
 //! good config.
 
 use remora_e2e::http_apps::{HttpClient, Req};
-use remora_e2e::mesh_config::{mesh, route, wait_version, web, ConfigFile, Match, Standalone};
-use remora_e2e::TestNet;
+use remora_e2e::mesh_config::{route, web, InboundStandalone, Match, Standalone};
 use serde_json::json;
 
 /// Statuses of `n` requests to `path` on one connection.
@@ -139,31 +138,22 @@ async fn invalid_plugin_configs_are_rejected_by_name_and_field_and_the_last_good
 /// `request-id` on the whole port.
 #[tokio::test]
 async fn inbound_routes_put_key_auth_on_admin_only() {
-    let net = TestNet::new("plug_inbound");
-    let client = net.pod("client");
-    let server = net.pod("srv");
-    let app = server.spawn_http_app(8080, "srv");
-    let file = ConfigFile::new("plug_inbound");
-    let mut config = mesh("in-1");
-    config.inbound.ports = serde_json::from_value(json!([{
-        "port": 8080,
-        "plugins": {"request-id": {}, "prometheus": {}},
-        "routes": [{
-            "name": "admin",
-            "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
-            "plugins": {"key-auth": {}}
-        }]
-    }]))
-    .expect("ports");
-    config.consumers = serde_json::from_value(json!([
-        {"username": "ops", "plugins": {"key-auth": {"key": "ops-key"}}}
-    ]))
-    .expect("consumers");
-    file.write(&config);
-    let proxy = server.mesh_with(&[], &file.proxy_args()).await;
-    wait_version(&proxy, "in-1").await;
-
-    let mut c = HttpClient::new(&client, server.addr4(8080));
+    let t = InboundStandalone::start(
+        "plug_inbound",
+        json!([{
+            "port": 8080,
+            "plugins": {"request-id": {}, "prometheus": {}},
+            "routes": [{
+                "name": "admin",
+                "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+                "plugins": {"key-auth": {}}
+            }]
+        }]),
+        json!([{"username": "ops", "plugins": {"key-auth": {"key": "ops-key"}}}]),
+    )
+    .await;
+    let app = &t.app;
+    let mut c = HttpClient::new(&t.client, t.app_addr());
     let public = c.get("/public").await.expect("request");
     assert_eq!((public.status, public.body.as_str()), (200, "srv"));
     let id = public
@@ -196,7 +186,7 @@ async fn inbound_routes_put_key_auth_on_admin_only() {
     );
     assert_eq!(app.received(), 2);
 
-    let metrics = proxy.metrics().await;
+    let metrics = t.proxy.metrics().await;
     let status = |code: &str, route: &str, consumer: &str| {
         metrics.get(
             "apisix_http_status",
