@@ -1538,4 +1538,45 @@ outbound:
              outbound.services[0].ports[0].routes[0].backendRefs[0].name: backend \"nope\" is not defined: add it under backends"
         );
     }
+
+    #[test]
+    fn inbound_routes_global_rules_and_consumers_are_checked() {
+        let base = "version: v1\n";
+        assert_eq!(
+            check(&format!(
+                "{base}inbound:\n  ports:\n    - port: 80\n      routes:\n        - name: a\n          matches: [{{ path: {{ type: RegularExpression, value: \"(\" }} }}]\n          backendRefs: [{{ name: web }}]\n          retry: {{ attempts: 1 }}\n        - name: a\n"
+            )),
+            [
+                "inbound.ports[0].routes[0].matches[0].path.value: regex does not compile: regex parse error:\n    (\n    ^\nerror: unclosed group".to_owned(),
+                "inbound.ports[0].routes[0].backendRefs: an inbound route picks plugins and always goes to the app: it takes name, matches and plugins only".to_owned(),
+                "inbound.ports[0].routes[0].retry: an inbound route picks plugins and always goes to the app: it takes name, matches and plugins only".to_owned(),
+                "inbound.ports[0].routes[1].name: route name \"a\" is listed twice, first at inbound.ports[0].routes[0].name".to_owned(),
+            ]
+        );
+        assert_eq!(
+            check(&format!(
+                "{base}globalRules: [{{ id: g }}, {{ id: g }}, {{ id: \"\" }}]\nconsumers: [{{ username: jack }}, {{ username: jack }}, {{ username: \"a b\" }}, {{ username: \"\" }}]\n"
+            )),
+            [
+                "globalRules[1].id: global rule id \"g\" is listed twice, first at globalRules[0].id",
+                "globalRules[2].id: must not be empty: name the rule",
+                "consumers[1].username: consumer \"jack\" is listed twice, first at consumers[0].username",
+                "consumers[2].username: \"a b\" is not a consumer name: 1 to 100 letters, digits, `_` or `-`",
+                "consumers[3].username: \"\" is not a consumer name: 1 to 100 letters, digits, `_` or `-`",
+            ]
+        );
+        // A plugins map names each plugin once, in JSON too.
+        let err = MeshConfig::from_json(
+            r#"{"version": "v1", "consumers": [{"username": "a", "plugins": {"key-auth": {}, "key-auth": {}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("key-auth"), "{err}");
+        assert_eq!(err.path(), "consumers[0].plugins");
+        assert_eq!(
+            check(&format!(
+                "{base}globalRules: [{{ id: g, plugins: {{ request-id: {{}} }} }}]\n"
+            )),
+            Vec::<String>::new()
+        );
+    }
 }
