@@ -42,7 +42,7 @@ usage() {
   --quick              ~1 minute: 1 round, short durations
   --rounds N           measure every scenario N times, interleaved; report medians (default 2)
   --only LIST          comma-separated scenarios (direct is always run):
-                       direct,remora,remora-http,nginx-stream,haproxy-tcp,nginx-http,haproxy-http
+                       direct,remora,remora-http,remora-plugins,remora-jwt,nginx-stream,haproxy-tcp,nginx-http,haproxy-http
   --out DIR            where logs and results.md go (default bench/out/<utc-time>)
   --proxy-args ARGS    extra flags for remora-proxy in the "remora" scenario
   --variant N=ARGS     add a scenario "remora-N": remora-proxy --workers 1 ARGS
@@ -314,12 +314,60 @@ EOF
 }
 write_remora_http_config
 
+# The plugin scenarios: remora-http's config with APISIX plugins on the
+# service, the chain issue 7 sets a budget for (key-auth, limit-count with a
+# limit no run reaches, prometheus, request-id), and that chain with jwt-auth
+# (RS256) added. The client authenticates with query parameters; the JWT is
+# signed here with the test key the unit tests use, without `exp`.
+BENCH_KEY=bench-key
+write_remora_plugins_config() {   # write_remora_plugins_config NAME JWT(0|1)
+    local dir="$T/remora-$1" jwt="$2" pub
+    mkdir -p "$dir"
+    sed -n '1,/^backends:/p' "$T/remora-http/mesh.yaml" | sed '$d' |
+        sed "s/^    - name: origin$/    - name: origin\n      plugins:\n        key-auth: { query: apikey }\n        limit-count: { count: 1000000000, time_window: 60, key: consumer_name }\n        prometheus: {}\n        request-id: {}${jwt:+JWTPLUGIN}/" >"$dir/mesh.yaml"
+    if [ "$jwt" = 1 ]; then
+        sed -i "s/JWTPLUGIN/\n        jwt-auth: {}/" "$dir/mesh.yaml"
+    else
+        sed -i "s/JWTPLUGIN//" "$dir/mesh.yaml"
+    fi
+    {
+        echo "consumers:"
+        echo "  - username: bench"
+        echo "    plugins:"
+        echo "      key-auth: { key: $BENCH_KEY }"
+        if [ "$jwt" = 1 ]; then
+            echo "      jwt-auth:"
+            echo "        key: bench"
+            echo "        algorithm: RS256"
+            echo "        public_key: |"
+            sed 's/^/          /' "$ROOT/proxy/src/plugins/testdata/rsa_public.pem"
+        fi
+        sed -n '/^backends:/,$p' "$T/remora-http/mesh.yaml"
+    } >>"$dir/mesh.yaml"
+    chmod 755 "$dir"; chmod 644 "$dir/mesh.yaml"
+}
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+bench_jwt() {             # an RS256 token {"key":"bench"}, signed with the test key
+    local h p s
+    h=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+    p=$(printf '{"key":"bench"}' | b64url)
+    s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$ROOT/proxy/src/plugins/testdata/rsa_private.pem" | b64url)
+    printf '%s.%s.%s' "$h" "$p" "$s"
+}
+write_remora_plugins_config plugins 0
+write_remora_plugins_config jwt 1
+BENCH_JWT=$(bench_jwt)
+
 # name | TCP target (- for none) | HTTP host:port | fixed-rate latency (1: yes) |
 #   HTTP/2 h2c host:port (- for none) | start command | stop command | label
 SCENARIOS=(
     "direct|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|1|$IP_S:$H2_PORT|none_start|none_stop|no proxy"
     "remora|$IP_S:$IPERF_PORT|$IP_S:$HTTP_PORT|0|-|remora_start remora $REMORA_PROXY_ARGS|remora_stop remora|remora-proxy --workers 1${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture, no mesh config: the origin is an unknown destination, passed through as bytes (L4)"
     "remora-http|-|$IP_S:$HTTP_PORT|1|$IP_S:$H2_PORT|remora_start remora-http --config $T/remora-http/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-http|remora-proxy --workers 1 --config mesh.yaml${REMORA_PROXY_ARGS:+ $REMORA_PROXY_ARGS}, iptables capture; the origin is a mesh service on an HTTP port, so requests go through the HTTP data plane: backend, balanced endpoint, pooled upstream connections (L7); HTTP/2: a second service port ($H2_PORT) whose backend is the origin's h2c port, h2 on both legs"
+)
+SCENARIOS+=(
+    "remora-plugins|-|$IP_S:$HTTP_PORT?apikey=$BENCH_KEY|1|$IP_S:$H2_PORT?apikey=$BENCH_KEY|remora_start remora-plugins --config $T/remora-plugins/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-plugins|remora-http's config with key-auth + limit-count (local, limit never reached) + prometheus + request-id on the service"
+    "remora-jwt|-|$IP_S:$HTTP_PORT?apikey=$BENCH_KEY&jwt=$BENCH_JWT|1|$IP_S:$H2_PORT?apikey=$BENCH_KEY&jwt=$BENCH_JWT|remora_start remora-jwt --config $T/remora-jwt/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-jwt|remora-plugins with jwt-auth (RS256, one token: verified once, then remembered)"
 )
 for v in "${VARIANTS[@]}"; do
     vn="remora-${v%%=*}"; va="${v#*=}"
@@ -364,6 +412,10 @@ EOF
     record "$sc" tcp_gbps "$g"
 }
 
+# A scenario's HTTP target is HOST:PORT, optionally followed by ?QUERY (the
+# plugin scenarios authenticate with query parameters): the URL its load uses.
+url_of() { local hp="${1%%\?*}"; echo "http://$hp/${1#"$hp"}"; }
+
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000} printf "%.3f", v}'; }
 
 wrk_errors() {            # socket errors + non-2xx/3xx responses in a wrk output
@@ -371,7 +423,7 @@ wrk_errors() {            # socket errors + non-2xx/3xx responses in a wrk outpu
 }
 
 measure_http() {          # measure_http SCENARIO HOST:PORT
-    local sc="$1" url="http://$2/" f="$OUT/$1-wrk.r$ROUND.txt" sampler c0 c1
+    local sc="$1" url; url=$(url_of "$2"); local f="$OUT/$1-wrk.r$ROUND.txt" sampler c0 c1
     local cmd=(wrk -t"$WRK_T" -c"$WRK_C" -d"${WRK_D}s" --latency "$url")
     shcmd "${cmd[@]}" >"$OUT/$sc-wrk.cmd"
     timeout $((WARM_D + 15)) ip netns exec "$NS_C" wrk -t1 -c"$WRK_C" -d"${WARM_D}s" "$url" >/dev/null 2>&1 || true
@@ -404,7 +456,7 @@ measure_http() {          # measure_http SCENARIO HOST:PORT
 }
 
 measure_close() {         # new connection per request: wrk with Connection: close
-    local sc="$1" url="http://$2/" f="$OUT/$1-wrk-close.r$ROUND.txt"
+    local sc="$1" url; url=$(url_of "$2"); local f="$OUT/$1-wrk-close.r$ROUND.txt"
     local cmd=(wrk -t"$WRK_T" -c"$WRK_C" -d"${CLOSE_D}s" -H "Connection: close" "$url")
     shcmd "${cmd[@]}" >"$OUT/$sc-wrk-close.cmd"
     timeout $((CLOSE_D + 20)) ip netns exec "$NS_C" "${cmd[@]}" >"$f" 2>&1 || true
@@ -443,7 +495,7 @@ EOF
 # achieved rate falls short and the latency is that of a saturated proxy (see
 # README). The achieved rate is recorded next to the target.
 measure_fixed() {         # measure_fixed SCENARIO HOST:PORT RATE TAG
-    local sc="$1" url="http://$2/" rate="$3" tag="$4" per f="$OUT/$1-h1rate-$4.r$ROUND.txt" st pc
+    local sc="$1" url; url=$(url_of "$2"); local rate="$3" tag="$4" per f="$OUT/$1-h1rate-$4.r$ROUND.txt" st pc
     local rps errs n bad p50 p99
     per=$(( (rate + H2L_C - 1) / H2L_C ))   # --rps is per connection
     local cmd=(h2load --h1 -c "$H2L_C" -t 1 --rps="$per" -D "$H2L_D" --warm-up-time=1 "$url")
@@ -463,7 +515,7 @@ measure_fixed() {         # measure_fixed SCENARIO HOST:PORT RATE TAG
 }
 
 measure_h2() {            # measure_h2 SCENARIO HOST:PORT: closed-loop HTTP/2 (h2c prior knowledge)
-    local sc="$1" url="http://$2/" f="$OUT/$1-h2.r$ROUND.txt" st pc c0 c1
+    local sc="$1" url; url=$(url_of "$2"); local f="$OUT/$1-h2.r$ROUND.txt" st pc c0 c1
     local rps errs n bad p50 p99
     local cmd=(h2load -c "$H2L_C" -m "$H2L_M" -t 1 -D "$H2L_D" --warm-up-time=1 "$url")
     shcmd "${cmd[@]}" >"$OUT/$sc-h2.cmd"
@@ -498,7 +550,7 @@ half_direct_rate() {
 }
 
 measure_idle_conns() {    # RSS with IDLE_N idle keep-alive connections through the proxy
-    local sc="$1" host="${2%:*}" port="${2##*:}" f="$OUT/$1-idle.r$ROUND.log" pid n=300 max=0 v i
+    local sc="$1" hp="${2%%\?*}"; local host="${hp%:*}" port="${hp##*:}" f="$OUT/$1-idle.r$ROUND.log" pid n=300 max=0 v i
     start_bg "$f" ip netns exec "$NS_C" python3 "$BENCH/idle_conns.py" "$host" "$port" "$IDLE_N" --hold 60
     pid=$BG_PID
     until grep -q '^READY' "$f" 2>/dev/null; do

@@ -1,7 +1,8 @@
 //! The mesh config model shared by the control plane and the proxy.
 //!
 //! This crate owns the serde types that describe what one proxy needs to know
-//! (services, routes, backends, endpoints, inbound ports, HTTP settings), their
+//! (services, routes, backends, endpoints, inbound ports, HTTP settings,
+//! plugin attachments, global rules and consumers), their
 //! JSON Schema, and the checks a config must pass before a proxy uses it. It
 //! does no I/O: callers hand it text or bytes.
 //!
@@ -17,6 +18,7 @@ mod duration;
 mod error;
 mod mesh;
 mod parse;
+mod plugin;
 pub mod ranges;
 mod route;
 mod validate;
@@ -33,6 +35,7 @@ pub use mesh::{
     PathNormalization, PathNormalizationMode, Protocol, Service, ServicePort, XForwardedFor,
 };
 pub use parse::ParseLimits;
+pub use plugin::{Consumer, GlobalRule, Plugins};
 pub use route::{
     BackendObjectRef, BackendRef, GrpcCode, GrpcMethodMatch, HeaderMatch, HeaderModifier,
     HttpHeader, HttpMethod, MatchType, PathMatch, PathMatchType, PathModifier, QueryParamMatch,

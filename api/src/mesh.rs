@@ -17,6 +17,7 @@ use crate::backend::Backend;
 use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
 use crate::parse::ParseLimits;
+use crate::plugin::{Consumer, GlobalRule, Plugins};
 use crate::ranges;
 use crate::route::{BackendRef, Route};
 
@@ -36,6 +37,13 @@ pub struct MeshConfig {
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]
     pub http: HttpSettings,
+    /// APISIX's global rules: their plugins run first on every request, in
+    /// both directions. Each `id` once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_rules: Vec<GlobalRule>,
+    /// Who may call, with their credentials for the authentication plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
 }
 
 impl MeshConfig {
@@ -116,6 +124,14 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     pub ports: Vec<ServicePort>,
+    /// Plugins for every route of the service; a route's config of the same
+    /// plugin wins.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::parse::unique_keys"
+    )]
+    pub plugins: Plugins,
 }
 
 /// One port of a service, with its protocol and routes.
@@ -217,6 +233,20 @@ pub struct InboundPort {
     /// This port's mTLS mode, over `inbound.mode`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<InboundMode>,
+    /// Plugins for every request to this port; a route's config of the same
+    /// plugin wins.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::parse::unique_keys"
+    )]
+    pub plugins: Plugins,
+    /// Routes that pick plugins by request, e.g. `jwt-auth` on `/admin`
+    /// only: the outbound match model and precedence, `name`, `matches` and
+    /// `plugins` only (every request still goes to the app). A request no
+    /// route matches runs the port's plugins alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// HTTP settings for the whole proxy, inbound and outbound.

@@ -41,6 +41,14 @@ pub struct Route {
     /// No retry block, no retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// APISIX plugins by name; for the same plugin this config wins over the
+    /// service's (or inbound port's).
+    #[serde(
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty",
+        deserialize_with = "crate::parse::unique_keys"
+    )]
+    pub plugins: crate::plugin::Plugins,
 }
 
 /// `HTTPRouteMatch`, with `grpcMethod` for `GRPCRouteMatch.method`. Every
@@ -548,7 +556,7 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    fn is_unset(&self) -> bool {
+    pub(crate) fn is_unset(&self) -> bool {
         *self == Self::default()
     }
 }

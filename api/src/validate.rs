@@ -65,6 +65,7 @@ impl Checker<'_> {
         }
         self.services(&config.outbound.services);
         self.inbound(config);
+        self.plugin_owners(config);
         for (name, backend) in &config.backends {
             self.backend(&format!("backends.{name}"), name, backend);
         }
@@ -214,13 +215,7 @@ impl Checker<'_> {
         let mut route_names = HashMap::new();
         for (k, route) in port.routes.iter().enumerate() {
             let route_path = format!("{path}.routes[{k}]");
-            if let Some(name) = &route.name {
-                let what = format!("route name {name:?}");
-                self.once(&mut route_names, name, format!("{route_path}.name"), what);
-            }
-            for (m, route_match) in route.matches.iter().enumerate() {
-                self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
-            }
+            self.route_head(&route_path, route, &mut route_names);
             self.filters(
                 &format!("{route_path}.filters"),
                 &route.filters,
@@ -278,6 +273,22 @@ impl Checker<'_> {
                     self.duration_in(format!("{rp}.backoff"), backoff, ranges::RETRY_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// A route's name (once per port) and its matches.
+    fn route_head<'r>(
+        &mut self,
+        route_path: &str,
+        route: &'r crate::route::Route,
+        names: &mut HashMap<&'r String, String>,
+    ) {
+        if let Some(name) = &route.name {
+            let what = format!("route name {name:?}");
+            self.once(names, name, format!("{route_path}.name"), what);
+        }
+        for (m, route_match) in route.matches.iter().enumerate() {
+            self.route_match(&format!("{route_path}.matches[{m}]"), route_match);
         }
     }
 
@@ -716,6 +727,61 @@ impl Checker<'_> {
             if let Some(name) = &port.name {
                 let what = format!("port name {name:?}");
                 self.once(&mut names, name, format!("{p}.name"), what);
+            }
+            let mut route_names = HashMap::new();
+            for (k, route) in port.routes.iter().enumerate() {
+                let route_path = format!("{p}.routes[{k}]");
+                self.route_head(&route_path, route, &mut route_names);
+                let only = "an inbound route picks plugins and always goes to the app: \
+                            it takes name, matches and plugins only";
+                if !route.filters.is_empty() {
+                    self.error(format!("{route_path}.filters"), only);
+                }
+                if !route.backend_refs.is_empty() {
+                    self.error(format!("{route_path}.backendRefs"), only);
+                }
+                if route.retry.is_some() {
+                    self.error(format!("{route_path}.retry"), only);
+                }
+                if !route.timeouts.is_unset() {
+                    self.error(format!("{route_path}.timeouts"), only);
+                }
+            }
+        }
+    }
+
+    /// Global rule ids and consumer names: each once, and consumer names
+    /// in APISIX's alphabet (they travel in a header).
+    fn plugin_owners(&mut self, config: &MeshConfig) {
+        let mut ids = HashMap::new();
+        for (i, rule) in config.global_rules.iter().enumerate() {
+            let path = format!("globalRules[{i}].id");
+            if rule.id.is_empty() {
+                self.error(path, "must not be empty: name the rule");
+            } else {
+                let what = format!("global rule id {:?}", rule.id);
+                self.once(&mut ids, &rule.id, path, what);
+            }
+        }
+        let mut names = HashMap::new();
+        for (i, consumer) in config.consumers.iter().enumerate() {
+            let path = format!("consumers[{i}].username");
+            let name = &consumer.username;
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                self.error(
+                    path,
+                    format!(
+                        "{name:?} is not a consumer name: 1 to 100 letters, digits, `_` or `-`"
+                    ),
+                );
+            } else {
+                let what = format!("consumer {name:?}");
+                self.once(&mut names, name, path, what);
             }
         }
         self.authorization(&config.inbound.authorization);
@@ -1578,6 +1644,47 @@ outbound:
             err.to_string(),
             "version: must not be empty: name the config version; \
              outbound.services[0].ports[0].routes[0].backendRefs[0].name: backend \"nope\" is not defined: add it under backends"
+        );
+    }
+
+    #[test]
+    fn inbound_routes_global_rules_and_consumers_are_checked() {
+        let base = "version: v1\n";
+        assert_eq!(
+            check(&format!(
+                "{base}inbound:\n  ports:\n    - port: 80\n      routes:\n        - name: a\n          matches: [{{ path: {{ type: RegularExpression, value: \"(\" }} }}]\n          backendRefs: [{{ name: web }}]\n          retry: {{ attempts: 1 }}\n        - name: a\n"
+            )),
+            [
+                "inbound.ports[0].routes[0].matches[0].path.value: regex does not compile: regex parse error:\n    (\n    ^\nerror: unclosed group".to_owned(),
+                "inbound.ports[0].routes[0].backendRefs: an inbound route picks plugins and always goes to the app: it takes name, matches and plugins only".to_owned(),
+                "inbound.ports[0].routes[0].retry: an inbound route picks plugins and always goes to the app: it takes name, matches and plugins only".to_owned(),
+                "inbound.ports[0].routes[1].name: route name \"a\" is listed twice, first at inbound.ports[0].routes[0].name".to_owned(),
+            ]
+        );
+        assert_eq!(
+            check(&format!(
+                "{base}globalRules: [{{ id: g }}, {{ id: g }}, {{ id: \"\" }}]\nconsumers: [{{ username: jack }}, {{ username: jack }}, {{ username: \"a b\" }}, {{ username: \"\" }}]\n"
+            )),
+            [
+                "globalRules[1].id: global rule id \"g\" is listed twice, first at globalRules[0].id",
+                "globalRules[2].id: must not be empty: name the rule",
+                "consumers[1].username: consumer \"jack\" is listed twice, first at consumers[0].username",
+                "consumers[2].username: \"a b\" is not a consumer name: 1 to 100 letters, digits, `_` or `-`",
+                "consumers[3].username: \"\" is not a consumer name: 1 to 100 letters, digits, `_` or `-`",
+            ]
+        );
+        // A plugins map names each plugin once, in JSON too.
+        let err = MeshConfig::from_json(
+            r#"{"version": "v1", "consumers": [{"username": "a", "plugins": {"key-auth": {}, "key-auth": {}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("key-auth"), "{err}");
+        assert_eq!(err.path(), "consumers[0].plugins");
+        assert_eq!(
+            check(&format!(
+                "{base}globalRules: [{{ id: g, plugins: {{ request-id: {{}} }} }}]\n"
+            )),
+            Vec::<String>::new()
         );
     }
 }

@@ -226,6 +226,7 @@ impl HttpProxy {
         }
         let snapshot = self.state.load();
         let settings = &snapshot.http;
+        let mut plugins = crate::plugins::Ctx::new(conn.direction, conn.peer, &snapshot.plugins);
         let (result, labels) = match admit::admit(&mut req, settings) {
             Ok(()) => {
                 let timeout = settings.request_body_idle_timeout;
@@ -236,8 +237,10 @@ impl HttpProxy {
                 let snapshot = snapshot.clone();
                 let dispatch = async {
                     match conn.direction {
-                        Direction::Outbound => self.outbound(conn, req, snapshot).await,
-                        Direction::Inbound => self.inbound(conn, req, snapshot).await,
+                        Direction::Outbound => {
+                            self.outbound(conn, req, snapshot, &mut plugins).await
+                        }
+                        Direction::Inbound => self.inbound(conn, req, snapshot, &mut plugins).await,
                     }
                 };
                 match stall {
@@ -286,6 +289,8 @@ impl HttpProxy {
                 error_response(&e, &method)
             }
         };
+        // The response phases and `log`, for every request.
+        let response = plugins.respond(response);
         self.metrics
             .request(conn.direction, &labels, response.status(), start.elapsed());
         Ok(response)

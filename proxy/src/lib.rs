@@ -35,6 +35,7 @@ mod limits;
 mod listener;
 mod metrics;
 mod net;
+mod plugins;
 mod pool;
 mod resilience;
 mod route;

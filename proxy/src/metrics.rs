@@ -424,7 +424,8 @@ impl Metrics {
         }
     }
 
-    /// For metrics that live with their module (`identity`).
+    /// The registry, for metrics defined elsewhere (`identity`, and
+    /// APISIX's, by the prometheus plugin).
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -26,6 +26,7 @@ use crate::authz::Authorizer;
 use crate::balance::{spawn_health_checks, Balancer};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::metrics::Metrics;
+use crate::plugins::{self, Chain, PluginError};
 use crate::pool::{Pool, PoolSettings};
 use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
@@ -42,6 +43,8 @@ pub(crate) enum StateError {
         #[source]
         source: RouteError,
     },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
 /// One service port, ready for requests.
@@ -58,6 +61,9 @@ pub(crate) struct ServicePort {
     /// An HTTP port with neither routes nor `backendRefs`: requests go to
     /// the original destination (counted under the service).
     pub(crate) passthrough: bool,
+    /// Each route's plugins (the service's merged under the route's), by
+    /// route index.
+    pub(crate) plugins: Vec<Chain>,
 }
 
 /// A backend with its runtime state.
@@ -102,6 +108,8 @@ pub(crate) struct Snapshot {
     /// `inbound.authorization`, compiled.
     pub(crate) authorizer: Arc<Authorizer>,
     pub(crate) http: HttpSettings,
+    /// Global rules, consumers and inbound ports' plugins.
+    pub(crate) plugins: Arc<plugins::Compiled>,
 }
 
 impl Snapshot {
@@ -214,6 +222,8 @@ pub(crate) struct State {
     config_health: Mutex<ConfigHealth>,
     /// The one connector every upstream dial goes through.
     connector: Arc<Connector>,
+    /// What plugins compile with (APISIX's metrics).
+    plugin_env: plugins::Env,
 }
 
 /// What `/ready` needs to know about applying config.
@@ -244,11 +254,12 @@ impl State {
         State {
             current: ArcSwap::from_pointee(Snapshot::default()),
             last_error: Mutex::new(None),
-            metrics,
+            metrics: metrics.clone(),
             startup,
             health: Mutex::default(),
             config_health: Mutex::default(),
             connector,
+            plugin_env: plugins::Env::new(&metrics),
         }
     }
 
@@ -356,6 +367,18 @@ impl State {
             .flat_map(|c| c.outbound.services.iter())
             .map(|s| (s.name.as_str(), s))
             .collect();
+        // Global rules, consumers and inbound plugins are kept when their
+        // config is unchanged, so their counters survive the update.
+        let plugins = match previous.config.as_deref() {
+            Some(old)
+                if old.global_rules == config.global_rules
+                    && old.consumers == config.consumers
+                    && old.inbound.ports == config.inbound.ports =>
+            {
+                previous.plugins.clone()
+            }
+            _ => Arc::new(plugins::compile(&config, &self.plugin_env)?),
+        };
         let mut services = HashMap::with_capacity(config.outbound.services.len());
         for (si, service) in config.outbound.services.iter().enumerate() {
             let unchanged = previous_configs
@@ -363,7 +386,7 @@ impl State {
                 .is_some_and(|old| *old == service);
             let ports = match previous.services.get(&service.name) {
                 Some(ports) if unchanged => ports.clone(),
-                _ => compile_service(si, service)?,
+                _ => compile_service(si, service, &self.plugin_env)?,
             };
             services.insert(service.name.clone(), ports);
         }
@@ -420,6 +443,7 @@ impl State {
             inbound: config.inbound.clone(),
             authorizer: Arc::new(Authorizer::new(&config.inbound.authorization)),
             http: config.http.clone(),
+            plugins,
             config: Some(Arc::new(config)),
         })
     }
@@ -518,10 +542,30 @@ impl State {
 }
 
 /// Compiles one service's ports: route tables, and how each port is used.
-fn compile_service(si: usize, service: &Service) -> Result<Vec<Arc<ServicePort>>, StateError> {
+fn compile_service(
+    si: usize,
+    service: &Service,
+    env: &plugins::Env,
+) -> Result<Vec<Arc<ServicePort>>, StateError> {
     let name: Arc<str> = Arc::from(service.name.as_str());
     let mut ports = Vec::with_capacity(service.ports.len());
+    // The service's plugins are compiled once, so that its routes share
+    // them (one limit-count counter for the whole service).
+    let at = format!("outbound.services[{si}]");
+    let own = plugins::compile_layer(&format!("{at}.plugins"), &service.plugins, env)?;
     for (pi, port) in service.ports.iter().enumerate() {
+        let mut chains = Vec::with_capacity(port.routes.len().max(1));
+        for (ri, route) in port.routes.iter().enumerate() {
+            let layer = plugins::compile_layer(
+                &format!("{at}.ports[{pi}].routes[{ri}].plugins"),
+                &route.plugins,
+                env,
+            )?;
+            chains.push(plugins::chain_of(&own, &layer));
+        }
+        if port.routes.is_empty() {
+            chains.push(plugins::chain_of(&own, &[]));
+        }
         let routes = if port.routes.is_empty() && !port.backend_refs.is_empty() {
             RouteTable::new(&[catch_all(&port.backend_refs)])
         } else {
@@ -539,6 +583,7 @@ fn compile_service(si: usize, service: &Service) -> Result<Vec<Arc<ServicePort>>
             routes,
             tcp_backends: port.backend_refs.clone(),
             passthrough: port.routes.is_empty() && port.backend_refs.is_empty(),
+            plugins: chains,
         }));
     }
     Ok(ports)
@@ -553,6 +598,7 @@ fn catch_all(backend_refs: &[BackendRef]) -> Route {
         backend_refs: backend_refs.to_vec(),
         timeouts: Default::default(),
         retry: None,
+        plugins: Default::default(),
     }
 }
 

@@ -138,6 +138,7 @@ pub fn service(name: &str, vip: IpAddr, port: u16, routes: Vec<Route>) -> Servic
         addresses: vec![vip],
         hostnames: Vec::new(),
         ports: vec![http_port(port, routes)],
+        plugins: Default::default(),
     }
 }
 
@@ -148,6 +149,7 @@ pub fn host_service(name: &str, hostnames: &[&str], port: u16, routes: Vec<Route
         addresses: Vec::new(),
         hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
         ports: vec![http_port(port, routes)],
+        plugins: Default::default(),
     }
 }
 
@@ -194,6 +196,7 @@ pub fn route() -> RouteBuilder {
         backend_refs: Vec::new(),
         timeouts: Timeouts::default(),
         retry: None,
+        plugins: Default::default(),
     })
 }
 
@@ -247,6 +250,12 @@ impl RouteBuilder {
             grpc_codes: Vec::new(),
             on_connect_failure: true,
         });
+        self
+    }
+
+    /// Attaches APISIX plugin `name` with its JSON config.
+    pub fn plugin(mut self, name: &str, config: Value) -> Self {
+        self.0.plugins.insert(name.to_owned(), config);
         self
     }
 
@@ -546,6 +555,54 @@ impl Standalone {
     pub async fn apply(&self, config: &MeshConfig) {
         self.file.write(config);
         wait_version(&self.proxy, &config.version).await;
+    }
+}
+
+/// A server pod whose proxy runs standalone with inbound plugins: an
+/// unmeshed `client` pod and an app `srv` on port [`INBOUND_APP_PORT`]
+/// behind the `srv` pod's sidecar, configured with `inbound.ports` and
+/// `consumers` as given (JSON).
+#[derive(Debug)]
+pub struct InboundStandalone {
+    pub proxy: ProxyHandle,
+    pub app: HttpApp,
+    pub file: ConfigFile,
+    pub client: Pod,
+    pub server: Pod,
+    pub net: TestNet,
+}
+
+/// The port of [`InboundStandalone`]'s app.
+pub const INBOUND_APP_PORT: u16 = 8080;
+
+impl InboundStandalone {
+    pub async fn start(test: &str, ports: Value, consumers: Value) -> InboundStandalone {
+        let net = TestNet::new(test);
+        let client = net.pod("client");
+        let server = net.pod("srv");
+        let app = server.spawn_http_app(INBOUND_APP_PORT, "srv");
+        let file = ConfigFile::new(test);
+        let config = MeshConfig::from_json(
+            &json!({"version": "in-1", "inbound": {"ports": ports}, "consumers": consumers})
+                .to_string(),
+        )
+        .expect("a valid inbound config");
+        file.write(&config);
+        let proxy = server.mesh_with(&[], &file.proxy_args()).await;
+        wait_version(&proxy, "in-1").await;
+        InboundStandalone {
+            proxy,
+            app,
+            file,
+            client,
+            server,
+            net,
+        }
+    }
+
+    /// The app's address, as a client outside the pod dials it.
+    pub fn app_addr(&self) -> SocketAddr {
+        self.server.addr4(INBOUND_APP_PORT)
     }
 }
 

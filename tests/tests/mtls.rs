@@ -136,6 +136,8 @@ fn port(port: u16, mode: Option<InboundMode>) -> InboundPort {
         name: None,
         protocol: Default::default(),
         mode,
+        plugins: Default::default(),
+        routes: Vec::new(),
     }
 }
 

@@ -79,6 +79,8 @@ async fn world(test: &str) -> World {
         name: None,
         protocol: Default::default(),
         mode: None,
+        plugins: Default::default(),
+        routes: Vec::new(),
     }];
     server.inbound.authorization = Authorization::default();
     let (pa, fa) = sidecar(&cp, &a, A, &client).await;

@@ -383,6 +383,8 @@ impl FullDump {
                             inbound,
                             backends: _,
                             http,
+                            global_rules,
+                            consumers,
                         } = config;
                         buf.extend_from_slice(b",\"config\":{\"version\":");
                         serde_json::to_writer(&mut *buf, version)?;
@@ -390,6 +392,25 @@ impl FullDump {
                         serde_json::to_writer(&mut *buf, inbound)?;
                         buf.extend_from_slice(b",\"http\":");
                         serde_json::to_writer(&mut *buf, http)?;
+                        if !global_rules.is_empty() {
+                            buf.extend_from_slice(b",\"globalRules\":");
+                            serde_json::to_writer(&mut *buf, global_rules)?;
+                        }
+                        // Credentials stay in the proxy: a consumer shows
+                        // its name and which plugins it has.
+                        if !consumers.is_empty() {
+                            buf.extend_from_slice(b",\"consumers\":");
+                            let consumers: Vec<_> = consumers
+                                .iter()
+                                .map(|c| {
+                                    serde_json::json!({
+                                        "username": c.username,
+                                        "plugins": c.plugins.keys().collect::<Vec<_>>(),
+                                    })
+                                })
+                                .collect();
+                            serde_json::to_writer(&mut *buf, &consumers)?;
+                        }
                         buf.extend_from_slice(b",\"outbound\":{\"services\":[");
                         Stage::Services(0)
                     }

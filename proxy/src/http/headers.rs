@@ -31,11 +31,13 @@ pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("remora-orig-p
 /// the client (or its app), so it is removed before anything reads it:
 /// `remora-error` names why the proxy answered a request itself,
 /// `x-remora-client-id` is the peer identity the inbound proxy vouches
-/// for, and `remora-orig-proto` is read only from a mesh peer.
-pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 3] = [
+/// for, `remora-orig-proto` is read only from a mesh peer, and
+/// `x-remora-consumer` is the consumer an auth plugin authenticated.
+pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("remora-error"),
     CLIENT_ID,
     ORIG_PROTO,
+    crate::plugins::CONSUMER_HEADER,
 ];
 
 /// Headers only the proxy may put on a response: an app's own

@@ -1,5 +1,6 @@
 //! Inbound HTTP: requests arriving for the app in this pod are authorized,
-//! then forwarded to it over pooled connections, from the loopback source
+//! run through the port's plugins (or its matching inbound route's), then
+//! forwarded to the app over pooled connections, from the loopback source
 //! the capture rules leave alone, with `x-forwarded-proto` as this proxy
 //! saw the request and without headers only the proxy may set on the
 //! app's responses.
@@ -20,16 +21,18 @@ use std::sync::Arc;
 
 use crate::authz::{Decision, Subject};
 use crate::metrics::RequestLabels;
+use crate::plugins::{Chain, Ctx};
 use crate::state::Snapshot;
 
 impl HttpProxy {
     pub(super) async fn inbound(
         &self,
         conn: &ConnInfo,
-        mut req: Request<Body>,
+        req: Request<Body>,
         snapshot: Arc<Snapshot>,
+        plugins: &mut Ctx<'_>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
-        let labels = RequestLabels {
+        let mut labels = RequestLabels {
             client_id: conn
                 .peer_identity
                 .as_ref()
@@ -64,6 +67,21 @@ impl HttpProxy {
             path = req.uri().path(),
             "inbound request"
         );
+        let (mut parts, body) = req.into_parts();
+        // The port's plugins, or its matching route's.
+        let chain = match snapshot.plugins.inbound_port(conn.orig_dst.port()) {
+            Some(port) => {
+                let (chain, route) = port.select(&parts);
+                plugins.route = route.clone();
+                labels.route = route;
+                chain.clone()
+            }
+            None => Chain::default(),
+        };
+        if let Some(r) = plugins.request_phases(&chain, &mut parts).await {
+            return (Ok(r), labels);
+        }
+        let mut req = Request::from_parts(parts, body);
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());

@@ -17,6 +17,7 @@ use crate::balance::{hash_key, Outcome};
 use crate::body::{Replay, MAX_REPLAY_BODY};
 use crate::error::Retry;
 use crate::metrics::RequestLabels;
+use crate::plugins::{Chain, Ctx};
 use crate::resilience::{backoff, is_retryable, RequestBody};
 use crate::route::{
     apply_request_filters, apply_response_filters, CompiledRoute, FilterOutcome, Mirror,
@@ -29,6 +30,7 @@ impl HttpProxy {
         conn: &ConnInfo,
         req: Request<Body>,
         snapshot: Arc<Snapshot>,
+        plugins: &mut Ctx<'_>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         let port = snapshot.service_for(conn.orig_dst, &authority).cloned();
@@ -38,25 +40,43 @@ impl HttpProxy {
         };
         // Unknown destinations, and known HTTP ports that route nothing, go
         // to the original destination as they are.
-        let Some(port) = port.filter(|p| !p.passthrough) else {
-            let upstream = match conn.version {
-                Version::HTTP_2 => Upstream::Http2,
-                _ => Upstream::Http1,
-            };
-            let result = forward(
-                &self.drain,
-                &self.passthrough,
-                &Peer::plaintext(conn.orig_dst),
-                upstream,
-                &authority,
-                req,
-            )
-            .await;
-            return (result, labels);
+        let port = match port {
+            Some(port) if !port.passthrough => port,
+            port => {
+                let mut req = req;
+                if let Some(port) = &port {
+                    plugins.service = port.service.clone();
+                    let chain = port.plugins.first().cloned().unwrap_or_default();
+                    let (mut parts, body) = req.into_parts();
+                    if let Some(r) = plugins.request_phases(&chain, &mut parts).await {
+                        return (Ok(r), labels);
+                    }
+                    req = Request::from_parts(parts, body);
+                }
+                let upstream = match conn.version {
+                    Version::HTTP_2 => Upstream::Http2,
+                    _ => Upstream::Http1,
+                };
+                let result = forward(
+                    &self.drain,
+                    &self.passthrough,
+                    &Peer::plaintext(conn.orig_dst),
+                    upstream,
+                    &authority,
+                    req,
+                )
+                .await;
+                return (result, labels);
+            }
         };
 
         let (mut parts, body) = req.into_parts();
+        plugins.service = port.service.clone();
         let Some(selected) = port.routes.select(&parts) else {
+            // No route: the global rules still run, as in APISIX.
+            if let Some(r) = plugins.enter(&Chain::default(), &mut parts).await {
+                return (Ok(r), labels);
+            }
             return (
                 Err(ProxyError::new(
                     ErrorKind::NoRoute,
@@ -72,6 +92,15 @@ impl HttpProxy {
         };
         let route = selected.route;
         labels.route = route.label().clone();
+        plugins.route = route.label().clone();
+        let chain = port
+            .plugins
+            .get(selected.route_index)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(r) = plugins.enter(&chain, &mut parts).await {
+            return (Ok(r), labels);
+        }
 
         match apply_request_filters(route.filters(), &mut parts, selected.matched_prefix) {
             Ok(FilterOutcome::Continue) => {}
@@ -158,6 +187,9 @@ impl HttpProxy {
             authority: &authority,
             hash,
         };
+        if let Some(r) = plugins.before_proxy(&mut parts).await {
+            return (Ok(r), labels);
+        }
         let result = self.send(&target, route, parts, body, &labels).await;
         let result = result.map(|response| {
             let (mut head, body) = response.into_parts();

@@ -1,0 +1,561 @@
+//! `limit-count`: at most `count` requests per `time_window` seconds per
+//! key, a fixed window, as APISIX's plugin of that name (`policy: local`).
+//!
+//! The key is a variable (`key_type: var`, `key: remote_addr`, the
+//! default; `consumer_name`, `http_x_user_id`...), a combination
+//! (`var_combination`, `key: "$remote_addr $consumer_name"`), or one
+//! `constant` for all. A key whose variables are all empty falls back to
+//! the client address, as in APISIX. A window starts at its key's first
+//! request. Counters live in the compiled plugin: a plugin on a service
+//! counts across its routes, and a counter survives config updates that
+//! leave the plugin's config unchanged. Rejections are `rejected_code`
+//! (503) with `{"error_msg": rejected_msg}` when set; admitted and rejected
+//! responses carry `X-RateLimit-Limit`, `-Remaining` and `-Reset` unless
+//! `show_limit_quota_header` is false. One mutex guards the counters, so
+//! concurrent requests admit exactly `count`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{request, HeaderName, HeaderValue, StatusCode};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::vars::{is_known, var, Template};
+use super::{in_range, json_response, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
+use crate::body::empty;
+
+pub(super) const DESCRIPTOR: Descriptor =
+    Descriptor::new("limit-count", 1002, super::schema_of::<Config>, compile);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Requests admitted per window, 1 to 1,000,000,000.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    count: u64,
+    /// The window in seconds, 1 to 31,536,000 (a year).
+    #[schemars(range(min = 1, max = 31_536_000))]
+    time_window: u64,
+    #[serde(default)]
+    key_type: KeyType,
+    #[serde(default = "default_key")]
+    key: String,
+    /// 200 to 599.
+    #[serde(default = "default_rejected_code")]
+    #[schemars(range(min = 200, max = 599))]
+    rejected_code: u16,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    policy: Policy,
+    /// Only with a remote policy: admit requests when the counter store
+    /// cannot be reached.
+    #[serde(default)]
+    #[allow(dead_code)] // Read by the redis policy.
+    allow_degradation: bool,
+    #[serde(default = "yes")]
+    show_limit_quota_header: bool,
+    /// Configs with one group share their counters.
+    #[serde(default)]
+    group: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum KeyType {
+    #[default]
+    Var,
+    VarCombination,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum Policy {
+    #[default]
+    Local,
+    Redis,
+    RedisCluster,
+}
+
+fn default_key() -> String {
+    "remote_addr".to_owned()
+}
+
+fn default_rejected_code() -> u16 {
+    503
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a request's counter key is made.
+#[derive(Debug)]
+enum Key {
+    Var(String),
+    Combination(Template),
+    Constant,
+}
+
+#[derive(Debug)]
+struct LimitCount {
+    count: u64,
+    window: Duration,
+    key: Key,
+    rejected: StatusCode,
+    rejected_body: Option<String>,
+    headers: bool,
+    counters: Mutex<Counters>,
+    limit_value: HeaderValue,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    windows: HashMap<String, Window>,
+    /// Past this many keys, expired windows are swept before inserting.
+    sweep_at: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    used: u64,
+}
+
+const SWEEP_FIRST: usize = 1024;
+
+fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+    Ok(Arc::new(build(parse(value)?)?))
+}
+
+fn build(config: Config) -> Result<LimitCount, Fault> {
+    in_range("count", config.count, 1..=1_000_000_000)?;
+    in_range("time_window", config.time_window, 1..=31_536_000)?;
+    in_range("rejected_code", config.rejected_code, 200..=599)?;
+    if config.policy != Policy::Local {
+        return Err(Fault::new(
+            "policy",
+            "only local counters are supported by this proxy yet; use policy: local",
+        ));
+    }
+    if config.rejected_msg.as_deref() == Some("") {
+        return Err(Fault::new("rejected_msg", "must not be empty"));
+    }
+    if config.group.as_deref() == Some("") {
+        return Err(Fault::new("group", "must not be empty"));
+    }
+    let key = match config.key_type {
+        KeyType::Constant => Key::Constant,
+        KeyType::Var => {
+            if !is_known(&config.key) {
+                return Err(Fault::new(
+                    "key",
+                    format!("{:?} is not a variable this proxy knows (remote_addr, consumer_name, http_<header>, arg_<name>, ...)", config.key),
+                ));
+            }
+            Key::Var(config.key)
+        }
+        KeyType::VarCombination => Key::Combination(combination(&config.key)?),
+    };
+    let rejected = StatusCode::from_u16(config.rejected_code)
+        .map_err(|_| Fault::new("rejected_code", "not a status code"))?;
+    let rejected_body = config
+        .rejected_msg
+        .map(|m| serde_json::json!({ "error_msg": m }).to_string() + "\n");
+    Ok(LimitCount {
+        count: config.count,
+        window: Duration::from_secs(config.time_window),
+        key,
+        rejected,
+        rejected_body,
+        headers: config.show_limit_quota_header,
+        counters: Mutex::new(Counters {
+            windows: HashMap::new(),
+            sweep_at: SWEEP_FIRST,
+        }),
+        limit_value: HeaderValue::from(config.count),
+    })
+}
+
+/// A `var_combination` key: text with at least one variable.
+fn combination(key: &str) -> Result<Template, Fault> {
+    let template = Template::compile("key", key)?;
+    if template.vars() == 0 {
+        return Err(Fault::new(
+            "key",
+            "a var_combination names variables with `$`, e.g. \"$remote_addr $consumer_name\"",
+        ));
+    }
+    Ok(template)
+}
+
+/// What the counter said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    admitted: bool,
+    remaining: u64,
+    /// Seconds until the window ends, rounded up.
+    reset: u64,
+}
+
+impl LimitCount {
+    fn key_of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> String {
+        let key = match &self.key {
+            Key::Constant => Some(String::new()),
+            Key::Var(name) => var(ctx, req, name).map(|v| v.into_owned()),
+            Key::Combination(template) => {
+                let (key, resolved) = template.render(ctx, req);
+                (resolved > 0).then_some(key)
+            }
+        };
+        key.unwrap_or_else(|| ctx.remote_addr.ip().to_string())
+    }
+
+    fn incoming(&self, key: String, now: Instant) -> Verdict {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let window = self.window;
+        if counters.windows.len() >= counters.sweep_at && !counters.windows.contains_key(&key) {
+            counters
+                .windows
+                .retain(|_, w| now.duration_since(w.started) < window);
+            counters.sweep_at = (counters.windows.len() * 2).max(SWEEP_FIRST);
+        }
+        let entry = counters.windows.entry(key).or_insert(Window {
+            started: now,
+            used: 0,
+        });
+        if now.duration_since(entry.started) >= window {
+            *entry = Window {
+                started: now,
+                used: 0,
+            };
+        }
+        let left = window.saturating_sub(now.duration_since(entry.started));
+        let reset = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        if entry.used >= self.count {
+            return Verdict {
+                admitted: false,
+                remaining: 0,
+                reset,
+            };
+        }
+        entry.used += 1;
+        Verdict {
+            admitted: true,
+            remaining: self.count - entry.used,
+            reset,
+        }
+    }
+}
+
+const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+impl Plugin for LimitCount {
+    fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
+        let key = self.key_of(ctx, req);
+        let verdict = self.incoming(key, Instant::now());
+        if self.headers {
+            ctx.set_response_header(LIMIT, self.limit_value.clone());
+            ctx.set_response_header(REMAINING, HeaderValue::from(verdict.remaining));
+            ctx.set_response_header(RESET, HeaderValue::from(verdict.reset));
+        }
+        if verdict.admitted {
+            return Flow::Continue;
+        }
+        let response = match &self.rejected_body {
+            Some(body) => json_response(self.rejected, body.clone()),
+            None => {
+                let mut r = http::Response::new(empty());
+                *r.status_mut() = self.rejected;
+                r
+            }
+        };
+        Flow::Respond(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{consumers, ctx, env, request};
+    use super::*;
+
+    fn compiled(config: serde_json::Value) -> Arc<dyn Plugin> {
+        compile(&config, &env()).expect("compiles")
+    }
+
+    fn status(flow: &Flow) -> u16 {
+        match flow {
+            Flow::Continue => 200,
+            Flow::Respond(r) => r.status().as_u16(),
+            Flow::Wait(_) => 0,
+        }
+    }
+
+    #[test]
+    fn a_window_admits_count_then_rejects_and_reopens() {
+        let p = LimitCount::from_json(serde_json::json!({"count": 3, "time_window": 10}));
+        let t0 = Instant::now();
+        let verdicts: Vec<_> = (0..5).map(|_| p.incoming("k".into(), t0)).collect();
+        assert_eq!(
+            verdicts
+                .iter()
+                .map(|v| (v.admitted, v.remaining))
+                .collect::<Vec<_>>(),
+            [(true, 2), (true, 1), (true, 0), (false, 0), (false, 0)]
+        );
+        assert_eq!(verdicts[0].reset, 10);
+        let later = p.incoming("k".into(), t0 + Duration::from_millis(9_500));
+        assert_eq!((later.admitted, later.reset), (false, 1));
+        let other = p.incoming("other".into(), t0);
+        assert_eq!(
+            (other.admitted, other.remaining),
+            (true, 2),
+            "keys count apart"
+        );
+        let next = p.incoming("k".into(), t0 + Duration::from_secs(10));
+        assert_eq!((next.admitted, next.remaining, next.reset), (true, 2, 10));
+    }
+
+    #[test]
+    fn threads_hammering_one_key_admit_exactly_count() {
+        let p = Arc::new(LimitCount::from_json(
+            serde_json::json!({"count": 1000, "time_window": 60}),
+        ));
+        let now = Instant::now();
+        let admitted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let p = p.clone();
+                    s.spawn(move || {
+                        (0..500)
+                            .filter(|_| p.incoming("one".into(), now).admitted)
+                            .count() as u64
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(admitted, 1000);
+    }
+
+    #[test]
+    fn keys_come_from_vars_combinations_and_fall_back_to_the_address() {
+        let compiled_consumers = consumers(&[]);
+        let mut ctx = ctx(&compiled_consumers);
+        let req = request("/p?user=u1", &[("x-user-id", "42")]);
+        let key = |config: serde_json::Value, ctx: &Ctx<'_>| {
+            LimitCount::from_json(config).key_of(ctx, &req)
+        };
+        assert_eq!(
+            key(serde_json::json!({"count": 1, "time_window": 1}), &ctx),
+            "10.0.0.7"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key": "http_x_user_id"}),
+                &ctx
+            ),
+            "42"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key": "arg_user"}),
+                &ctx
+            ),
+            "u1"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key": "consumer_name"}),
+                &ctx
+            ),
+            "10.0.0.7",
+            "no consumer: the address"
+        );
+        ctx.consumer = Some(super::super::testing::consumer("jack"));
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key": "consumer_name"}),
+                &ctx
+            ),
+            "jack"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key_type": "var_combination", "key": "$consumer_name:$http_x_user_id"}),
+                &ctx
+            ),
+            "jack:42"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key_type": "var_combination", "key": "$http_x_none $arg_none"}),
+                &ctx
+            ),
+            "10.0.0.7"
+        );
+        assert_eq!(
+            key(
+                serde_json::json!({"count": 1, "time_window": 1, "key_type": "constant", "key": "x"}),
+                &ctx
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn rejections_carry_the_code_the_message_and_the_quota_headers() {
+        let p = compiled(
+            serde_json::json!({"count": 1, "time_window": 60, "rejected_code": 429, "rejected_msg": "slow down"}),
+        );
+        let compiled_consumers = consumers(&[]);
+        let mut ctx = ctx(&compiled_consumers);
+        let mut req = request("/", &[]);
+        assert_eq!(status(&p.access(&mut ctx, &mut req)), 200);
+        let flow = p.access(&mut ctx, &mut req);
+        let Flow::Respond(r) = flow else {
+            panic!("{flow:?}")
+        };
+        assert_eq!(r.status(), 429);
+        assert_eq!(
+            super::super::testing::body_text(r),
+            "{\"error_msg\":\"slow down\"}\n"
+        );
+        let headers: Vec<_> = ctx
+            .response_headers
+            .iter()
+            .map(|(n, v, _)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "x-ratelimit-limit: 1",
+                "x-ratelimit-remaining: 0",
+                "x-ratelimit-reset: 60",
+                "x-ratelimit-limit: 1",
+                "x-ratelimit-remaining: 0",
+                "x-ratelimit-reset: 60",
+            ]
+        );
+        let quiet = compiled(
+            serde_json::json!({"count": 1, "time_window": 60, "show_limit_quota_header": false}),
+        );
+        let mut ctx = super::super::testing::ctx(&compiled_consumers);
+        quiet.access(&mut ctx, &mut req);
+        let flow = quiet.access(&mut ctx, &mut req);
+        assert_eq!(status(&flow), 503, "APISIX's default");
+        assert!(ctx.response_headers.is_empty());
+    }
+
+    #[test]
+    fn bad_configs_name_their_field() {
+        super::super::testing::assert_faults(
+            compile,
+            &[
+                (
+                    serde_json::json!({"time_window": 1}),
+                    "",
+                    "missing field `count`",
+                ),
+                (
+                    serde_json::json!({"count": 1}),
+                    "",
+                    "missing field `time_window`",
+                ),
+                (
+                    serde_json::json!({"count": 0, "time_window": 1}),
+                    ".count",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": -1, "time_window": 1}),
+                    ".count",
+                    "invalid value",
+                ),
+                (
+                    serde_json::json!({"count": "ten", "time_window": 1}),
+                    ".count",
+                    "invalid type",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 0}),
+                    ".time_window",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 31_536_001u64}),
+                    ".time_window",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "rejected_code": 199}),
+                    ".rejected_code",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "rejected_code": 600}),
+                    ".rejected_code",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "rejected_msg": ""}),
+                    ".rejected_msg",
+                    "empty",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "key": "nope"}),
+                    ".key",
+                    "not a variable",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "key_type": "var_combination", "key": "plain"}),
+                    ".key",
+                    "names variables",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "key_type": "var_combination", "key": "$bogus"}),
+                    ".key",
+                    "$bogus",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "key_type": "other"}),
+                    ".key_type",
+                    "unknown variant",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis"}),
+                    ".policy",
+                    "only local",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "extra": 1}),
+                    ".extra",
+                    "unknown field `extra`",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn expired_windows_are_swept_when_keys_pile_up() {
+        let p = LimitCount::from_json(serde_json::json!({"count": 1, "time_window": 1}));
+        let t0 = Instant::now();
+        for i in 0..SWEEP_FIRST {
+            p.incoming(format!("k{i}"), t0);
+        }
+        p.incoming("late".into(), t0 + Duration::from_secs(2));
+        let counters = p.counters.lock().unwrap();
+        assert_eq!(counters.windows.len(), 1, "only the live key stays");
+    }
+
+    impl LimitCount {
+        fn from_json(config: serde_json::Value) -> LimitCount {
+            build(parse(&config).expect("parses")).expect("builds")
+        }
+    }
+}
