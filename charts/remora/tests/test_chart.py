@@ -74,6 +74,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def curl_until_ok(proc, *args):
+    """curl -f until it succeeds, the process exits, or 10 s pass."""
+    deadline = time.monotonic() + 10
+    while True:
+        result = subprocess.run(["curl", "-fsS", "--max-time", "2", *args], capture_output=True, text=True)
+        if result.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
+            return result
+        time.sleep(0.1)
+
+
 class Schemas(unittest.TestCase):
     def check_all(self, objects):
         self.assertGreater(len(objects), 0)
@@ -315,15 +325,8 @@ class RealBinaries(unittest.TestCase):
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 host = f"remora-injector.{NAMESPACE}.svc"
-                deadline = time.monotonic() + 10
-                while True:
-                    result = subprocess.run(
-                        ["curl", "-fsS", "--max-time", "2", "--cacert", str(tls_dir / "ca.crt"),
-                         "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/ready"],
-                        capture_output=True, text=True)
-                    if result.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
-                        break
-                    time.sleep(0.1)
+                result = curl_until_ok(proc, "--cacert", str(tls_dir / "ca.crt"),
+                                       "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/ready")
                 self.assertIsNone(proc.poll(), "the injector exited")
                 self.assertEqual((result.returncode, result.stdout), (0, "ok\n"), result.stderr)
             finally:
@@ -367,13 +370,7 @@ class RealBinaries(unittest.TestCase):
             proc = subprocess.Popen([str(binary), *container["args"]], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 10
-                while True:
-                    result = subprocess.run(["curl", "-fsS", "--max-time", "2", f"http://127.0.0.1:{admin}/ready"],
-                                            capture_output=True, text=True)
-                    if result.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
-                        break
-                    time.sleep(0.1)
+                result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/ready")
                 self.assertIsNone(proc.poll(), "remora-cp exited")
                 self.assertEqual((result.returncode, result.stdout), (0, "ready\n"), result.stderr)
                 self.assertTrue((tmp / "state" / "root-cert.pem").exists(), "the root is generated into the state dir")
