@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -87,6 +88,16 @@ pub struct Args {
     /// when the open-file limit cannot carry that many.
     #[arg(long, env = "REMORA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// The app's probes the admin port answers at /app-health/..., as JSON
+    /// (the injector writes it; docs/injector.md).
+    #[arg(
+        long,
+        env = "REMORA_APP_PROBES",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub app_probes: String,
 }
 
 /// Whether the proxy listens on IPv6 as well as IPv4.
@@ -125,6 +136,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// Per listener; `None` leaves it to the open-file limit (see `limits`).
     pub max_connections: Option<usize>,
+    /// The checks behind /app-health/... on the admin port.
+    pub app_probes: Arc<crate::AppProbes>,
 }
 
 /// The range of `--tcp-idle-timeout`.
@@ -189,6 +202,11 @@ impl Config {
         count("workers", args.workers, 1024)?;
         count("max-idle-per-endpoint", args.max_idle_per_endpoint, 10_000)?;
         check_limits(&args)?;
+        let app_probes =
+            crate::AppProbes::parse(&args.app_probes).map_err(|e| ConfigError::Invalid {
+                flag: "app-probes",
+                reason: format!("REMORA_APP_PROBES {e}"),
+            })?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -207,6 +225,7 @@ impl Config {
             max_idle_per_endpoint: args.max_idle_per_endpoint,
             tcp_idle_timeout: args.tcp_idle_timeout,
             max_connections: args.max_connections,
+            app_probes: Arc::new(app_probes),
         })
     }
 }
