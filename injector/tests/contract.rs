@@ -10,10 +10,8 @@ use clap::{CommandFactory, Parser};
 use remora_injector::{injected_pod, Settings};
 use serde_json::{json, Value};
 
-/// Variables the proxy reads outside its flags: RUST_LOG through tracing,
-/// REMORA_APP_PROBES not yet (the probe forwarding is still to do, see
-/// docs/injector.md).
-const NOT_FLAGS: &[&str] = &["RUST_LOG", "REMORA_APP_PROBES"];
+/// Variables the proxy reads outside its flags: RUST_LOG through tracing.
+const NOT_FLAGS: &[&str] = &["RUST_LOG"];
 
 fn pod(annotations: Value) -> Value {
     json!({
@@ -82,6 +80,20 @@ fn proxy_and_init_accept_what_the_annotations_become() {
         [5432, 6379]
     );
     assert_eq!(config.drain_deadline, Duration::from_secs(90));
+    // The rewritten readiness probe is one the proxy will answer.
+    assert_eq!(config.app_probes.len(), 1);
+    assert_eq!(
+        config.app_probes.get("/app-health/app/readyz"),
+        Some(&remora_proxy::AppProbeCheck {
+            action: remora_proxy::AppProbeAction::Http {
+                port: 8080,
+                path: "/r".to_owned(),
+                https: false,
+                headers: vec![],
+            },
+            timeout: Duration::from_secs(1),
+        })
+    );
 
     use remora_iptables::config as init;
     let args = argv::<init::Args>("remora-init", find(&injected, "remora-init"));

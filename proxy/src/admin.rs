@@ -12,7 +12,7 @@
 mod dump;
 mod probes;
 
-pub use probes::{AppProbes, AppProbesError};
+pub use probes::{Action as AppProbeAction, AppProbes, AppProbesError, Check as AppProbeCheck};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

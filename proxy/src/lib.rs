@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use admin::{AppProbes, AppProbesError};
+pub use admin::{AppProbeAction, AppProbeCheck, AppProbes, AppProbesError};
 pub use config::Config;
 
 use crate::config::IpFamilyMode;
