@@ -655,6 +655,134 @@ mod tests {
         );
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn prober(check: serde_json::Value) -> Prober {
+        let text = serde_json::json!({ "/app-health/web/livez": check }).to_string();
+        Prober::new(Arc::new(AppProbes::parse(&text).expect("valid")))
+    }
+
+    /// A TLS app on 127.0.0.1 with a self-signed certificate for another
+    /// name, answering every request with `status`.
+    async fn tls_app(status: u16) -> u16 {
+        let generated = rcgen::generate_simple_self_signed(vec!["elsewhere.example".to_owned()])
+            .expect("certificate");
+        let key =
+            rustls_pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![generated.cert.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((LOCAL, 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_probes_do_not_verify_the_certificate_as_kubelet() {
+        let port = tls_app(204).await;
+        let https =
+            prober(serde_json::json!({"httpGet": {"port": port, "scheme": "HTTPS", "path": "/h"}}));
+        assert_eq!(
+            https.answer("/app-health/web/livez", LOCAL).await,
+            (StatusCode::OK, "ok: HTTP 204\n".to_owned())
+        );
+        let failing = tls_app(503).await;
+        let https = prober(serde_json::json!({"httpGet": {"port": failing, "scheme": "HTTPS"}}));
+        assert_eq!(
+            https.answer("/app-health/web/livez", LOCAL).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("GET https://127.0.0.1:{failing}/: HTTP 503\n")
+            )
+        );
+        // Plain HTTP to a TLS port is not an HTTP answer.
+        let plain = prober(serde_json::json!({"httpGet": {"port": port}}));
+        let (status, body) = plain.answer("/app-health/web/livez", LOCAL).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.starts_with(&format!(
+                "GET http://127.0.0.1:{port}/: HTTP request failed: "
+            )),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_probes_is_refused_at_once_past_the_limit() {
+        // An app that accepts and never answers: every check takes its
+        // whole timeout.
+        let listener = tokio::net::TcpListener::bind((LOCAL, 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let _app = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let prober = prober(serde_json::json!({"httpGet": {"port": port}, "timeoutSeconds": 2}));
+        let hung: Vec<_> = (0..MAX_IN_FLIGHT)
+            .map(|_| {
+                let prober = prober.clone();
+                tokio::spawn(async move { prober.answer("/app-health/web/livez", LOCAL).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let refused = prober.answer("/app-health/web/livez", LOCAL).await;
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            refused,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "32 app probes are running already\n".to_owned()
+            )
+        );
+        for task in hung {
+            let (status, body) = task.await.expect("joined");
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                body,
+                format!("GET http://127.0.0.1:{port}/: no answer within timeoutSeconds 2\n")
+            );
+        }
+        // Once they are done, probes run again.
+        let (status, _) = prober.answer("/app-health/web/livez", LOCAL).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "still hung, but checked"
+        );
+    }
+
     #[tokio::test]
     async fn an_unknown_path_is_404_and_names_the_contract() {
         let prober = Prober::new(Arc::new(AppProbes::default()));
