@@ -11,6 +11,7 @@
 //! known format with the default limits, and [`MeshConfig::validate`] checks
 //! configs built in code. docs/config.md describes the model field by field.
 
+mod authz;
 mod backend;
 mod duration;
 mod error;
@@ -20,6 +21,7 @@ pub mod ranges;
 mod route;
 mod validate;
 
+pub use authz::{Authorization, AuthorizationPolicy, AuthzAction, AuthzRule};
 pub use backend::{
     Backend, CircuitBreaker, Endpoint, HashOn, HealthCheck, LoadBalancer, OutlierDetection,
     RetryBudget,

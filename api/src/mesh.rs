@@ -12,6 +12,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Authorization;
 use crate::backend::Backend;
 use crate::duration::{serde_duration, GatewayDuration};
 use crate::error::{ConfigError, ValidationError};
@@ -175,6 +176,20 @@ pub struct InboundConfig {
     pub default_protocol: Protocol,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<InboundPort>,
+    /// Who may call this workload.
+    #[serde(default)]
+    pub authorization: Authorization,
+}
+
+impl InboundConfig {
+    /// The mTLS mode of an app port: the port's own, else the workload's.
+    pub fn mode_for(&self, port: u16) -> InboundMode {
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .and_then(|p| p.mode)
+            .unwrap_or(self.mode)
+    }
 }
 
 /// Whether inbound plaintext is accepted.
@@ -199,6 +214,9 @@ pub struct InboundPort {
     pub name: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// This port's mTLS mode, over `inbound.mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<InboundMode>,
 }
 
 /// HTTP settings for the whole proxy, inbound and outbound.

@@ -16,6 +16,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::authz::Authorization;
 use crate::backend::{Backend, HashOn, LoadBalancer};
 use crate::duration::format_duration;
 use crate::error::{FieldError, ValidationError};
@@ -717,6 +718,42 @@ impl Checker<'_> {
                 self.once(&mut names, name, format!("{p}.name"), what);
             }
         }
+        self.authorization(&config.inbound.authorization);
+    }
+
+    fn authorization(&mut self, authz: &Authorization) {
+        let mut names = HashMap::new();
+        for (i, policy) in authz.policies.iter().enumerate() {
+            let p = format!("inbound.authorization.policies[{i}]");
+            if policy.name.is_empty() {
+                self.error(format!("{p}.name"), "must not be empty: name the policy");
+            } else {
+                let what = format!("policy name {:?}", policy.name);
+                self.once(&mut names, &policy.name, format!("{p}.name"), what);
+            }
+            if policy.rules.is_empty() {
+                self.error(
+                    format!("{p}.rules"),
+                    "must have at least one rule (a rule with no conditions matches everything)",
+                );
+            }
+            for (j, rule) in policy.rules.iter().enumerate() {
+                let r = format!("{p}.rules[{j}]");
+                for (k, id) in rule.identities.iter().enumerate() {
+                    if let Err(why) = identity_pattern(id) {
+                        self.error(format!("{r}.identities[{k}]"), why);
+                    }
+                }
+                for (k, port) in rule.ports.iter().enumerate() {
+                    self.in_range(format!("{r}.ports[{k}]"), *port, ranges::PORT);
+                }
+                for (k, path) in rule.paths.iter().enumerate() {
+                    if let Err(why) = http_path(path) {
+                        self.error(format!("{r}.paths[{k}]"), why);
+                    }
+                }
+            }
+        }
     }
 
     fn http(&mut self, config: &MeshConfig) {
@@ -873,6 +910,34 @@ fn hostname(host: &str, wildcard: bool) -> Result<(), String> {
         return Err(format!("{host:?} is not a valid host name{hint}"));
     }
     Ok(())
+}
+
+/// An authorization identity: `*`, an exact SPIFFE id, or a namespace
+/// wildcard `spiffe://<td>/ns/<namespace>/*`.
+fn identity_pattern(id: &str) -> Result<(), String> {
+    if id == "*" {
+        return Ok(());
+    }
+    match id.strip_suffix("/*") {
+        Some(prefix) => {
+            let namespace = prefix
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(domain, path)| {
+                    (!domain.is_empty()).then_some(path)?.strip_prefix("ns/")
+                });
+            match namespace {
+                Some(ns) if !ns.is_empty() && !ns.contains('/') => spiffe_id(prefix),
+                _ => Err(format!(
+                    "{id:?}: a wildcard is spiffe://<trust-domain>/ns/<namespace>/* (a whole namespace) or *"
+                )),
+            }
+        }
+        None if id.contains('*') => Err(format!(
+            "{id:?}: `*` stands alone or as the last segment of spiffe://<trust-domain>/ns/<namespace>/*"
+        )),
+        None => spiffe_id(id),
+    }
 }
 
 /// `spiffe://<trust-domain>/<path>` with a non-empty path.
@@ -1363,6 +1428,49 @@ outbound:
 
     /// Names and numbers that identify something are given once: a second
     /// one is an error at the second, naming the first, never last-one-wins.
+    #[test]
+    fn authorization_rules_are_checked() {
+        let authz = |policies: &str| {
+            format!("{BASE}inbound:\n  mode: strict\n  ports: [{{ port: 8080, mode: permissive }}]\n  authorization:\n    defaultAction: deny\n    policies: {policies}\n")
+        };
+        let good = authz(
+            "[{ name: a, action: allow, rules: [{ identities: ['spiffe://cluster.local/ns/web/sa/client', 'spiffe://cluster.local/ns/ops/*', '*'], ports: [8080], paths: [/admin], methods: [GET] }] }]",
+        );
+        assert_eq!(check(&good), Vec::<String>::new());
+        let config = MeshConfig::from_yaml(&good).expect("valid");
+        assert_eq!(
+            config.inbound.mode_for(8080),
+            crate::InboundMode::Permissive
+        );
+        assert_eq!(config.inbound.mode_for(9090), crate::InboundMode::Strict);
+        let p = "inbound.authorization.policies";
+        let cases = [
+            ("[{ name: a, action: allow, rules: [] }]".to_owned(), format!("{p}[0].rules: must have at least one rule")),
+            ("[{ name: '', action: deny, rules: [{}] }]".to_owned(), format!("{p}[0].name: must not be empty")),
+            ("[{ name: a, action: deny, rules: [{}] }, { name: a, action: allow, rules: [{}] }]".to_owned(),
+                format!("{p}[1].name: policy name \"a\" is listed twice")),
+            ("[{ name: a, action: allow, rules: [{ identities: ['spiffe://cluster.local/ns/*/sa/x'] }] }]".to_owned(),
+                format!("{p}[0].rules[0].identities[0]: \"spiffe://cluster.local/ns/*/sa/x\": `*` stands alone")),
+            ("[{ name: a, action: allow, rules: [{ identities: ['spiffe://cluster.local/sa/*'] }] }]".to_owned(),
+                format!("{p}[0].rules[0].identities[0]: \"spiffe://cluster.local/sa/*\": a wildcard is")),
+            ("[{ name: a, action: allow, rules: [{ identities: [web] }] }]".to_owned(),
+                format!("{p}[0].rules[0].identities[0]: \"web\" is not a SPIFFE id")),
+            ("[{ name: a, action: allow, rules: [{ ports: [0] }] }]".to_owned(), format!("{p}[0].rules[0].ports[0]: ")),
+            ("[{ name: a, action: allow, rules: [{ paths: [admin] }] }]".to_owned(), format!("{p}[0].rules[0].paths[0]: ")),
+        ];
+        for (policies, want) in cases {
+            let errors = check(&authz(&policies));
+            assert_eq!(errors.len(), 1, "{policies}: {errors:?}");
+            assert!(
+                errors[0].starts_with(&want),
+                "{policies}: {} does not start with {want}",
+                errors[0]
+            );
+        }
+        let unknown = format!("{BASE}inbound: {{ authorization: {{ policies: [{{ name: a, action: maybe, rules: [{{}}] }}] }} }}\n");
+        assert!(MeshConfig::from_yaml(&unknown).is_err());
+    }
+
     #[test]
     fn every_name_once() {
         let s0 = "outbound.services[0]";

@@ -1,9 +1,11 @@
 //! Who is asking: a token in, an identity out, checked before any signing.
 //!
 //! `Authenticator` is the seam. Standalone mode implements it with a token
-//! file (`TokenFile`), re-read whenever the file changes. The Kubernetes
-//! implementation (a TokenReview with the expected audience) comes with the
-//! control plane's kube client and implements the same trait; it is not here.
+//! file (`TokenFile`), re-read whenever the file changes. In Kubernetes,
+//! `kubernetes::TokenReviewer` posts a TokenReview with the expected
+//! audience (`--auth kubernetes`).
+
+pub mod kubernetes;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +34,8 @@ pub enum AuthError {
     TooLarge(usize),
     #[error("the token is not known to remora-cp; check the token file (or, in Kubernetes, that the token is valid and unexpired)")]
     Unknown,
+    #[error("the token was refused: {0}")]
+    Denied(String),
     #[error("the identity service could not check the token: {0}; retry later")]
     Unavailable(String),
 }

@@ -21,6 +21,8 @@ pub mod env {
     pub const ROOT_KEY: &str = "REMORA_CP_ROOT_KEY";
     pub const EXTRA_TRUST_ROOTS: &str = "REMORA_CP_EXTRA_TRUST_ROOTS";
     pub const TOKEN_FILE: &str = "REMORA_CP_TOKEN_FILE";
+    pub const AUTH: &str = "REMORA_CP_AUTH";
+    pub const TOKEN_AUDIENCE: &str = "REMORA_CP_TOKEN_AUDIENCE";
     pub const CERT_LIFETIME: &str = "REMORA_CP_CERT_LIFETIME";
     pub const CERT_MAX_LIFETIME: &str = "REMORA_CP_CERT_MAX_LIFETIME";
     pub const INTERMEDIATE_LIFETIME: &str = "REMORA_CP_INTERMEDIATE_LIFETIME";
@@ -99,9 +101,15 @@ pub struct ServeArgs {
     #[arg(long = "extra-trust-root", env = env::EXTRA_TRUST_ROOTS, value_delimiter = ',')]
     pub extra_trust_roots: Vec<PathBuf>,
     /// Standalone mode: the file mapping tokens to identities.
-    /// (Required: the Kubernetes TokenReview mode comes later.)
     #[arg(long, env = env::TOKEN_FILE)]
     pub token_file: Option<PathBuf>,
+    /// How tokens are checked: `kubernetes` (TokenReview) or `token-file`.
+    /// Default: token-file when --token-file is given, else kubernetes.
+    #[arg(long, env = env::AUTH, value_enum)]
+    pub auth: Option<AuthKind>,
+    /// The audience a service-account token must be for (TokenReview).
+    #[arg(long, env = env::TOKEN_AUDIENCE, default_value = "remora")]
+    pub token_audience: String,
     /// Lifetime of a leaf whose request names none.
     #[arg(long, env = env::CERT_LIFETIME, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_lifetime: Duration,
@@ -132,6 +140,21 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthKind {
+    /// A TokenReview with the Kubernetes API server.
+    Kubernetes,
+    /// Standalone mode: --token-file.
+    TokenFile,
+}
+
+/// How tokens are checked, as settled at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    TokenFile(PathBuf),
+    Kubernetes { audience: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Json,
     Text,
@@ -154,8 +177,12 @@ pub enum ConfigError {
     RootTooShort(Duration, Duration),
     #[error("--dns-name {0:?} is not a DNS name")]
     DnsName(String),
-    #[error("--token-file is required: standalone mode is the only way to check tokens for now")]
+    #[error("--auth token-file needs --token-file")]
     NoTokenFile,
+    #[error("--token-file is only read with --auth token-file; drop one of them")]
+    TokenFileUnused,
+    #[error("--token-audience {0:?} must be 1 to 253 printable characters without spaces")]
+    Audience(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -177,7 +204,7 @@ pub struct Config {
     pub trust_domain: String,
     pub root: RootSource,
     pub extra_trust_roots: Vec<PathBuf>,
-    pub token_file: PathBuf,
+    pub auth: AuthMode,
     pub cert_lifetime: Duration,
     pub cert_max_lifetime: Duration,
     pub intermediate_lifetime: Duration,
@@ -206,9 +233,32 @@ fn in_range(
     Ok(())
 }
 
+fn auth_mode(args: &ServeArgs) -> Result<AuthMode, ConfigError> {
+    let kind = args.auth.unwrap_or(if args.token_file.is_some() {
+        AuthKind::TokenFile
+    } else {
+        AuthKind::Kubernetes
+    });
+    match (kind, &args.token_file) {
+        (AuthKind::TokenFile, Some(path)) => Ok(AuthMode::TokenFile(path.clone())),
+        (AuthKind::TokenFile, None) => Err(ConfigError::NoTokenFile),
+        (AuthKind::Kubernetes, Some(_)) => Err(ConfigError::TokenFileUnused),
+        (AuthKind::Kubernetes, None) => {
+            let audience = &args.token_audience;
+            let printable = audience.chars().all(|c| c.is_ascii_graphic());
+            if audience.is_empty() || audience.len() > 253 || !printable {
+                return Err(ConfigError::Audience(audience.clone()));
+            }
+            Ok(AuthMode::Kubernetes {
+                audience: audience.clone(),
+            })
+        }
+    }
+}
+
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Arc<Self>, ConfigError> {
-        let token_file = args.token_file.ok_or(ConfigError::NoTokenFile)?;
+        let auth = auth_mode(&args)?;
         let identity = Identity::new(&args.trust_domain, &args.namespace, &args.service_account)?;
         in_range(
             "cert-lifetime",
@@ -283,7 +333,7 @@ impl Config {
             trust_domain: args.trust_domain,
             root,
             extra_trust_roots: args.extra_trust_roots,
-            token_file,
+            auth,
             cert_lifetime: args.cert_lifetime,
             cert_max_lifetime: args.cert_max_lifetime,
             intermediate_lifetime: args.intermediate_lifetime,
@@ -335,6 +385,41 @@ mod tests {
         assert!(matches!(err, ConfigError::Identity(_)), "{err}");
         let err = parse(&["--dns-name", "bad name"]).unwrap_err();
         assert!(matches!(err, ConfigError::DnsName(_)), "{err}");
+    }
+
+    #[test]
+    fn auth_follows_the_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.auth, AuthMode::TokenFile(PathBuf::from("/t")));
+        let c = parse(&["--auth", "token-file"]).unwrap();
+        assert_eq!(c.auth, AuthMode::TokenFile(PathBuf::from("/t")));
+        let kube = |extra: &[&str]| {
+            let mut argv = vec!["remora-cp"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Cli::try_parse_from(argv).unwrap().serve)
+        };
+        let c = kube(&[]).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthMode::Kubernetes {
+                audience: "remora".to_owned()
+            }
+        );
+        let c = kube(&["--auth", "kubernetes", "--token-audience", "mesh.example"]).unwrap();
+        assert_eq!(
+            c.auth,
+            AuthMode::Kubernetes {
+                audience: "mesh.example".to_owned()
+            }
+        );
+        let err = kube(&["--auth", "token-file"]).unwrap_err();
+        assert_eq!(err.to_string(), "--auth token-file needs --token-file");
+        let err = parse(&["--auth", "kubernetes"]).unwrap_err();
+        assert!(matches!(err, ConfigError::TokenFileUnused), "{err}");
+        for bad in ["", "two words", &"a".repeat(254)] {
+            let err = kube(&["--token-audience", bad]).unwrap_err();
+            assert!(matches!(err, ConfigError::Audience(_)), "{bad:?}: {err}");
+        }
     }
 
     #[test]

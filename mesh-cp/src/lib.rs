@@ -34,10 +34,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{AdminState, Readiness};
-use crate::auth::TokenFile;
+use crate::auth::kubernetes::TokenReviewer;
+use crate::auth::{Authenticator, TokenFile};
 use crate::ca::store::{self, RootOrigin};
 use crate::ca::{Ca, Lifetimes, RootMaterial};
-use crate::config::{Config, RootSource};
+use crate::config::{AuthMode, Config, RootSource};
 use crate::metrics::Metrics;
 use crate::tls::ServingCert;
 
@@ -175,16 +176,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let serving = Arc::new(ServingCert::new(&server_cert, server_key)?);
     let ca = Arc::new(ArcSwap::from_pointee(ca));
 
-    let reloads = metrics.token_reloads.clone();
-    let auth = Arc::new(TokenFile::open(
-        &config.token_file,
-        &config.trust_domain,
-        Box::new(move |ok| {
-            reloads
-                .with_label_values(&[if ok { "ok" } else { "error" }])
-                .inc()
-        }),
-    )?);
+    let auth = authenticator(&config, &metrics).await?;
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -238,6 +230,37 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         admin,
         deadline: config.drain_deadline,
     })
+}
+
+/// The token checker `--auth` names.
+async fn authenticator(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<dyn Authenticator>> {
+    match &config.auth {
+        AuthMode::TokenFile(path) => {
+            let reloads = metrics.token_reloads.clone();
+            Ok(Arc::new(TokenFile::open(
+                path,
+                &config.trust_domain,
+                Box::new(move |ok| {
+                    reloads
+                        .with_label_values(&[if ok { "ok" } else { "error" }])
+                        .inc()
+                }),
+            )?))
+        }
+        AuthMode::Kubernetes { audience } => {
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API server for TokenReview (outside a cluster, use --token-file)",
+            )?;
+            Ok(Arc::new(TokenReviewer::new(
+                client,
+                audience,
+                &config.trust_domain,
+            )))
+        }
+    }
 }
 
 fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {

@@ -32,7 +32,9 @@ enum Refusal {
 impl Refusal {
     fn reason(&self) -> &'static str {
         match self {
-            Self::Auth(AuthError::Missing | AuthError::Unknown) => "unauthenticated",
+            Self::Auth(AuthError::Missing | AuthError::Unknown | AuthError::Denied(_)) => {
+                "unauthenticated"
+            }
             Self::Auth(AuthError::TooLarge(_)) => "too_large",
             Self::Auth(AuthError::Unavailable(_)) => "auth_unavailable",
             Self::Csr(e) => e.reason(),
@@ -43,7 +45,9 @@ impl Refusal {
 
     fn code(&self) -> Code {
         match self {
-            Self::Auth(AuthError::Missing | AuthError::Unknown) => Code::Unauthenticated,
+            Self::Auth(AuthError::Missing | AuthError::Unknown | AuthError::Denied(_)) => {
+                Code::Unauthenticated
+            }
             Self::Auth(AuthError::TooLarge(_)) => Code::InvalidArgument,
             Self::Auth(AuthError::Unavailable(_)) => Code::Unavailable,
             Self::Csr(e) if e.denied() => Code::PermissionDenied,

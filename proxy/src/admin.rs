@@ -29,6 +29,7 @@ use tracing::{debug, info};
 
 use crate::config::{INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::drain::Drain;
+use crate::identity::IdentityState;
 use crate::metrics::Metrics;
 use crate::state::State;
 use dump::{DumpQuery, FullDump};
@@ -48,6 +49,9 @@ pub(crate) struct AdminState {
     /// first config is in force).
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) state: Arc<State>,
+    /// The certificate client's state, with `--ca-addr`: no certificate
+    /// means not ready.
+    pub(crate) identity: Option<watch::Receiver<Arc<IdentityState>>>,
 }
 
 /// An admin response: a small body, or a full config dump streamed.
@@ -158,10 +162,18 @@ impl Admin {
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("not ready: {problem}\n"),
                     )
-                } else if *state.ready.borrow() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                } else if !*state.ready.borrow() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                } else {
+                    let identity = state.identity.as_ref().map(|rx| rx.borrow().readiness());
+                    match identity {
+                        Some(Err(detail)) => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {detail}\n"),
+                        ),
+                        Some(Ok(Some(note))) => text(StatusCode::OK, format!("ready\n{note}\n")),
+                        Some(Ok(None)) | None => text(StatusCode::OK, "ready\n"),
+                    }
                 }
             }
             (&Method::GET, "/metrics") => with_type(
@@ -190,7 +202,12 @@ impl Admin {
         let snapshot = self.state.state.load();
         let (kind, name, answer) = match &query {
             DumpQuery::Summary => {
-                let summary = dump::summary(&snapshot, self.state.state.last_error());
+                let mut summary = dump::summary(&snapshot, self.state.state.last_error());
+                summary.identity = self
+                    .state
+                    .identity
+                    .as_ref()
+                    .map(|rx| dump::identity(&rx.borrow()));
                 return json(serde_json::to_vec_pretty(&summary));
             }
             DumpQuery::Full => {
@@ -292,6 +309,7 @@ mod tests {
             drain: Drain::new(),
             ready: rx,
             state: Arc::new(State::new(startup, metrics)),
+            identity: None,
         };
         (Admin::new(state), tx)
     }
@@ -545,14 +563,24 @@ backends:
         );
 
         // A rejected update shows up; the version in force stays.
-        let bad = MeshConfig::from_yaml("version: v8\ninbound: {mode: strict}\n").unwrap();
+        // (Valid as parsed, then broken in code: a regex that only the
+        // proxy's compile step sees.)
+        let mut bad = MeshConfig::from_yaml(
+            "version: v8\nbackends: {b: {endpoints: [{address: '10.0.0.2:80'}]}}\noutbound: {services: [{name: s, addresses: [10.0.0.1], ports: [{port: 80, routes: [{matches: [{path: {type: RegularExpression, value: /a}}], backendRefs: [{name: b}]}]}]}]}\n",
+        )
+        .unwrap();
+        bad.outbound.services[0].ports[0].routes[0].matches[0]
+            .path
+            .as_mut()
+            .unwrap()
+            .value = "(".into();
         assert!(admin.state.state.apply(bad).is_err());
         let summary = get_json(&admin, "/config_dump").await;
         assert_eq!(summary["version"], "v7");
         assert!(
-            summary["lastError"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("inbound.mode:")),
+            summary["lastError"].as_str().is_some_and(|e| e.starts_with(
+                "outbound.services[0].ports[0].routes[0].matches[0].path.value: regex"
+            )),
             "{summary}"
         );
     }

@@ -23,6 +23,25 @@ pub const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 /// IPv6 twin of [`INBOUND_SOURCE_V4`]; `remora-init` adds it to `lo`.
 pub const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
+/// Environment variables of the identity and app-probe flags (the older flags name theirs
+/// inline, beside the flag).
+pub mod env {
+    pub const CA_ADDR: &str = "REMORA_CA_ADDR";
+    pub const CA_SERVER_NAME: &str = "REMORA_CA_SERVER_NAME";
+    pub const CA_ROOTS: &str = "REMORA_CA_ROOTS";
+    pub const IDENTITY_TOKEN_FILE: &str = "REMORA_IDENTITY_TOKEN_FILE";
+    pub const CERT_LIFETIME: &str = "REMORA_CERT_LIFETIME";
+    pub const APP_PROBES: &str = "REMORA_APP_PROBES";
+}
+
+/// Where kubelet mounts the projected service-account token (audience `remora`).
+pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/tokens/remora-token";
+/// The name in remora-cp's serving certificate that the proxy checks.
+pub const DEFAULT_CA_SERVER_NAME: &str = "remora-cp.remora-system.svc";
+/// The range of `--cert-lifetime` when it is not 0 (0 leaves it to the CA).
+pub const CERT_LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(365 * 24 * 3600);
+
 /// Command-line flags. Every flag can also be set with the environment
 /// variable named beside it.
 #[derive(Debug, Clone, Parser)]
@@ -93,11 +112,34 @@ pub struct Args {
     /// (the injector writes it; docs/injector.md).
     #[arg(
         long,
-        env = "REMORA_APP_PROBES",
+        env = env::APP_PROBES,
         default_value = "",
         hide_default_value = true
     )]
     pub app_probes: String,
+    /// remora-cp's certificate service, HOST:PORT. Without it the proxy has
+    /// no workload identity (no certificate, no mTLS).
+    #[arg(long, env = env::CA_ADDR)]
+    pub ca_addr: Option<String>,
+
+    /// The DNS name remora-cp's serving certificate must carry.
+    #[arg(long, env = env::CA_SERVER_NAME, default_value = DEFAULT_CA_SERVER_NAME)]
+    pub ca_server_name: String,
+
+    /// PEM roots that remora-cp's serving certificate chains to, for the
+    /// first connection (e.g. a ConfigMap); later the fetched trust bundle
+    /// is trusted too. Required with --ca-addr.
+    #[arg(long, env = env::CA_ROOTS)]
+    pub ca_roots: Option<PathBuf>,
+
+    /// The service-account token sent with each certificate request; re-read
+    /// every time, since kubelet rotates it.
+    #[arg(long, env = env::IDENTITY_TOKEN_FILE, default_value = DEFAULT_IDENTITY_TOKEN_FILE)]
+    pub identity_token_file: PathBuf,
+
+    /// The certificate lifetime to ask for; 0 takes the CA's default.
+    #[arg(long, env = env::CERT_LIFETIME, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Duration,
 }
 
 /// Whether the proxy listens on IPv6 as well as IPv4.
@@ -138,6 +180,22 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// The checks behind /app-health/... on the admin port.
     pub app_probes: Arc<crate::AppProbes>,
+    /// How to get a workload certificate; `None` without `--ca-addr`.
+    pub identity: Option<IdentityConfig>,
+}
+
+/// The certificate client's settings (`--ca-addr` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// The CA's host (a DNS name or an IP address) and port.
+    pub ca_host: String,
+    pub ca_port: u16,
+    /// The DNS name checked in the CA's serving certificate.
+    pub ca_server_name: String,
+    pub ca_roots: PathBuf,
+    pub token_file: PathBuf,
+    /// `None`: the CA's default lifetime.
+    pub cert_lifetime: Option<Duration>,
 }
 
 /// The range of `--tcp-idle-timeout`.
@@ -207,6 +265,7 @@ impl Config {
                 flag: "app-probes",
                 reason: format!("REMORA_APP_PROBES {e}"),
             })?;
+        let identity = identity_config(&args)?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -226,8 +285,73 @@ impl Config {
             tcp_idle_timeout: args.tcp_idle_timeout,
             max_connections: args.max_connections,
             app_probes: Arc::new(app_probes),
+            identity,
         })
     }
+}
+
+/// The identity flags: all or nothing hangs on `--ca-addr`.
+fn identity_config(args: &Args) -> Result<Option<IdentityConfig>, ConfigError> {
+    let invalid = |flag, reason: String| ConfigError::Invalid { flag, reason };
+    let Some(addr) = &args.ca_addr else {
+        return Ok(None);
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| invalid("ca-addr", format!("{addr:?} is not HOST:PORT")))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid("ca-addr", format!("{addr:?}: the port must be 1 to 65535")))?;
+    // `[::1]:15012` names an IPv6 address; `lookup_host` wants it bare.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host_ok = host.parse::<std::net::IpAddr>().is_ok()
+        || rustls_pki_types::DnsName::try_from(host).is_ok();
+    if !host_ok {
+        return Err(invalid(
+            "ca-addr",
+            format!("{host:?} is neither a DNS name nor an IP address"),
+        ));
+    }
+    if rustls_pki_types::DnsName::try_from(args.ca_server_name.as_str()).is_err() {
+        return Err(invalid(
+            "ca-server-name",
+            format!("{:?} is not a DNS name", args.ca_server_name),
+        ));
+    }
+    let ca_roots = args.ca_roots.clone().ok_or_else(|| {
+        invalid(
+            "ca-roots",
+            "is required with --ca-addr: the PEM roots remora-cp's serving certificate chains to"
+                .to_owned(),
+        )
+    })?;
+    let cert_lifetime = match args.cert_lifetime {
+        Duration::ZERO => None,
+        d if CERT_LIFETIME_RANGE.contains(&d) => Some(d),
+        d => {
+            return Err(invalid(
+                "cert-lifetime",
+                format!(
+                    "must be 0 (the CA's default) or 10s to 365d, not {}",
+                    humantime::format_duration(d)
+                ),
+            ))
+        }
+    };
+    Ok(Some(IdentityConfig {
+        ca_host: host.to_owned(),
+        ca_port: port,
+        ca_server_name: args.ca_server_name.clone(),
+        ca_roots,
+        token_file: args.identity_token_file.clone(),
+        cert_lifetime,
+    }))
 }
 
 /// The connection-exhaustion flags: idle timeout and connection limit.
@@ -386,6 +510,83 @@ mod tests {
             let err = parse(&[&format!("--max-connections={bad}")]).unwrap_err();
             assert!(err.contains("max-connections"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn identity_flags_hang_on_ca_addr() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.identity, None, "no --ca-addr, no identity");
+        let identity_of = |addr: &str, extra: &[&str]| {
+            let mut argv = vec!["--ca-addr", addr, "--ca-roots", "/r.pem"];
+            argv.extend_from_slice(extra);
+            parse(&argv)
+                .expect("valid")
+                .identity
+                .expect("identity configured")
+        };
+        let identity = identity_of("remora-cp.remora-system.svc:15012", &[]);
+        assert_eq!(identity.ca_host, "remora-cp.remora-system.svc");
+        assert_eq!(identity.ca_port, 15012);
+        assert_eq!(identity.ca_server_name, "remora-cp.remora-system.svc");
+        assert_eq!(
+            identity.token_file,
+            PathBuf::from("/var/run/secrets/tokens/remora-token")
+        );
+        assert_eq!(identity.cert_lifetime, None);
+        let identity = identity_of("[::1]:1", &["--cert-lifetime", "365d"]);
+        assert_eq!(identity.ca_host, "::1");
+        let year = Duration::from_secs(365 * 86_400);
+        assert_eq!(identity.cert_lifetime, Some(year));
+        let identity = identity_of("10.0.0.1:15012", &["--cert-lifetime", "10s"]);
+        assert_eq!(identity.cert_lifetime, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn bad_identity_flags_name_the_flag() {
+        let roots = ["--ca-roots", "/r"];
+        for (args, message) in [
+            (
+                &["--ca-addr", "remora-cp"][..],
+                "--ca-addr: \"remora-cp\" is not HOST:PORT",
+            ),
+            (
+                &["--ca-addr", ":15012"],
+                "--ca-addr: \":15012\" is not HOST:PORT",
+            ),
+            (
+                &["--ca-addr", "cp:0"],
+                "--ca-addr: \"cp:0\": the port must be 1 to 65535",
+            ),
+            (
+                &["--ca-addr", "cp:65536"],
+                "--ca-addr: \"cp:65536\": the port must be 1 to 65535",
+            ),
+            (
+                &["--ca-addr", "bad host:1"],
+                "--ca-addr: \"bad host\" is neither a DNS name nor an IP address",
+            ),
+            (
+                &["--ca-addr", "cp:1", "--ca-server-name", "a b"],
+                "--ca-server-name: \"a b\" is not a DNS name",
+            ),
+            (
+                &["--ca-addr", "cp:1", "--cert-lifetime", "9s"],
+                "--cert-lifetime: must be 0 (the CA's default) or 10s to 365d, not 9s",
+            ),
+            (
+                &["--ca-addr", "cp:1", "--cert-lifetime", "366d"],
+                "--cert-lifetime: must be 0 (the CA's default) or 10s to 365d, not 1year 18h",
+            ),
+        ] {
+            let mut argv = args.to_vec();
+            argv.extend_from_slice(&roots);
+            assert_eq!(parse(&argv).unwrap_err(), message, "{args:?}");
+        }
+        let err = parse(&["--ca-addr", "cp:1"]).unwrap_err();
+        assert!(
+            err.starts_with("--ca-roots: is required with --ca-addr"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,6 +58,15 @@ pub(crate) enum ErrorKind {
     Drain,
     /// An opaque connection carried no bytes for `--tcp-idle-timeout`.
     IdleTimeout,
+    /// Inbound authorization denied the request or connection.
+    Forbidden,
+    /// The server's sidecar refused the stream before its app saw it
+    /// (HTTP/2 REFUSED_STREAM): nothing was processed.
+    Refused,
+    /// A plaintext connection to a port whose mode is STRICT.
+    PlaintextRefused,
+    /// Mesh TLS on an inbound connection failed.
+    Tls,
 }
 
 /// Whether another attempt of a failed request may help, and why: what a
@@ -92,7 +101,11 @@ impl ErrorKind {
             | ErrorKind::Detect
             | ErrorKind::Io
             | ErrorKind::Drain
-            | ErrorKind::IdleTimeout => StatusCode::BAD_GATEWAY,
+            | ErrorKind::IdleTimeout
+            | ErrorKind::PlaintextRefused
+            | ErrorKind::Tls => StatusCode::BAD_GATEWAY,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Refused => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,6 +129,10 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Drain => "drain",
             ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Refused => "refused",
+            ErrorKind::PlaintextRefused => "plaintext_refused",
+            ErrorKind::Tls => "tls",
         }
     }
 
@@ -123,7 +140,9 @@ impl ErrorKind {
     pub(crate) fn retry(self) -> Retry {
         match self {
             ErrorKind::Connect => Retry::ConnectFailure,
-            ErrorKind::Upstream => Retry::ConnectionError,
+            // Not processed, so safe whatever the method, as long as the
+            // body can be sent again.
+            ErrorKind::Upstream | ErrorKind::Refused => Retry::ConnectionError,
             ErrorKind::Timeout => Retry::Timeout,
             _ => Retry::Never,
         }
@@ -137,7 +156,10 @@ impl ErrorKind {
             | ErrorKind::HeaderTimeout
             | ErrorKind::BodyTimeout
             | ErrorKind::OriginalDst
-            | ErrorKind::Detect => ErrorSource::Downstream,
+            | ErrorKind::Detect
+            | ErrorKind::Forbidden
+            | ErrorKind::PlaintextRefused
+            | ErrorKind::Tls => ErrorSource::Downstream,
             ErrorKind::Drain | ErrorKind::IdleTimeout => ErrorSource::Internal,
             // Mid-stream, either side may have broken it.
             ErrorKind::Io => ErrorSource::Internal,
@@ -151,6 +173,7 @@ impl ErrorKind {
 pub(crate) struct ProxyError {
     pub(crate) kind: ErrorKind,
     detail: String,
+    wrong_peer: bool,
 }
 
 impl ProxyError {
@@ -158,7 +181,24 @@ impl ProxyError {
         ProxyError {
             kind,
             detail: detail.into(),
+            wrong_peer: false,
         }
+    }
+
+    /// A failed dial; `wrong_peer` when the endpoint proved another
+    /// identity than the one expected of it.
+    pub(crate) fn connect(detail: impl Into<String>, wrong_peer: bool) -> Self {
+        ProxyError {
+            kind: ErrorKind::Connect,
+            detail: detail.into(),
+            wrong_peer,
+        }
+    }
+
+    /// Whether the endpoint must not be tried again for this request: it
+    /// proved the wrong identity.
+    pub(crate) fn is_wrong_peer(&self) -> bool {
+        self.wrong_peer
     }
 }
 

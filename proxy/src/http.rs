@@ -16,7 +16,6 @@ mod inbound;
 mod normalize;
 mod outbound;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,9 +56,23 @@ pub(crate) struct ConnInfo {
     pub(crate) orig_dst: SocketAddr,
     pub(crate) version: Version,
     /// The identity the client proved (mesh mTLS), if any.
-    #[allow(dead_code)] // Read by inbound policy, which mTLS brings.
     pub(crate) peer_identity: Option<Identity>,
 }
+
+/// What a mesh peer's sidecar said about a request, read before admission
+/// strips the header it came in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeshHop {
+    /// The client's app spoke HTTP/1.x; the hop is HTTP/2.
+    pub(crate) app_http1: bool,
+}
+
+/// A request the server's sidecar refuses on the HTTP/2 hop between
+/// sidecars because it could not reach its app: the stream is reset with
+/// REFUSED_STREAM (RFC 9113 8.7: not processed), and the client's sidecar
+/// may retry it elsewhere whatever its method.
+#[derive(Debug)]
+pub(crate) struct Refuse;
 
 /// Who is on the other end of a downstream connection, as the listener and
 /// the acceptor step found out.
@@ -123,7 +136,12 @@ impl HttpProxy {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let proxy = handler.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+            async move {
+                proxy
+                    .handle(&conn, req)
+                    .await
+                    .map_err(|Refuse| h2::Error::from(h2::Reason::REFUSED_STREAM))
+            }
         });
         let io = TokioIo::new(io);
         let started = drain.started();
@@ -189,11 +207,23 @@ impl HttpProxy {
         head::write_timeout(&mut io).await;
     }
 
-    /// Handles one request; every failure becomes a response.
-    async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    /// Handles one request; every failure becomes a response, except a
+    /// request from a mesh peer that never reached the app ([`Refuse`]).
+    async fn handle(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Refuse> {
         let start = Instant::now();
         let method = req.method().clone();
         let mut req = req.map(incoming);
+        if conn.peer_identity.is_some() {
+            let app_http1 = req
+                .headers()
+                .get(&headers::ORIG_PROTO)
+                .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+            req.extensions_mut().insert(MeshHop { app_http1 });
+        }
         let snapshot = self.state.load();
         let settings = &snapshot.http;
         let (result, labels) = match admit::admit(&mut req, settings) {
@@ -235,6 +265,15 @@ impl HttpProxy {
         };
         let response = match result {
             Ok(response) => response,
+            Err(e)
+                if e.kind == ErrorKind::Refused
+                    && conn.peer_identity.is_some()
+                    && conn.version == Version::HTTP_2 =>
+            {
+                debug!(peer = %conn.peer, dst = %conn.orig_dst, error = %e, "refusing the stream: the app is not reachable");
+                self.metrics.http_error(conn.direction, e.kind);
+                return Err(Refuse);
+            }
             Err(e) => {
                 debug!(
                     peer = %conn.peer,
@@ -249,7 +288,7 @@ impl HttpProxy {
         };
         self.metrics
             .request(conn.direction, &labels, response.status(), start.elapsed());
-        response
+        Ok(response)
     }
 }
 

@@ -13,11 +13,13 @@
 //! the pure cores the flows call: `route`, `balance`, `resilience`; and
 //! `state` (the dynamic config snapshot), `source` (the config file),
 //! `body`, `error`, `direction`, `config` (startup settings), `net`, `io`,
-//! `limits`, `metrics`, `drain`, `admin` (port 15020). `fuzzing` (only
+//! `limits`, `metrics`, `drain`, `admin` (port 15020), and `identity`
+//! (the workload certificate and trust bundle, from remora-cp). `fuzzing` (only
 //! under `--cfg fuzzing`) holds the entry points of the fuzz targets in
 //! fuzz/.
 
 mod admin;
+mod authz;
 mod balance;
 mod body;
 pub mod config;
@@ -27,6 +29,7 @@ mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod http;
+mod identity;
 mod io;
 mod limits;
 mod listener;
@@ -87,7 +90,29 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
     let metrics = Metrics::new();
     let drain = Drain::new().with_tcp_idle_timeout(config.tcp_idle_timeout);
     let (ready_tx, ready_rx) = watch::channel(false);
-    let state = Arc::new(State::new(config.clone(), metrics.clone()));
+    // Without --ca-addr there is no identity: no mesh mTLS either way, and
+    // endpoints that expect an identity cannot be reached.
+    let identity = match &config.identity {
+        Some(identity) => {
+            Some(identity::spawn(identity, &metrics).context("starting the certificate client")?)
+        }
+        None => None,
+    };
+    let mesh_tls = match &identity {
+        Some(identity) => {
+            Some(transport::MeshTls::follow(identity.clone()).context("setting up mesh TLS")?)
+        }
+        None => None,
+    };
+    let connector = Arc::new(transport::Connector::mesh(
+        mesh_tls.clone(),
+        metrics.clone(),
+    ));
+    let state = Arc::new(State::with_connector(
+        config.clone(),
+        metrics.clone(),
+        connector,
+    ));
 
     let admin = std::net::TcpListener::bind(config.admin_addr).with_context(|| {
         format!(
@@ -102,6 +127,7 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
             drain: drain.clone(),
             ready: ready_rx,
             state: state.clone(),
+            identity,
         },
     )?;
 
@@ -132,13 +158,14 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
         ),
         drain: drain.clone(),
     });
+    let acceptor = transport::Acceptor::mesh(mesh_tls, metrics.clone());
     let proxy = Arc::new(Proxy {
         config: config.clone(),
         metrics,
         drain: drain.clone(),
         state,
         http,
-        acceptor: transport::Acceptor::plaintext(),
+        acceptor,
     });
     // One limit per direction, shared by its IPv4 and IPv6 sockets.
     let outbound_limit = ConnectionLimit::new(max_connections);

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::authz::{Decision, Subject};
 use crate::balance::{EndpointState, Outcome};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::direction::Direction;
@@ -29,8 +30,8 @@ use crate::metrics::{Metrics, RefusedReason};
 use crate::net;
 use crate::state::{Snapshot, State};
 use crate::transport::detect::{self, Protocol};
-use crate::transport::{Accepted, Acceptor, Dial};
-use remora_api::Protocol as ApiProtocol;
+use crate::transport::{Accepted, Acceptor, Dial, Inner, Terminated};
+use remora_api::{InboundMode, Protocol as ApiProtocol};
 
 /// Buffer size for each direction of an opaque TCP copy.
 const COPY_BUF: usize = 16 * 1024;
@@ -167,11 +168,159 @@ impl Proxy {
         let Some(dst) = self.destination(&stream, direction) else {
             return;
         };
+        if direction == Direction::Inbound && self.acceptor.is_mesh() {
+            return self.handle_inbound(stream, slot, peer, dst).await;
+        }
         let Accepted {
-            io: mut stream,
+            io: stream,
             peer_identity,
         } = self.acceptor.accept(stream);
+        self.handle_plain(stream, slot, peer, dst, direction, peer_identity)
+            .await;
+    }
+
+    /// An inbound connection when this proxy takes part in mesh mTLS: a
+    /// mesh ClientHello is terminated and the connection goes on with the
+    /// identity its client proved; anything else is plaintext (the app's
+    /// own TLS included), which the port's mode may refuse.
+    async fn handle_inbound(
+        &self,
+        mut stream: TcpStream,
+        slot: Slot,
+        peer: SocketAddr,
+        dst: SocketAddr,
+    ) {
+        let direction = Direction::Inbound;
+        // Every port is looked at, even those that skip detection: a mesh
+        // client always speaks first. A plaintext client of a server-first
+        // port waits out the detect timeout (PERMISSIVE only).
+        let detected = match detect::detect(&mut stream, self.config.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                debug!(%peer, %dst, error = %e, "client failed before its protocol was known");
+                self.metrics.tcp_error(direction, ErrorKind::Detect);
+                return;
+            }
+        };
+        if detected.protocol != Protocol::Tls {
+            let stream = Rewind::new(detected.prefix, stream);
+            return self
+                .handle_plain(stream, slot, peer, dst, direction, None)
+                .await;
+        }
+        match self
+            .acceptor
+            .terminate(stream, detected.prefix, MESH_HANDSHAKE_TIMEOUT)
+            .await
+        {
+            Terminated::Mesh {
+                io,
+                identity,
+                inner,
+            } => {
+                let snapshot = self.state.load();
+                let port = port_label(&snapshot, dst.port());
+                if inner == Inner::Tcp
+                    && !self.tcp_authorized(&snapshot, Some(&identity), dst, &port)
+                {
+                    return;
+                }
+                self.metrics.inbound_connection(true, &port, "accepted");
+                drop(snapshot);
+                let protocol = match inner {
+                    Inner::H2 => Protocol::H2,
+                    Inner::Http1 => Protocol::Http1,
+                    Inner::Tcp => Protocol::Opaque,
+                };
+                let conn = self.metrics.connection(direction, protocol);
+                let client =
+                    Counted::new(io, conn.received.clone(), conn.sent.clone()).holding(slot);
+                match inner {
+                    Inner::H2 | Inner::Http1 => {
+                        let downstream = Downstream {
+                            direction,
+                            peer,
+                            orig_dst: dst,
+                            peer_identity: Some(identity),
+                        };
+                        self.http
+                            .clone()
+                            .serve(client, protocol, downstream, &self.drain)
+                            .await;
+                    }
+                    Inner::Tcp => {
+                        self.forward_tcp(client, peer, dst, direction, TcpTarget::Original)
+                            .await
+                    }
+                }
+            }
+            Terminated::NotMesh { prefix, io } => {
+                let stream = Rewind::new(prefix, io);
+                self.handle_plain(stream, slot, peer, dst, direction, None)
+                    .await;
+            }
+            Terminated::Failed(why) => {
+                debug!(%peer, %dst, %why, "inbound mTLS failed");
+                self.metrics.tcp_error(direction, ErrorKind::Tls);
+            }
+        }
+    }
+
+    /// Whether inbound authorization lets this TCP connection through;
+    /// counts and logs a denial.
+    fn tcp_authorized(
+        &self,
+        snapshot: &Snapshot,
+        identity: Option<&crate::transport::Identity>,
+        dst: SocketAddr,
+        port: &str,
+    ) -> bool {
+        if snapshot.authorizer.is_open() {
+            return true;
+        }
+        let subject = Subject {
+            identity,
+            port: dst.port(),
+            http: None,
+        };
+        match snapshot.authorizer.decide(&subject) {
+            Decision::Allow => true,
+            Decision::Deny { policy, rule } => {
+                debug!(%dst, client = ?identity, %policy, %rule, "connection denied by authorization");
+                self.metrics.authz_denied(&policy, &rule);
+                self.metrics
+                    .inbound_connection(identity.is_some(), port, "denied");
+                self.metrics
+                    .tcp_error(Direction::Inbound, ErrorKind::Forbidden);
+                false
+            }
+        }
+    }
+
+    /// A connection without mesh TLS: detection, then HTTP or opaque TCP.
+    async fn handle_plain<S>(
+        &self,
+        mut stream: S,
+        slot: Slot,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        direction: Direction,
+        peer_identity: Option<crate::transport::Identity>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let snapshot = self.state.load();
+        if direction == Direction::Inbound {
+            let port = port_label(&snapshot, dst.port());
+            if snapshot.inbound.mode_for(dst.port()) == InboundMode::Strict {
+                debug!(%peer, %dst, "plaintext connection refused: the port is STRICT");
+                self.metrics.inbound_connection(false, &port, "refused");
+                self.metrics
+                    .tcp_error(direction, ErrorKind::PlaintextRefused);
+                return;
+            }
+            self.metrics.inbound_connection(false, &port, "accepted");
+        }
         let declared = match direction {
             Direction::Outbound => snapshot.service_by_addr(dst).map(|s| s.protocol),
             Direction::Inbound => Some(snapshot.inbound_protocol(dst.port())),
@@ -257,7 +406,13 @@ impl Proxy {
         }
         let target = match direction {
             Direction::Outbound => tcp_target(&snapshot, dst),
-            Direction::Inbound => TcpTarget::Original,
+            Direction::Inbound => {
+                let port = port_label(&snapshot, dst.port());
+                if !self.tcp_authorized(&snapshot, None, dst, &port) {
+                    return;
+                }
+                TcpTarget::Original
+            }
         };
         // A long-lived connection must not pin this config: dropping the
         // snapshot lets later configs' changes (and their clean-up) happen.
@@ -299,6 +454,7 @@ impl Proxy {
             source: self.source_for(direction, upstream_addr),
             timeout: connect_timeout,
             identity: identity.clone(),
+            inner: Inner::Tcp,
         };
         let connected = self.state.connector().connect(&dial).await;
         // The balancer learns whether the endpoint took the connection, so
@@ -362,6 +518,19 @@ impl Proxy {
             (Direction::Inbound, SocketAddr::V4(_)) => Some(INBOUND_SOURCE_V4.into()),
             (Direction::Inbound, SocketAddr::V6(_)) => Some(INBOUND_SOURCE_V6.into()),
         }
+    }
+}
+
+/// How long a mesh client has for its ClientHello and the handshake.
+const MESH_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `port` label of inbound connection metrics: a port the config
+/// declares, or `other`, so that a port scan cannot grow the series.
+fn port_label(snapshot: &Snapshot, port: u16) -> std::borrow::Cow<'static, str> {
+    if snapshot.inbound.ports.iter().any(|p| p.port == port) {
+        port.to_string().into()
+    } else {
+        "other".into()
     }
 }
 

@@ -27,6 +27,9 @@ pub(crate) struct RequestLabels {
     pub(crate) service: Arc<str>,
     pub(crate) route: Arc<str>,
     pub(crate) backend: Arc<str>,
+    /// Inbound: the identity the client proved over mesh mTLS; empty for
+    /// plaintext, and always empty outbound.
+    pub(crate) client_id: Arc<str>,
 }
 
 /// Every metric the proxy exports.
@@ -48,6 +51,44 @@ pub(crate) struct Metrics {
     ejections: IntCounterVec,
     config_updates: IntCounterVec,
     config_apply_seconds: prometheus::Gauge,
+    tls_handshakes: IntCounterVec,
+    inbound_connections: IntCounterVec,
+    authz_denied: IntCounterVec,
+}
+
+/// How a mesh TLS handshake ended; the `result` label of
+/// `remora_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeResult {
+    Ok,
+    /// The peer's certificate does not carry the identity expected of it
+    /// (outbound), or carries no usable SPIFFE identity (inbound).
+    IdentityMismatch,
+    /// This proxy had no valid certificate to present.
+    NoCertificate,
+    /// TLS failed: an untrusted chain, a protocol error, a reset.
+    Failed,
+    Timeout,
+}
+
+impl HandshakeResult {
+    const ALL: [HandshakeResult; 5] = [
+        HandshakeResult::Ok,
+        HandshakeResult::IdentityMismatch,
+        HandshakeResult::NoCertificate,
+        HandshakeResult::Failed,
+        HandshakeResult::Timeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::IdentityMismatch => "identity_mismatch",
+            HandshakeResult::NoCertificate => "no_certificate",
+            HandshakeResult::Failed => "failed",
+            HandshakeResult::Timeout => "timeout",
+        }
+    }
 }
 
 /// Why an accepted connection was closed at once; the `reason` label of
@@ -128,6 +169,7 @@ impl Metrics {
                 "backend",
                 "status",
                 "class",
+                "client_id",
             ],
         );
         let http_errors = counter(
@@ -149,6 +191,26 @@ impl Metrics {
             "remora_config_updates_total",
             "Mesh config updates, by result (applied or rejected)",
             &["result"],
+        );
+        let tls_handshakes = counter(
+            "remora_tls_handshakes_total",
+            "Mesh mTLS handshakes, by direction and result",
+            &["direction", "result"],
+        );
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            for result in HandshakeResult::ALL {
+                tls_handshakes.with_label_values(&[direction.as_str(), result.as_str()]);
+            }
+        }
+        let inbound_connections = counter(
+            "remora_inbound_connections_total",
+            "Inbound connections by security (mtls or plaintext), app port (declared ports; others are \"other\") and result (accepted, or refused by STRICT mode or by authorization)",
+            &["security", "port", "result"],
+        );
+        let authz_denied = counter(
+            "remora_authz_denied_total",
+            "Inbound requests (HTTP) and connections (TCP) denied by authorization, by policy and rule (\"default\" when no policy matched)",
+            &["policy", "rule"],
         );
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -198,7 +260,29 @@ impl Metrics {
             ejections,
             config_updates,
             config_apply_seconds,
+            tls_handshakes,
+            inbound_connections,
+            authz_denied,
         }
+    }
+
+    pub(crate) fn tls_handshake(&self, direction: Direction, result: HandshakeResult) {
+        self.tls_handshakes
+            .with_label_values(&[direction.as_str(), result.as_str()])
+            .inc();
+    }
+
+    /// Counts an inbound connection by how it was secured and what became
+    /// of it (`port` is the app port's label value).
+    pub(crate) fn inbound_connection(&self, mtls: bool, port: &str, result: &str) {
+        let security = if mtls { "mtls" } else { "plaintext" };
+        self.inbound_connections
+            .with_label_values(&[security, port, result])
+            .inc();
+    }
+
+    pub(crate) fn authz_denied(&self, policy: &str, rule: &str) {
+        self.authz_denied.with_label_values(&[policy, rule]).inc();
     }
 
     /// Counts an answered request and observes its latency.
@@ -218,6 +302,7 @@ impl Metrics {
                 backend,
                 status.as_str(),
                 status_class(status),
+                &labels.client_id,
             ])
             .inc();
         self.request_duration
@@ -337,6 +422,11 @@ impl Metrics {
                 _ => self.ejections.remove(&labels),
             };
         }
+    }
+
+    /// For metrics that live with their module (`identity`).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The registry in the Prometheus text format.

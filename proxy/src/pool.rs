@@ -31,7 +31,7 @@ use crate::error::{BoxError, ErrorKind, ProxyError};
 use crate::resilience::{BreakerOpen, CircuitBreaker, Permit};
 #[cfg(test)]
 use crate::transport::Identity;
-use crate::transport::{Connection, Connector, Dial, Peer};
+use crate::transport::{Connection, Connector, Dial, Inner, Peer};
 
 /// The protocol spoken to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,7 +260,7 @@ impl Pool {
         }
     }
 
-    async fn dial(&self, peer: &Peer) -> Result<TokioIo<Connection>, ProxyError> {
+    async fn dial(&self, peer: &Peer, inner: Inner) -> Result<TokioIo<Connection>, ProxyError> {
         let source = match peer.addr {
             SocketAddr::V4(_) => self.settings.source_v4,
             SocketAddr::V6(_) => self.settings.source_v6,
@@ -270,17 +270,18 @@ impl Pool {
             source,
             timeout: self.settings.connect_timeout,
             identity: peer.identity.clone(),
+            inner,
         };
         self.connector
             .connect(&dial)
             .await
             .map(TokioIo::new)
-            .map_err(|e| ProxyError::new(ErrorKind::Connect, format!("{peer}: {e}")))
+            .map_err(|e| ProxyError::connect(format!("{peer}: {e}"), e.is_identity_mismatch()))
     }
 
     async fn connect_h1(&self, peer: &Peer) -> Result<http1::SendRequest<Body>, ProxyError> {
         let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
-        let io = self.dial(peer).await?;
+        let io = self.dial(peer, Inner::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -298,7 +299,7 @@ impl Pool {
 
     async fn connect_h2(&self, peer: &Peer) -> Result<http2::SendRequest<Body>, ProxyError> {
         let permit = self.permit(CircuitBreaker::try_acquire_connection)?;
-        let io = self.dial(peer).await?;
+        let io = self.dial(peer, Inner::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -472,6 +473,14 @@ impl Drop for PooledBody {
 /// body it was sending (the downstream client cut its upload short) as a
 /// "user" error: that is the client's doing, not the endpoint's.
 fn upstream_error(endpoint: &Peer, e: hyper::Error) -> ProxyError {
+    if is_refused_stream(&e) {
+        return ProxyError::new(
+            ErrorKind::Refused,
+            format!(
+                "{endpoint}: its sidecar could not reach the app; the request was not processed"
+            ),
+        );
+    }
     if e.is_user() {
         return ProxyError::new(
             ErrorKind::BadRequest,
@@ -479,6 +488,19 @@ fn upstream_error(endpoint: &Peer, e: hyper::Error) -> ProxyError {
         );
     }
     ProxyError::new(ErrorKind::Upstream, format!("{endpoint}: {e}"))
+}
+
+/// Whether the peer reset the stream with REFUSED_STREAM: RFC 9113
+/// section 8.7 says such a request was not processed.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -659,17 +681,32 @@ mod tests {
     async fn connections_are_not_shared_across_identities() {
         let (addr, accepted) = h2_server(Duration::ZERO).await;
         let pool = pool(Duration::from_secs(60));
-        for identity in [None, Some("spiffe://cluster.local/ns/a/sa/x"), None] {
-            let peer = Peer {
-                addr,
-                identity: identity.map(Identity::new),
-            };
-            let response = pool
-                .send(&peer, Upstream::Http2, h2_get(addr))
-                .await
-                .unwrap();
-            drop(response.into_body().collect().await.unwrap());
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "one per identity");
+        let plain = Peer::plaintext(addr);
+        let meshed = Peer {
+            addr,
+            identity: Some(Identity::new("spiffe://cluster.local/ns/a/sa/x")),
+        };
+        let response = pool
+            .send(&plain, Upstream::Http2, h2_get(addr))
+            .await
+            .unwrap();
+        drop(response.into_body().collect().await.unwrap());
+        // The open plaintext connection is not the meshed peer's: it dials
+        // its own, which this plaintext connector refuses.
+        let err = pool
+            .send(&meshed, Upstream::Http2, h2_get(addr))
+            .await
+            .expect_err("a meshed peer never reuses a plaintext connection");
+        assert_eq!(err.kind, ErrorKind::Connect, "{err}");
+        let response = pool
+            .send(&plain, Upstream::Http2, h2_get(addr))
+            .await
+            .unwrap();
+        drop(response.into_body().collect().await.unwrap());
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the plaintext one is reused"
+        );
     }
 }

@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use remora_api::{
-    Backend, BackendRef, HealthCheck, HttpSettings, InboundConfig, InboundMode, MeshConfig,
-    Protocol, Route, Service,
+    Backend, BackendRef, HealthCheck, HttpSettings, InboundConfig, MeshConfig, Protocol, Route,
+    Service,
 };
 use tracing::{info, warn};
 
+use crate::authz::Authorizer;
 use crate::balance::{spawn_health_checks, Balancer};
 use crate::config::{Config, INBOUND_SOURCE_V4, INBOUND_SOURCE_V6};
 use crate::metrics::Metrics;
@@ -40,11 +41,6 @@ pub(crate) enum StateError {
         port: usize,
         #[source]
         source: RouteError,
-    },
-    #[error("{field}: {reason}")]
-    Unsupported {
-        field: &'static str,
-        reason: &'static str,
     },
 }
 
@@ -99,6 +95,8 @@ pub(crate) struct Snapshot {
     host_ports: HashSet<u16>,
     pub(crate) backends: HashMap<String, Arc<BackendState>>,
     pub(crate) inbound: InboundConfig,
+    /// `inbound.authorization`, compiled.
+    pub(crate) authorizer: Arc<Authorizer>,
     pub(crate) http: HttpSettings,
 }
 
@@ -228,7 +226,17 @@ struct ConfigHealth {
 pub(crate) const APPLY_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl State {
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn new(startup: Arc<Config>, metrics: Metrics) -> Self {
+        Self::with_connector(startup, metrics, Arc::new(Connector::plaintext()))
+    }
+
+    /// A state whose upstream dials all go through `connector`.
+    pub(crate) fn with_connector(
+        startup: Arc<Config>,
+        metrics: Metrics,
+        connector: Arc<Connector>,
+    ) -> Self {
         State {
             current: ArcSwap::from_pointee(Snapshot::default()),
             last_error: Mutex::new(None),
@@ -236,7 +244,7 @@ impl State {
             startup,
             health: Mutex::default(),
             config_health: Mutex::default(),
-            connector: Arc::new(Connector::plaintext()),
+            connector,
         }
     }
 
@@ -341,14 +349,6 @@ impl State {
     fn compile(&self, config: MeshConfig, previous: &Snapshot) -> Result<Snapshot, StateError> {
         // First everything that can fail, so that a rejected config touches
         // no live state.
-        if config.inbound.mode == InboundMode::Strict {
-            // Accepting it would promise what isn't enforced.
-            return Err(StateError::Unsupported {
-                field: "inbound.mode",
-                reason: "strict needs mesh mTLS, which this proxy does not provide yet; \
-                         use permissive (plaintext is accepted either way)",
-            });
-        }
         // Incremental: a service whose config is unchanged keeps its
         // compiled ports (route tables, compiled regexes) as they are.
         let previous_configs: HashMap<&str, &Service> = previous
@@ -419,6 +419,7 @@ impl State {
             host_ports,
             backends,
             inbound: config.inbound.clone(),
+            authorizer: Arc::new(Authorizer::new(&config.inbound.authorization)),
             http: config.http.clone(),
             config: Some(Arc::new(config)),
         })
@@ -580,18 +581,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strict_inbound_is_refused_until_mtls_exists() {
+    fn strict_inbound_applies_with_per_port_overrides() {
         let startup = Arc::new(crate::config::defaults());
         let state = State::new(startup, Metrics::new());
-        let config = MeshConfig::from_yaml("version: a\ninbound: {mode: strict}\n").expect("valid");
-        let err = state.apply(config).expect_err("strict is refused");
-        assert!(
-            err.to_string()
-                .starts_with("inbound.mode: strict needs mesh mTLS"),
-            "{err}"
+        let config = MeshConfig::from_yaml(
+            "version: a\ninbound: {mode: strict, ports: [{port: 8080, mode: permissive}]}\n",
+        )
+        .expect("valid");
+        state.apply(config).expect("strict applies");
+        let snapshot = state.load();
+        assert_eq!(
+            snapshot.inbound.mode_for(8080),
+            remora_api::InboundMode::Permissive
         );
-        assert_eq!(state.load().version(), "", "nothing was applied");
-        assert!(state.last_error().is_some());
+        assert_eq!(
+            snapshot.inbound.mode_for(8081),
+            remora_api::InboundMode::Strict
+        );
     }
 
     #[tokio::test]
@@ -695,6 +701,7 @@ mod tests {
                 service: Arc::from(service),
                 route: Arc::from(route),
                 backend: Arc::from(backend),
+                ..Default::default()
             };
             metrics.request(
                 crate::direction::Direction::Outbound,
@@ -730,7 +737,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"remora_requests_total{backend="",class="2xx",direction="outbound",route="",service="",status="200"} 1"#),
+            text.contains(r#"remora_requests_total{backend="",class="2xx",client_id="",direction="outbound",route="",service="",status="200"} 1"#),
             "series about no resource stay\n{text}"
         );
     }

@@ -1,22 +1,24 @@
 //! The transport seam: every upstream dial goes through one connector
 //! (`connect`), and every accepted connection through one acceptor step
-//! (`accept`). That is where mesh mTLS lives: the connector will wrap a
-//! dial to a meshed endpoint in TLS and check the peer's identity, and the
-//! acceptor will terminate the mesh's TLS and say who the client is.
-//! Today both are plaintext and carry no identity, but every caller
-//! (pooled HTTP, opaque TCP, health checks, the listeners) already goes
-//! through them, with the expected and the proven identity in their types.
+//! (`accept`). That is where mesh mTLS lives (`tls`): the connector wraps
+//! a dial to a meshed endpoint in TLS and checks the peer's identity, and
+//! the acceptor terminates the mesh's TLS and says who the client is.
+//! Every caller (pooled HTTP, opaque TCP, health checks, the listeners)
+//! goes through them, with the expected and the proven identity in their
+//! types.
 
 mod accept;
 mod connect;
 pub(crate) mod detect;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub(crate) use accept::{Accepted, Acceptor};
-pub(crate) use connect::{Connection, Connector, Dial};
+pub(crate) use accept::{Accepted, Acceptor, Terminated};
+pub(crate) use connect::{ConnectError, Connection, Connector, Dial};
+pub(crate) use tls::{Inner, MeshTls};
 
 /// A workload identity: a SPIFFE ID,
 /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.

@@ -281,6 +281,7 @@ pub struct Req {
     path: String,
     host: Option<String>,
     headers: Vec<(String, String)>,
+    body: Bytes,
 }
 
 impl Req {
@@ -296,7 +297,14 @@ impl Req {
             path: path.to_owned(),
             host: None,
             headers: Vec::new(),
+            body: Bytes::new(),
         }
+    }
+
+    /// Sets the request body (sent with its `Content-Length`).
+    pub fn body(mut self, body: &str) -> Req {
+        self.body = Bytes::from(body.to_owned());
+        self
     }
 
     /// Adds a request header (repeat for several values).
@@ -320,7 +328,7 @@ impl Req {
             builder = builder.header(name.as_str(), value.as_str());
         }
         builder
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(self.body.clone()))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 }

@@ -5,7 +5,8 @@
 //! to that bridge with a veth pair, addressed `10.99.0.N` and `fd00:99::N`.
 //! Tests run app code inside a pod with [`Pod::enter`] (or the socket helpers
 //! built on it), set up capture with [`Pod::run_init`] and run the sidecar
-//! with [`Pod::start_proxy`], exactly as uid 1337 inside the pod.
+//! with [`Pod::start_proxy`], exactly as uid 1337 inside the pod; a real
+//! control plane (the CA) runs in a pod with [`Pod::start_control_plane`].
 //!
 //! The harness never touches the root namespace's network, and everything it
 //! creates is torn down on drop, even when the test panics. It owns the
@@ -14,6 +15,7 @@
 mod admin;
 mod apps;
 mod binaries;
+mod control_plane;
 pub mod grpc_apps;
 pub mod http_apps;
 mod iptables;
@@ -26,6 +28,7 @@ pub mod ws;
 pub use admin::HttpResponse;
 pub use apps::{assert_closed_without_data, echo, exchange, round_trip, App};
 pub use binaries::bin_dir;
+pub use control_plane::{write_readable, ControlPlane, TokenEntry, CA_PORT};
 pub use grpc_apps::GrpcApp;
 pub use iptables::Family;
 pub use metrics::{Metrics, Sample, INBOUND, OUTBOUND};

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::{Balancer, EndpointState};
+use crate::identity::{CaStatus, IdentityState};
 use crate::state::{BackendState, Snapshot};
 
 /// The summary lists at most this many backends with endpoints out of
@@ -127,6 +128,41 @@ pub(crate) struct Summary {
     pub(crate) backends_out_of_rotation_truncated: bool,
     /// How to ask for more.
     pub(crate) more: &'static str,
+    /// The workload certificate and trust bundle, with `--ca-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) identity: Option<IdentitySummary>,
+}
+
+/// What `/config_dump` says about the workload certificate: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IdentitySummary {
+    /// The SPIFFE ID, `None` while no valid certificate is held.
+    pub(crate) identity: Option<String>,
+    pub(crate) serial: Option<String>,
+    /// notAfter, RFC 3339.
+    pub(crate) expires: Option<String>,
+    pub(crate) trust_domain: String,
+    /// SHA-256 (hex) of each root of the trust bundle.
+    pub(crate) trust_bundle: Vec<String>,
+    /// The last error talking to the CA, if the last request failed.
+    pub(crate) ca_error: Option<String>,
+}
+
+/// The identity part of the summary.
+pub(crate) fn identity(state: &IdentityState) -> IdentitySummary {
+    let creds = state.credentials.as_deref();
+    IdentitySummary {
+        identity: creds.map(|c| c.identity.to_string()),
+        serial: creds.map(|c| c.serial_hex.clone()),
+        expires: creds.map(|c| humantime::format_rfc3339_seconds(c.not_after).to_string()),
+        trust_domain: state.trust_domain.to_string(),
+        trust_bundle: state.root_fingerprints.to_vec(),
+        ca_error: match &state.ca {
+            CaStatus::Failing { error, .. } => Some(error.to_string()),
+            CaStatus::Starting | CaStatus::Ok => None,
+        },
+    }
 }
 
 /// Counts everything in `snapshot`: O(size of the config) in time, O(1)
@@ -174,6 +210,7 @@ pub(crate) fn summary(snapshot: &Snapshot, last_error: Option<String>) -> Summar
         backends_out_of_rotation: problems,
         backends_out_of_rotation_truncated: truncated,
         more: "GET /config_dump?backend=NAME or ?service=NAME for one resource, ?full=1 for everything (streamed)",
+        identity: None,
     }
 }
 

@@ -29,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
 use super::{Balancer, EndpointState};
-use crate::transport::{Connector, Dial, Peer};
+use crate::transport::{Connector, Dial, Inner, Peer};
 
 /// Consecutive passes and failures, and the verdict they led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl HealthState {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ProbeError {
     #[error("connecting: {0}")]
-    Connect(#[source] std::io::Error),
+    Connect(#[source] crate::transport::ConnectError),
     #[error("no answer within the health check's timeout of {0:?}")]
     Timeout(Duration),
     #[error("HTTP exchange failed: {0}")]
@@ -206,6 +206,9 @@ pub(super) async fn probe(
         source: None,
         timeout: check.timeout,
         identity: peer.identity.clone(),
+        // Over mesh mTLS the check speaks HTTP/1.1 inside, as it does in
+        // plaintext; the server's sidecar forwards it to its app.
+        inner: Inner::Http1,
     };
     let exchange = async {
         let stream = connector

@@ -18,14 +18,24 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// The identity the client proved over mesh mTLS, as the inbound proxy
+/// vouches for it to the app.
+pub(crate) const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
+
+/// Between sidecars: the HTTP version the client's app spoke, when the
+/// hop itself is HTTP/2 and the app spoke HTTP/1.x (`HTTP/1.1`), so that
+/// the server's sidecar speaks the same to its app.
+pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("remora-orig-proto");
+
 /// Headers only the proxy may set. A request carrying one had it forged by
 /// the client (or its app), so it is removed before anything reads it:
-/// `remora-error` names why the proxy answered a request itself, and
-/// `x-remora-client-id` is reserved for the peer identity the inbound proxy
-/// will vouch for once mesh mTLS terminates there.
-pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 2] = [
+/// `remora-error` names why the proxy answered a request itself,
+/// `x-remora-client-id` is the peer identity the inbound proxy vouches
+/// for, and `remora-orig-proto` is read only from a mesh peer.
+pub(crate) const OWNED_REQUEST_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("remora-error"),
-    HeaderName::from_static("x-remora-client-id"),
+    CLIENT_ID,
+    ORIG_PROTO,
 ];
 
 /// Headers only the proxy may put on a response: an app's own

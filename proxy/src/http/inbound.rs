@@ -1,16 +1,24 @@
-//! Inbound HTTP: requests arriving for the app in this pod are forwarded to
-//! it over pooled connections, from the loopback source the capture rules
-//! leave alone, with `x-forwarded-proto` as this proxy saw the request and
-//! without headers only the proxy may set on the app's responses. Policy
-//! (authorization, plugins) will run here.
+//! Inbound HTTP: requests arriving for the app in this pod are authorized,
+//! then forwarded to it over pooled connections, from the loopback source
+//! the capture rules leave alone, with `x-forwarded-proto` as this proxy
+//! saw the request and without headers only the proxy may set on the
+//! app's responses.
+//!
+//! A request from a mesh peer carries the identity the peer proved to the
+//! app (`x-remora-client-id`), reaches the app in the HTTP version the
+//! peer's app spoke (the hop between sidecars is HTTP/2), and, when the app
+//! cannot be reached, is refused on the hop (REFUSED_STREAM) so that the
+//! peer may retry it elsewhere.
 
-use http::{Request, Response, Version};
+use http::{HeaderValue, Request, Response, Version};
 
 use super::{
-    authority_of, forward, headers, Body, ConnInfo, HttpProxy, Peer, ProxyError, Upstream,
+    authority_of, forward, headers, Body, ConnInfo, ErrorKind, HttpProxy, MeshHop, Peer,
+    ProxyError, Upstream,
 };
 use std::sync::Arc;
 
+use crate::authz::{Decision, Subject};
 use crate::metrics::RequestLabels;
 use crate::state::Snapshot;
 
@@ -21,13 +29,48 @@ impl HttpProxy {
         mut req: Request<Body>,
         snapshot: Arc<Snapshot>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
+        let labels = RequestLabels {
+            client_id: conn
+                .peer_identity
+                .as_ref()
+                .map(|id| Arc::from(id.as_str()))
+                .unwrap_or_default(),
+            ..RequestLabels::default()
+        };
+        if !snapshot.authorizer.is_open() {
+            let subject = Subject {
+                identity: conn.peer_identity.as_ref(),
+                port: conn.orig_dst.port(),
+                http: Some((req.uri().path(), req.method())),
+            };
+            if let Decision::Deny { policy, rule } = snapshot.authorizer.decide(&subject) {
+                self.metrics.authz_denied(&policy, &rule);
+                let who = conn
+                    .peer_identity
+                    .as_ref()
+                    .map_or("a plaintext client", |id| id.as_str());
+                let why = format!(
+                    "{who} may not {} {} (authorization policy {policy}, rule {rule})",
+                    req.method(),
+                    req.uri().path()
+                );
+                return (Err(ProxyError::new(ErrorKind::Forbidden, why)), labels);
+            }
+        }
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
         if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
             headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());
         }
         headers::set_forwarded_proto(req.headers_mut());
-        let upstream = match conn.version {
-            Version::HTTP_2 => Upstream::Http2,
+        let hop = req.extensions().get::<MeshHop>().copied();
+        if let Some(id) = &conn.peer_identity {
+            if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                req.headers_mut().insert(headers::CLIENT_ID, value);
+            }
+        }
+        let upstream = match (conn.version, hop) {
+            (Version::HTTP_2, Some(MeshHop { app_http1: true })) => Upstream::Http1,
+            (Version::HTTP_2, _) => Upstream::Http2,
             _ => Upstream::Http1,
         };
         let result = forward(
@@ -43,7 +86,14 @@ impl HttpProxy {
             // The app cannot speak for the mesh.
             headers::strip_owned(response.headers_mut(), &headers::OWNED_RESPONSE_HEADERS);
             response
+        })
+        .map_err(|e| match (e.kind, hop) {
+            // Nothing reached the app: the peer's sidecar may try another.
+            (ErrorKind::Connect, Some(_)) if conn.version == Version::HTTP_2 => {
+                ProxyError::new(ErrorKind::Refused, e.to_string())
+            }
+            _ => e,
         });
-        (result, RequestLabels::default())
+        (result, labels)
     }
 }

@@ -193,6 +193,7 @@ impl HttpProxy {
         let mut first = Some(parts);
         let deadline = timeouts.request.map(|d| Instant::now() + d);
         let mut attempt: u32 = 0;
+        let mut wrong_peers = Vec::new();
         loop {
             let body = match (&replay, once.take()) {
                 (Some(replay), _) => replay.attempt(),
@@ -206,7 +207,13 @@ impl HttpProxy {
             };
             let method = req.method().clone();
             let result = self
-                .attempt(target, req, timeouts.backend_request, deadline)
+                .attempt(
+                    target,
+                    req,
+                    timeouts.backend_request,
+                    deadline,
+                    &mut wrong_peers,
+                )
                 .await;
 
             // A downstream failure is not retried: the client is gone.
@@ -247,13 +254,32 @@ impl HttpProxy {
         req: Request<Body>,
         per_try: Option<Duration>,
         deadline: Option<Instant>,
+        wrong_peers: &mut Vec<std::net::SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = target.backend;
-        let Some(endpoint) = backend.balancer.pick(target.hash) else {
-            return Err(ProxyError::new(
-                ErrorKind::NoEndpoints,
-                format!("backend {} has no endpoints", backend.name),
-            ));
+        // An endpoint that proved the wrong identity is not tried again
+        // for this request.
+        let mut picked = None;
+        for _ in 0..4 {
+            match backend.balancer.pick(target.hash) {
+                Some(endpoint) if wrong_peers.contains(&endpoint.address()) => continue,
+                other => {
+                    picked = other;
+                    break;
+                }
+            }
+        }
+        let Some(endpoint) = picked else {
+            let why = if wrong_peers.is_empty() {
+                format!("backend {} has no endpoints", backend.name)
+            } else {
+                format!(
+                    "backend {}: no endpoint left to try after {} proved the wrong identity",
+                    backend.name,
+                    wrong_peers.len()
+                )
+            };
+            return Err(ProxyError::new(ErrorKind::NoEndpoints, why));
         };
         let _permit = backend
             .breaker
@@ -261,11 +287,15 @@ impl HttpProxy {
             .map_err(|open| ProxyError::new(ErrorKind::CircuitOpen, open.to_string()))?;
         let guard = endpoint.start_request();
         let peer = endpoint.peer();
+        let (upstream, req) = match &peer.identity {
+            Some(_) => mesh_hop(target.upstream, req),
+            None => (target.upstream, req),
+        };
         let send = forward(
             &self.drain,
             &backend.pool,
             &peer,
-            target.upstream,
+            upstream,
             target.authority,
             req,
         );
@@ -286,6 +316,9 @@ impl HttpProxy {
         match outcome_of(&result) {
             Some(outcome) => guard.finish(outcome),
             None => drop(guard),
+        }
+        if result.as_ref().is_err_and(ProxyError::is_wrong_peer) {
+            wrong_peers.push(endpoint.address());
         }
         result
     }
@@ -349,6 +382,21 @@ fn outcome_of(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
             Retry::Never => None,
         },
     }
+}
+
+/// Between sidecars HTTP rides HTTP/2 whatever the app speaks: an HTTP/1
+/// request goes as HTTP/2 and says so in `remora-orig-proto`, so that the
+/// server's sidecar hands it to its app as HTTP/1.1 again. A request that
+/// upgrades the connection (WebSocket) keeps HTTP/1.1 inside the mTLS.
+fn mesh_hop(upstream: Upstream, mut req: Request<Body>) -> (Upstream, Request<Body>) {
+    if upstream == Upstream::Http2 || super::headers::upgrade_requested(req.headers()).is_some() {
+        return (upstream, req);
+    }
+    req.headers_mut().insert(
+        super::headers::ORIG_PROTO,
+        http::HeaderValue::from_static("HTTP/1.1"),
+    );
+    (Upstream::Http2, req)
 }
 
 /// A request body as the attempts get it.
