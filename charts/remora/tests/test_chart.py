@@ -109,7 +109,6 @@ class Schemas(unittest.TestCase):
                 ("PodDisruptionBudget", "remora-injector"),
                 ("Role", "remora-cp-leader-election"),
                 ("RoleBinding", "remora-cp-leader-election"),
-                ("Secret", "remora-cp-tokens"),
                 ("Secret", "remora-injector-tls"),
                 ("Service", "remora-cp"),
                 ("Service", "remora-injector"),
@@ -258,10 +257,15 @@ class Values(unittest.TestCase):
         self.refused({"proxy": {"memory": "lots"}}, "at '/proxy/memory': 'lots' does not match pattern")
         self.refused({"controlPlane": {"certLifetime": "1 day"}},
                      "at '/controlPlane/certLifetime': '1 day' does not match pattern")
-        self.refused({"controlPlane": {"tokens": [{"token": "", "namespace": "a", "serviceAccount": "b"}]}},
+        self.refused({"controlPlane": {"auth": "token-file",
+                                       "tokens": [{"token": "", "namespace": "a", "serviceAccount": "b"}]}},
                      "at '/controlPlane/tokens/0/token': minLength: got 0, want 1")
 
     def test_contradictions_are_refused_with_what_to_do(self):
+        self.refused({"controlPlane": {"tokens": [{"token": "t", "namespace": "a", "serviceAccount": "b"}]}},
+                     "controlPlane.tokens and controlPlane.tokensSecret are read only with controlPlane.auth=token-file")
+        self.refused({"controlPlane": {"auth": "tokenreview"}},
+                     "at '/controlPlane/auth': value must be one of 'kubernetes', 'token-file'")
         self.refused({"controlPlane": {"replicas": 2}},
                      "controlPlane.root.source=pvc keeps the root on a ReadWriteOnce claim")
         self.refused({"controlPlane": {"root": {"source": "secret"}}},
@@ -294,9 +298,27 @@ class Values(unittest.TestCase):
         self.assertEqual(env["REMORA_INJECTOR_PROXY_IMAGE"], "registry.example/mesh/remora/proxy:0.1.0-rc.1")
         self.assertEqual(env["REMORA_INJECTOR_PROXY_MEMORY_LIMIT"], "512Mi")
         self.assertEqual(injector["volumes"][0]["secret"]["secretName"], "remora-injector-cert")
-        # The default install tells the operator the token file is empty.
-        self.assertIn("The token file is empty", notes())
+        cp_env = env_of(cp["containers"][0])
+        self.assertEqual(cp_env["REMORA_CP_AUTH"], "token-file")
+        self.assertEqual(cp_env["REMORA_CP_TOKEN_FILE"], "/etc/remora-cp/tokens/tokens.yaml")
+        self.assertNotIn("REMORA_CP_TOKEN_AUDIENCE", cp_env)
+        # An empty token file is said in the notes.
+        self.assertIn("The token file is empty", notes({"controlPlane": {"auth": "token-file"}}))
+        self.assertNotIn("The token file is empty", notes())
         self.assertNotIn("The token file is empty", notes(values_all()))
+
+    def test_tokenreview_by_default_for_the_injected_tokens_audience(self):
+        objects = render({"proxy": {"tokenAudience": "mesh.example"}})
+        cp = find(objects, "Deployment", "remora-cp")["spec"]["template"]["spec"]
+        env = env_of(cp["containers"][0])
+        self.assertEqual(env["REMORA_CP_AUTH"], "kubernetes")
+        # The audience remora-cp checks is the one the injector projects.
+        self.assertEqual(env["REMORA_CP_TOKEN_AUDIENCE"], "mesh.example")
+        injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+        self.assertEqual(env_of(injector["containers"][0])["REMORA_INJECTOR_TOKEN_AUDIENCE"], "mesh.example")
+        self.assertNotIn("REMORA_CP_TOKEN_FILE", env)
+        self.assertEqual([v["name"] for v in cp["volumes"]], ["root"])
+        self.assertNotIn("automountServiceAccountToken", cp, "its token calls TokenReview")
 
 
 class RealBinaries(unittest.TestCase):
@@ -351,33 +373,50 @@ class RealBinaries(unittest.TestCase):
                 proc.terminate()
                 proc.wait(timeout=10)
 
-    def test_control_plane_starts_with_the_charts_settings(self):
+    def start_control_plane(self, values, tmp):
+        """remora-cp with the rendered environment; its /ready answer."""
         binary = TARGET / "debug" / "remora-cp"
         self.assertTrue(binary.exists(), f"{binary}: build it first (cargo build -p remora-cp)")
-        objects = render()
+        objects = render(values)
         container = find(objects, "Deployment", "remora-cp")["spec"]["template"]["spec"]["containers"][0]
-        tokens = find(objects, "Secret", "remora-cp-tokens")["stringData"]["tokens.yaml"]
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = pathlib.Path(tmp)
+        env = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
+        env["REMORA_CP_NAMESPACE"] = NAMESPACE  # the downward API's value
+        env["REMORA_CP_STATE_DIR"] = str(tmp / "state")
+        if "REMORA_CP_TOKEN_FILE" in env:
+            tokens = find(objects, "Secret", "remora-cp-tokens")["stringData"]["tokens.yaml"]
             (tmp / "tokens.yaml").write_text(tokens)
-            env = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
-            env["REMORA_CP_NAMESPACE"] = NAMESPACE  # the downward API's value
             env["REMORA_CP_TOKEN_FILE"] = str(tmp / "tokens.yaml")
-            env["REMORA_CP_STATE_DIR"] = str(tmp / "state")
-            admin = free_port()
-            env["REMORA_CP_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"
-            env["REMORA_CP_ADMIN_ADDR"] = f"127.0.0.1:{admin}"
+        else:
+            # TokenReview needs an API server only per request: a kubeconfig
+            # naming one where none listens is enough to start.
+            (tmp / "kubeconfig").write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }))
+            env["KUBECONFIG"] = str(tmp / "kubeconfig")
+        admin = free_port()
+        env["REMORA_CP_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"
+        env["REMORA_CP_ADMIN_ADDR"] = f"127.0.0.1:{admin}"
+        log = tmp / "log"
+        with open(log, "wb") as err:
             proc = subprocess.Popen([str(binary), *container["args"]], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/ready")
-                self.assertIsNone(proc.poll(), "remora-cp exited")
-                self.assertEqual((result.returncode, result.stdout), (0, "ready\n"), result.stderr)
-                self.assertTrue((tmp / "state" / "root-cert.pem").exists(), "the root is generated into the state dir")
-            finally:
-                proc.terminate()
-                proc.wait(timeout=15)
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/ready")
+            self.assertIsNone(proc.poll(), f"remora-cp exited: {log.read_text()}")
+            self.assertEqual((result.returncode, result.stdout), (0, "ready\n"), result.stderr)
+            self.assertTrue((tmp / "state" / "root-cert.pem").exists(), "the root is generated into the state dir")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
 
+    def test_control_plane_starts_with_the_charts_settings(self):
+        for values in ({}, {"controlPlane": {"auth": "token-file", "tokens": [
+                {"token": "3f0c", "namespace": "shop", "serviceAccount": "web"}]}}):
+            with self.subTest(values=values), tempfile.TemporaryDirectory() as tmp:
+                self.start_control_plane(values, pathlib.Path(tmp))
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
