@@ -118,10 +118,11 @@ pub fn split(text: &str) -> Vec<Document<'_>> {
     let mut index = 0;
     for (from, to, line) in pieces {
         let body = &text[from..to];
+        // Blank lines, comments and directives (`%YAML 1.2`) make no document.
         let empty = body
             .lines()
             .map(str::trim)
-            .all(|l| l.is_empty() || l.starts_with('#'));
+            .all(|l| l.is_empty() || l.starts_with('#') || l.starts_with('%'));
         if empty {
             continue;
         }
@@ -288,6 +289,16 @@ mod tests {
                 (2, 5, " b: 2\n"),
                 (3, 8, "\nc:\n  - 3\n"),
             ]
+        );
+    }
+
+    #[test]
+    fn directives_make_no_document() {
+        let docs = split("%YAML 1.2\n---\na: 1\n");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(
+            (docs[0].index, docs[0].line, docs[0].text),
+            (1, 2, "\na: 1\n")
         );
     }
 
