@@ -48,6 +48,13 @@ ensure_deps() {
 CHART_VENV=${CHART_VENV:-target/chart-venv}
 ensure_chart_deps() {
   if [ ! -x "$CHART_VENV/bin/python" ]; then
+    # Debian's python3 keeps venv (and its pip) in a package of its own.
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+      echo "remora: installing python3-venv" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
     python3 -m venv "$CHART_VENV"
   fi
   if ! "$CHART_VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null; then
