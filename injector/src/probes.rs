@@ -1,12 +1,13 @@
-//! Probe rewriting: kubelet's HTTP and gRPC probes of app containers are
-//! pointed at the proxy's admin port, so they keep working when the inbound
-//! proxy refuses plaintext (STRICT mTLS).
+//! Probe rewriting: kubelet's HTTP, gRPC and TCP probes of app containers
+//! are pointed at the proxy's admin port, so they keep working when the
+//! inbound proxy refuses plaintext (STRICT mTLS), and a TCP probe tells
+//! whether the app is up rather than whether the capturing proxy accepts.
 //!
 //! The contract with the proxy (docs/injector.md): a probe of container `C`
 //! becomes `GET /app-health/C/livez` (`readyz`, `startupz`) on port 15020, and
 //! the proxy's `REMORA_APP_PROBES` environment variable maps each such path
-//! to the original check (`httpGet` with the port resolved to a number, or
-//! `grpc`), which the proxy performs against the app and answers with its
+//! to the original check (`httpGet`, `grpc` or `tcpSocket`, the port resolved
+//! to a number), which the proxy performs against the app and answers with its
 //! result. This module only rewrites; it works on the raw JSON of a probe so
 //! nothing kubelet reads (timings, thresholds) is lost, and the original is
 //! kept whole in the status annotation for uninjection.
@@ -27,6 +28,10 @@ pub const PROBES: &[(&str, &str)] = &[
 /// The proxy's environment variable that carries the original probes.
 pub const ENV_APP_PROBES: &str = "REMORA_APP_PROBES";
 
+/// The `timeoutSeconds` a rewritten probe may have: the proxy bounds its
+/// check by it and accepts the same range (proxy/src/admin/probes.rs).
+pub const TIMEOUT_SECONDS: std::ops::RangeInclusive<i64> = 1..=3600;
+
 /// A probe that cannot be rewritten because it is broken already.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
@@ -44,6 +49,15 @@ pub enum ProbeError {
         container: String,
         probe: &'static str,
         port: i64,
+    },
+    #[error(
+        "container {container}: {probe} has timeoutSeconds {value}; the mesh checks probes with \
+         timeoutSeconds 1 to 3600"
+    )]
+    Timeout {
+        container: String,
+        probe: &'static str,
+        value: String,
     },
     #[error("container {container}: {probe}: the {action} port must be a port number or name")]
     BadPort {
@@ -72,8 +86,8 @@ pub fn admin_path(container: &str, suffix: &str) -> String {
     format!("/app-health/{container}/{suffix}")
 }
 
-/// Rewrites the HTTP and gRPC probes of one container (its raw JSON).
-/// Exec and TCP probes stay as they are, and so do HTTP probes that name
+/// Rewrites the HTTP, gRPC and TCP probes of one container (its raw JSON).
+/// Exec probes stay as they are, and so do HTTP and TCP probes that name
 /// another `host`: kubelet sends those elsewhere, not through the proxy.
 pub fn rewrite_container(container: &Value) -> Result<Vec<Rewrite>, ProbeError> {
     let name = container.get("name").and_then(Value::as_str).unwrap_or("");
@@ -114,6 +128,16 @@ pub fn rewrite_container(container: &Value) -> Result<Vec<Rewrite>, ProbeError> 
                 check.insert("service".into(), service.clone());
             }
             json!({ "grpc": check })
+        } else if let Some(tcp) = probe.get("tcpSocket").and_then(Value::as_object) {
+            if tcp
+                .get("host")
+                .and_then(Value::as_str)
+                .is_some_and(|h| !h.is_empty())
+            {
+                continue;
+            }
+            let port = resolve_port(container, name, field, "tcpSocket", tcp.get("port"))?;
+            json!({ "tcpSocket": { "port": port } })
         } else {
             continue;
         };
@@ -121,11 +145,22 @@ pub fn rewrite_container(container: &Value) -> Result<Vec<Rewrite>, ProbeError> 
         // Kubelet's timeout defaults to 1s; the proxy bounds its own check
         // by the same number so it answers before kubelet gives up.
         let timeout = probe.get("timeoutSeconds").cloned().unwrap_or(json!(1));
+        if !timeout
+            .as_i64()
+            .is_some_and(|t| TIMEOUT_SECONDS.contains(&t))
+        {
+            return Err(ProbeError::Timeout {
+                container: name.to_owned(),
+                probe: field,
+                value: timeout.to_string(),
+            });
+        }
         if let Some(map) = check.as_object_mut() {
             map.insert("timeoutSeconds".into(), timeout);
         }
         let mut replacement = probe.clone();
         replacement.remove("grpc");
+        replacement.remove("tcpSocket");
         replacement.insert(
             "httpGet".into(),
             json!({ "path": path, "port": PROXY_ADMIN_PORT, "scheme": "HTTP" }),
@@ -218,7 +253,7 @@ mod tests {
             "startupProbe": {"tcpSocket": {"port": 8080}}
         });
         let rewrites = rewrite_container(&container).expect("valid");
-        assert_eq!(rewrites.len(), 2, "tcpSocket stays");
+        assert_eq!(rewrites.len(), 3);
         assert_eq!(
             rewrites[0].replacement,
             json!({"httpGet": {"path": "/app-health/web/livez", "port": 15020, "scheme": "HTTP"},
@@ -229,15 +264,21 @@ mod tests {
             json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15020, "scheme": "HTTP"}})
         );
         assert_eq!(
+            rewrites[2].replacement,
+            json!({"httpGet": {"path": "/app-health/web/startupz", "port": 15020, "scheme": "HTTP"}})
+        );
+        assert_eq!(
             app_probes_env(&rewrites),
-            r#"{"/app-health/web/livez":{"httpGet":{"httpHeaders":[{"name":"X-Probe","value":"1"}],"path":"/healthz","port":8080,"scheme":"HTTP"},"timeoutSeconds":2},"/app-health/web/readyz":{"grpc":{"port":9090},"timeoutSeconds":1}}"#
+            r#"{"/app-health/web/livez":{"httpGet":{"httpHeaders":[{"name":"X-Probe","value":"1"}],"path":"/healthz","port":8080,"scheme":"HTTP"},"timeoutSeconds":2},"/app-health/web/readyz":{"grpc":{"port":9090},"timeoutSeconds":1},"/app-health/web/startupz":{"tcpSocket":{"port":8080},"timeoutSeconds":1}}"#
         );
     }
 
     #[test]
     fn probes_to_another_host_stay() {
         let container = json!({"name": "web", "livenessProbe": {
-            "httpGet": {"host": "10.0.0.1", "port": 80}}});
+            "httpGet": {"host": "10.0.0.1", "port": 80}},
+            "readinessProbe": {"tcpSocket": {"host": "10.0.0.1", "port": 80}},
+            "startupProbe": {"exec": {"command": ["true"]}}});
         assert_eq!(rewrite_container(&container), Ok(vec![]));
     }
 

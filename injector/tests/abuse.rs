@@ -159,6 +159,22 @@ fn a_probe_on_a_port_name_the_container_lacks_is_denied() {
 }
 
 #[test]
+fn a_probe_timeout_the_proxy_would_refuse_is_denied() {
+    for (value, shown) in [(json!(3601), "3601"), (json!(0), "0")] {
+        let mut p = pod(json!({}));
+        p["spec"]["containers"][0]["readinessProbe"] =
+            json!({"tcpSocket": {"port": 80}, "timeoutSeconds": value});
+        assert_eq!(
+            denial(&p),
+            format!(
+                "container app: readinessProbe has timeoutSeconds {shown}; the mesh checks probes \
+                 with timeoutSeconds 1 to 3600"
+            )
+        );
+    }
+}
+
+#[test]
 fn what_is_not_a_pod_is_denied() {
     for (input, start) in [
         (

@@ -10,10 +10,8 @@ use clap::{CommandFactory, Parser};
 use remora_injector::{injected_pod, Settings};
 use serde_json::{json, Value};
 
-/// Variables the proxy reads outside its flags: RUST_LOG through tracing,
-/// REMORA_APP_PROBES not yet (the probe forwarding is still to do, see
-/// docs/injector.md).
-const NOT_FLAGS: &[&str] = &["RUST_LOG", "REMORA_APP_PROBES"];
+/// Variables the proxy reads outside its flags: RUST_LOG through tracing.
+const NOT_FLAGS: &[&str] = &["RUST_LOG"];
 
 fn pod(annotations: Value) -> Value {
     json!({
@@ -82,6 +80,20 @@ fn proxy_and_init_accept_what_the_annotations_become() {
         [5432, 6379]
     );
     assert_eq!(config.drain_deadline, Duration::from_secs(90));
+    // The rewritten readiness probe is one the proxy will answer.
+    assert_eq!(config.app_probes.len(), 1);
+    assert_eq!(
+        config.app_probes.get("/app-health/app/readyz"),
+        Some(&remora_proxy::AppProbeCheck {
+            action: remora_proxy::AppProbeAction::Http {
+                port: 8080,
+                path: "/r".to_owned(),
+                https: false,
+                headers: vec![],
+            },
+            timeout: Duration::from_secs(1),
+        })
+    );
 
     use remora_iptables::config as init;
     let args = argv::<init::Args>("remora-init", find(&injected, "remora-init"));
@@ -138,4 +150,65 @@ fn empty_opaque_ports_are_refused_as_the_proxy_would() {
         err.to_string(),
         "annotation remora.dev/opaque-ports: ``: name at least one port; to keep the proxy's defaults, remove the annotation"
     );
+}
+
+/// Every probe kind the injector rewrites, at both ends of the timeout
+/// range, is one the proxy accepts and answers at the same path.
+#[test]
+fn rewritten_probes_are_ones_the_proxy_answers() {
+    let mut p = pod(json!({}));
+    p["spec"]["containers"][0]["livenessProbe"] =
+        json!({"tcpSocket": {"port": 8080}, "timeoutSeconds": 3600});
+    p["spec"]["containers"][0]["startupProbe"] =
+        json!({"grpc": {"port": 9090, "service": "s"}, "timeoutSeconds": 1});
+    let injected = inject(&p);
+    let app_probes = env_value(find(&injected, "remora-proxy"), "REMORA_APP_PROBES");
+    let probes = remora_proxy::AppProbes::parse(&app_probes).expect("the proxy accepts them");
+    use remora_proxy::{AppProbeAction as Action, AppProbeCheck as Check};
+    let expect = [
+        ("livez", Action::Tcp { port: 8080 }, 3600),
+        (
+            "readyz",
+            Action::Http {
+                port: 8080,
+                path: "/r".into(),
+                https: false,
+                headers: vec![],
+            },
+            1,
+        ),
+        (
+            "startupz",
+            Action::Grpc {
+                port: 9090,
+                service: "s".into(),
+            },
+            1,
+        ),
+    ];
+    assert_eq!(probes.len(), expect.len());
+    for (kind, action, seconds) in expect {
+        let path = format!("/app-health/app/{kind}");
+        assert_eq!(
+            probes.get(&path),
+            Some(&Check {
+                action,
+                timeout: Duration::from_secs(seconds)
+            }),
+            "{path}"
+        );
+    }
+    assert!(remora_proxy::AppProbes::parse(
+        r#"{"/app-health/app/livez":{"tcpSocket":{"port":1},"timeoutSeconds":3601}}"#
+    )
+    .is_err());
+}
+
+fn env_value(container: &Value, name: &str) -> String {
+    container["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no {name}"))
+        .to_owned()
 }

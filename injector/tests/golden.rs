@@ -154,8 +154,11 @@ fn deployment_pod_with_probes() {
         "exec stays"
     );
     assert_eq!(
-        helper["readinessProbe"]["tcpSocket"]["port"], 6060,
-        "tcpSocket stays"
+        helper["readinessProbe"],
+        serde_json::json!({"httpGet": {"path": "/app-health/cache-warmer/readyz", "port": 15020,
+            "scheme": "HTTP"}, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3,
+            "successThreshold": 1}),
+        "tcpSocket is checked by the proxy"
     );
     let proxy = container(&pod, "initContainers", "remora-proxy");
     let probes: Value =
@@ -167,6 +170,10 @@ fn deployment_pod_with_probes() {
     assert_eq!(
         probes["/app-health/checkout/readyz"],
         serde_json::json!({"grpc": {"port": 9090, "service": "shop.Checkout"}, "timeoutSeconds": 1})
+    );
+    assert_eq!(
+        probes["/app-health/cache-warmer/readyz"],
+        serde_json::json!({"tcpSocket": {"port": 6060}, "timeoutSeconds": 1})
     );
     let volumes = names(&pod, "volumes");
     assert_eq!(

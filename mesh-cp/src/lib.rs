@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod metrics;

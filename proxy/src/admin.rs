@@ -6,9 +6,13 @@
 //! `/live`, `/ready` and `/metrics` answer anyone (kubelet, Prometheus);
 //! `/config_dump` and `POST /drain` answer localhost only, as Envoy's admin
 //! does. Request handling is a function of the admin state and the request,
-//! tested without sockets; what `/config_dump` says is in `dump`.
+//! tested without sockets; what `/config_dump` says is in `dump`, and the
+//! app's probes (`/app-health/...`, forwarded to the app) are in `probes`.
 
 mod dump;
+mod probes;
+
+pub use probes::{Action as AppProbeAction, AppProbes, AppProbesError, Check as AppProbeCheck};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -58,6 +62,7 @@ pub(crate) type AdminBody = Either<Full<Bytes>, FullDump>;
 pub(crate) struct Admin {
     state: AdminState,
     full_dumps: Arc<Semaphore>,
+    probes: probes::Prober,
 }
 
 /// Serves the admin API until the process exits.
@@ -73,10 +78,23 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
             }
         };
         let admin = admin.clone();
+        // The address the request came in on is the pod's own: where the
+        // app probes go, as kubelet would have sent them.
+        let local = stream.local_addr().map(|a| a.ip()).ok();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = admin.respond(req.method(), req.uri(), peer);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let admin = admin.clone();
+                async move {
+                    let response = match local {
+                        Some(pod_ip) if req.uri().path().starts_with(probes::PREFIX) => {
+                            admin
+                                .app_probe(req.method(), req.uri().path(), pod_ip)
+                                .await
+                        }
+                        _ => admin.respond(req.method(), req.uri(), peer),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -92,10 +110,26 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
 
 impl Admin {
     pub(crate) fn new(state: AdminState) -> Self {
+        let probes = probes::Prober::new(state.state.startup().app_probes.clone());
         Admin {
             state,
             full_dumps: Arc::new(Semaphore::new(MAX_FULL_DUMPS)),
+            probes,
         }
+    }
+
+    /// Answers `/app-health/...`: the app's own probe, run now.
+    pub(crate) async fn app_probe(
+        &self,
+        method: &Method,
+        path: &str,
+        pod_ip: IpAddr,
+    ) -> Response<AdminBody> {
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let (status, body) = self.probes.answer(path, pod_ip).await;
+        text(status, body)
     }
 
     /// Answers one admin request.

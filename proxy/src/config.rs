@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -22,7 +23,7 @@ pub const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 /// IPv6 twin of [`INBOUND_SOURCE_V4`]; `remora-init` adds it to `lo`.
 pub const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
-/// Environment variables of the identity flags (the older flags name theirs
+/// Environment variables of the identity and app-probe flags (the older flags name theirs
 /// inline, beside the flag).
 pub mod env {
     pub const CA_ADDR: &str = "REMORA_CA_ADDR";
@@ -30,6 +31,7 @@ pub mod env {
     pub const CA_ROOTS: &str = "REMORA_CA_ROOTS";
     pub const IDENTITY_TOKEN_FILE: &str = "REMORA_IDENTITY_TOKEN_FILE";
     pub const CERT_LIFETIME: &str = "REMORA_CERT_LIFETIME";
+    pub const APP_PROBES: &str = "REMORA_APP_PROBES";
 }
 
 /// Where kubelet mounts the projected service-account token (audience `remora`).
@@ -106,6 +108,15 @@ pub struct Args {
     #[arg(long, env = "REMORA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// The app's probes the admin port answers at /app-health/..., as JSON
+    /// (the injector writes it; docs/injector.md).
+    #[arg(
+        long,
+        env = env::APP_PROBES,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub app_probes: String,
     /// remora-cp's certificate service, HOST:PORT. Without it the proxy has
     /// no workload identity (no certificate, no mTLS).
     #[arg(long, env = env::CA_ADDR)]
@@ -167,6 +178,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// Per listener; `None` leaves it to the open-file limit (see `limits`).
     pub max_connections: Option<usize>,
+    /// The checks behind /app-health/... on the admin port.
+    pub app_probes: Arc<crate::AppProbes>,
     /// How to get a workload certificate; `None` without `--ca-addr`.
     pub identity: Option<IdentityConfig>,
 }
@@ -247,6 +260,11 @@ impl Config {
         count("workers", args.workers, 1024)?;
         count("max-idle-per-endpoint", args.max_idle_per_endpoint, 10_000)?;
         check_limits(&args)?;
+        let app_probes =
+            crate::AppProbes::parse(&args.app_probes).map_err(|e| ConfigError::Invalid {
+                flag: "app-probes",
+                reason: format!("REMORA_APP_PROBES {e}"),
+            })?;
         let identity = identity_config(&args)?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -266,6 +284,7 @@ impl Config {
             max_idle_per_endpoint: args.max_idle_per_endpoint,
             tcp_idle_timeout: args.tcp_idle_timeout,
             max_connections: args.max_connections,
+            app_probes: Arc::new(app_probes),
             identity,
         })
     }

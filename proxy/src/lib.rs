@@ -51,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use admin::{AppProbeAction, AppProbeCheck, AppProbes, AppProbesError};
 pub use config::Config;
 
 use crate::config::IpFamilyMode;

@@ -263,6 +263,11 @@ impl State {
         }
     }
 
+    /// The startup settings.
+    pub(crate) fn startup(&self) -> &Arc<Config> {
+        &self.startup
+    }
+
     /// The connector every upstream dial goes through.
     pub(crate) fn connector(&self) -> &Arc<Connector> {
         &self.connector
