@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod service;
 pub mod tls;
+pub mod view;
 
 /// The generated certificate service (api/proto/remora/identity/v1).
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
