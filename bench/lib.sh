@@ -84,7 +84,7 @@ stage_binaries() {        # sets T, PROXY_SRC, INIT_SRC, PROXY_BIN, INIT_BIN
     PROXY_SRC="${REMORA_PROXY:-$ROOT/target/release/remora-proxy}"
     INIT_SRC="${REMORA_INIT:-$ROOT/target/release/remora-init}"
     if [ "$BUILD" = 1 ] && [ -z "${REMORA_PROXY:-}${REMORA_INIT:-}" ]; then
-        local build_cmd="cargo build --release -p remora-proxy -p remora-iptables --bins"
+        local build_cmd="cargo build --release -p remora-proxy -p remora-iptables -p remora-cp --bins"
         if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
             # Under sudo, build as the invoking user: their toolchain, their target/ ownership.
             if sudo -u "$SUDO_USER" -H bash -lc 'command -v cargo' >/dev/null 2>&1; then
@@ -109,6 +109,10 @@ stage_binaries() {        # sets T, PROXY_SRC, INIT_SRC, PROXY_BIN, INIT_BIN
     install -m 755 "$INIT_SRC" "$T/bin/remora-init"
     PROXY_BIN="$T/bin/remora-proxy"
     INIT_BIN="$T/bin/remora-init"
+    # The control plane, for the two-sidecar (mTLS) scenarios only.
+    CP_SRC="${REMORA_CP:-$ROOT/target/release/remora-cp}"
+    CP_BIN=""
+    if [ -x "$CP_SRC" ]; then install -m 755 "$CP_SRC" "$T/bin/remora-cp"; CP_BIN="$T/bin/remora-cp"; fi
 }
 
 # --------------------------------------------------------------------------

@@ -42,7 +42,8 @@ usage() {
   --quick              ~1 minute: 1 round, short durations
   --rounds N           measure every scenario N times, interleaved; report medians (default 2)
   --only LIST          comma-separated scenarios (direct is always run):
-                       direct,remora,remora-http,remora-plugins,remora-jwt,nginx-stream,haproxy-tcp,nginx-http,haproxy-http
+                       direct,remora,remora-http,remora-plugins,remora-jwt,mesh-plain,mesh-mtls,
+                       nginx-stream,haproxy-tcp,nginx-http,haproxy-http
   --out DIR            where logs and results.md go (default bench/out/<utc-time>)
   --proxy-args ARGS    extra flags for remora-proxy in the "remora" scenario
   --variant N=ARGS     add a scenario "remora-N": remora-proxy --workers 1 ARGS
@@ -358,6 +359,131 @@ write_remora_plugins_config plugins 0
 write_remora_plugins_config jwt 1
 BENCH_JWT=$(bench_jwt)
 
+# The two-sidecar scenarios: the client's sidecar (A, in the client ns) and
+# the server's (B, in the server ns, capturing the origin's inbound), with a
+# real remora-cp (standalone, token file) in the server ns signing both
+# certificates. mesh-plain: A's endpoint has no identity (plaintext between
+# the sidecars); mesh-mtls: it has B's, so the hop is mTLS (TLS 1.3, HTTP/2
+# between the sidecars whatever the client speaks). Port 8080 is a `tcp`
+# service whose backend is the origin's port 80: each client connection is a
+# new connection from A to B, for new mTLS connections per second.
+MESH_B_ID="spiffe://cluster.local/ns/bench/sa/server"
+write_mesh_configs() {
+    local d="$T/mesh" id kind
+    mkdir -p "$d"; chmod 755 "$d"
+    printf 'tokens:\n  - {token: bench-a, namespace: bench, serviceAccount: client}\n  - {token: bench-b, namespace: bench, serviceAccount: server}\n' >"$d/tokens.yaml"
+    printf 'bench-a' >"$d/token-a"; printf 'bench-b' >"$d/token-b"
+    for kind in plain mtls; do
+        id=""; [ "$kind" = mtls ] && id="
+        identity: $MESH_B_ID"
+        cat >"$d/client-$kind.yaml" <<EOF
+version: bench-$kind
+outbound:
+  services:
+    - name: origin
+      addresses: ["$IP_S"]
+      ports:
+        - port: $HTTP_PORT
+          protocol: http
+          backendRefs: [{ name: origin }]
+        - port: 8080
+          protocol: tcp
+          backendRefs: [{ name: origin }]
+backends:
+  origin:
+    endpoints:
+      - address: $IP_S:$HTTP_PORT$id
+EOF
+    done
+    cat >"$d/server.yaml" <<EOF
+version: bench-server
+inbound:
+  mode: permissive
+  ports:
+    - { port: $HTTP_PORT, protocol: http }
+EOF
+    chmod 644 "$d"/*
+}
+write_mesh_configs
+
+MESH_CP_PID=""
+mesh_ca_up() {            # remora-cp in the server ns, once; its root in $T/mesh/ca-roots.pem
+    [ -n "$MESH_CP_PID" ] && kill -0 "$MESH_CP_PID" 2>/dev/null && return 0
+    [ -n "$CP_BIN" ] || die "no remora-cp binary: cargo build --release -p remora-cp"
+    start_bg "$OUT/remora-cp.log" ip netns exec "$NS_S" "$CP_BIN" --grpc-addr "0.0.0.0:15012" \
+        --admin-addr 127.0.0.1:15014 --state-dir "$T/mesh/cp-state" --token-file "$T/mesh/tokens.yaml" --log-format text
+    MESH_CP_PID=$BG_PID
+    local n=100
+    until in_s curl -sf -o /dev/null http://127.0.0.1:15014/ready; do
+        kill -0 "$MESH_CP_PID" 2>/dev/null || die "remora-cp exited; see $OUT/remora-cp.log"
+        n=$((n - 1)); [ $n -gt 0 ] || die "remora-cp not ready after 10 s"
+        sleep 0.1
+    done
+    install -m 644 "$T/mesh/cp-state/root-cert.pem" "$T/mesh/ca-roots.pem"
+}
+mesh_identity_args() {    # mesh_identity_args TOKEN-FILE CA-HOST
+    echo "--ca-addr $2:15012 --ca-roots $T/mesh/ca-roots.pem --identity-token-file $1"
+}
+MESH_A_PID=""
+MESH_B_PID=""
+mesh_start() {            # mesh_start plain|mtls: B (server ns), then A (client ns)
+    local kind="$1" name="mesh-$1" n=100
+    mesh_ca_up
+    CUR_LOG="$OUT/$name-proxy.r$ROUND.log"
+    # B: capture the server ns (not the CA's port), proxy as uid 1337.
+    in_s "$INIT_BIN" --exclude-inbound-ports 15012 >>"$OUT/$name-init-b.log" 2>&1 || die "remora-init (server ns) failed"
+    # shellcheck disable=SC2046
+    start_bg "$OUT/$name-proxy-b.r$ROUND.log" env RUST_LOG="${RUST_LOG:-info}" ip netns exec "$NS_S" \
+        setpriv --reuid=1337 --regid=1337 --clear-groups -- "$PROXY_BIN" --workers 1 \
+        --config "$T/mesh/server.yaml" $(mesh_identity_args "$T/mesh/token-b" 127.0.0.1)
+    MESH_B_PID=$BG_PID
+    until in_s curl -sf -o /dev/null http://127.0.0.1:15020/ready; do
+        kill -0 "$MESH_B_PID" 2>/dev/null || die "server sidecar exited; see $OUT/$name-proxy-b.r$ROUND.log"
+        n=$((n - 1)); [ $n -gt 0 ] || die "server sidecar not ready after 10 s"
+        sleep 0.1
+    done
+    # shellcheck disable=SC2046
+    remora_up "$OUT/$name-init.log" "$CUR_LOG" --config "$T/mesh/client-$kind.yaml" \
+        $(mesh_identity_args "$T/mesh/token-a" "$IP_S") $REMORA_PROXY_ARGS
+    MESH_A_PID=$PROXY_PIDS
+    PROXY_PIDS="$MESH_A_PID $MESH_B_PID"
+}
+mesh_stop() {
+    local name="mesh-$1"
+    in_s curl -sf http://127.0.0.1:15020/metrics >"$OUT/$name-metrics-b.r$ROUND.txt" 2>/dev/null || true
+    PROXY_PIDS="$MESH_A_PID"
+    remora_down "$OUT/$name-init.log" "$OUT/$name-metrics.r$ROUND.txt"
+    stop_pid "$MESH_B_PID"
+    in_s "$INIT_BIN" --cleanup >>"$OUT/$name-init-b.log" 2>&1 || die "remora-init --cleanup (server ns) failed"
+}
+# Two-sidecar extras: each sidecar's RSS idle and under load, and new
+# connections per second through a `tcp` service (each one a new
+# connection, and for mesh-mtls a new mTLS handshake, between the sidecars).
+measure_mesh() {          # measure_mesh SCENARIO
+    local sc="$1" f="$OUT/$1-wrk-rss.r$ROUND.txt" a=0 b=0 v i
+    record "$sc" rss_idle_a_kb "$(rss_kb "$MESH_A_PID")"
+    record "$sc" rss_idle_b_kb "$(rss_kb "$MESH_B_PID")"
+    timeout 25 ip netns exec "$NS_C" wrk -t"$WRK_T" -c"$WRK_C" -d5s "http://$IP_S:$HTTP_PORT/" >"$f" 2>&1 &
+    local wrk=$!
+    for i in $(seq 20); do
+        sleep 0.2
+        v=$(rss_kb "$MESH_A_PID"); [ "$v" -gt "$a" ] && a=$v
+        v=$(rss_kb "$MESH_B_PID"); [ "$v" -gt "$b" ] && b=$v
+    done
+    wait "$wrk" 2>/dev/null || true
+    record "$sc" rss_load_a_kb "$a"
+    record "$sc" rss_load_b_kb "$b"
+    local cf="$OUT/$sc-tcp-close.r$ROUND.txt" hs0 hs1
+    local cmd=(wrk -t"$WRK_T" -c"$WRK_C" -d"${CLOSE_D}s" -H "Connection: close" "http://$IP_S:8080/")
+    shcmd "${cmd[@]}" >"$OUT/$sc-tcp-close.cmd"
+    hs0=$(in_s curl -sf http://127.0.0.1:15020/metrics | awk '/^remora_tls_handshakes_total\{direction="inbound",result="ok"\}/{print $2}')
+    timeout $((CLOSE_D + 20)) ip netns exec "$NS_C" "${cmd[@]}" >"$cf" 2>&1 || true
+    hs1=$(in_s curl -sf http://127.0.0.1:15020/metrics | awk '/^remora_tls_handshakes_total\{direction="inbound",result="ok"\}/{print $2}')
+    record "$sc" newconn_rps "$(awk '/^Requests\/sec:/{print $2}' "$cf")"
+    record "$sc" newconn_errors "$(wrk_errors "$cf")"
+    record "$sc" mtls_handshakes "$(awk -v a="${hs0:-0}" -v b="${hs1:-0}" 'BEGIN{print b - a}')"
+}
+
 # name | TCP target (- for none) | HTTP host:port | fixed-rate latency (1: yes) |
 #   HTTP/2 h2c host:port (- for none) | start command | stop command | label
 SCENARIOS=(
@@ -368,6 +494,10 @@ SCENARIOS=(
 SCENARIOS+=(
     "remora-plugins|-|$IP_S:$HTTP_PORT?apikey=$BENCH_KEY|1|$IP_S:$H2_PORT?apikey=$BENCH_KEY|remora_start remora-plugins --config $T/remora-plugins/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-plugins|remora-http's config with key-auth + limit-count (local, limit never reached) + prometheus + request-id on the service"
     "remora-jwt|-|$IP_S:$HTTP_PORT?apikey=$BENCH_KEY&jwt=$BENCH_JWT|1|$IP_S:$H2_PORT?apikey=$BENCH_KEY&jwt=$BENCH_JWT|remora_start remora-jwt --config $T/remora-jwt/mesh.yaml $REMORA_PROXY_ARGS|remora_stop remora-jwt|remora-plugins with jwt-auth (RS256, one token: verified once, then remembered)"
+)
+SCENARIOS+=(
+    "mesh-plain|-|$IP_S:$HTTP_PORT|1|-|mesh_start plain|mesh_stop plain|two sidecars (client's and server's, each --workers 1), plaintext between them; CPU and RSS are both sidecars together"
+    "mesh-mtls|-|$IP_S:$HTTP_PORT|1|-|mesh_start mtls|mesh_stop mtls|two sidecars, mesh mTLS between them (TLS 1.3, HTTP/2 hop, certificates from remora-cp); CPU and RSS are both sidecars together"
 )
 for v in "${VARIANTS[@]}"; do
     vn="remora-${v%%=*}"; va="${v#*=}"
@@ -591,7 +721,9 @@ run_scenario() {          # run_scenario "name|tcp|http|start|stop|label"
     fi
     [ "$h2" != - ] && measure_h2 "$sc" "$h2"
     [ -n "$PROXY_PIDS" ] && measure_idle_conns "$sc" "$http"
-    if [ -n "$PROXY_PIDS" ] && ! kill -0 "$PROXY_PIDS" 2>/dev/null; then
+    case "$sc" in mesh-*) measure_mesh "$sc" ;; esac
+    # shellcheck disable=SC2086
+    if [ -n "$PROXY_PIDS" ] && ! kill -0 $PROXY_PIDS 2>/dev/null; then
         die "$sc: the proxy died during the run"
     fi
     # shellcheck disable=SC2086
@@ -616,6 +748,24 @@ fmt() {                   # fmt VALUE DECIMALS
 diffms() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || a=="" || b=="") print "-"; else printf "%+.3f", a-b }'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="NA" || b=="NA" || a=="" || b+0==0) print "-"; else printf "%.0f %%", 100*a/b }'; }
 mib() { awk -v a="$1" 'BEGIN{ if (a=="NA" || a=="") print "-"; else printf "%.1f", a/1024 }'; }
+
+mesh_report() {           # the two-sidecar table, when both mesh scenarios ran
+    selected mesh-plain && selected mesh-mtls || return 0
+    local p m
+    p=$(median mesh-plain http_rps); m=$(median mesh-mtls http_rps)
+    echo
+    echo "**Two sidecars, plaintext vs mTLS** (client → client's sidecar → server's sidecar → origin; wrk keep-alive as above). \"mTLS/plain\" is mesh-mtls's req/s over mesh-plain's in the same run (target ≥ 0.85); CPU is both sidecars together per request; RSS per sidecar (A: client's, B: server's), idle and the most seen under a 5 s wrk load. New connections: wrk with \`Connection: close\` to a \`tcp\` service port, so each request is a new connection from A to B (for mesh-mtls, a new mTLS handshake; handshakes counted by B's \`remora_tls_handshakes_total\`)."
+    echo
+    echo "| scenario | req/s | mTLS/plain | p50 ms | p99 ms | fixed rate (mod): p50 / p99 ms | CPU µs/req (both) | RSS idle A / B MiB | RSS load A / B MiB | new conn/s | mTLS handshakes | errors |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    local sc
+    for sc in mesh-plain mesh-mtls; do
+        local r; r=$(median "$sc" http_rps)
+        echo "| $sc | $(fmt "$r" 0) | $(ratio "$r" "$p") | $(fmt "$(median "$sc" p50_ms)" 3) | $(fmt "$(median "$sc" p99_ms)" 3) | $(fmt "$(median "$sc" fr_mod_p50_ms)" 3) / $(fmt "$(median "$sc" fr_mod_p99_ms)" 3) | $(fmt "$(median "$sc" cpu_us_per_req)" 1) | $(mib "$(median "$sc" rss_idle_a_kb)") / $(mib "$(median "$sc" rss_idle_b_kb)") | $(mib "$(median "$sc" rss_load_a_kb)") / $(mib "$(median "$sc" rss_load_b_kb)") | $(fmt "$(median "$sc" newconn_rps)" 0) | $(total "$sc" mtls_handshakes) | $(( $(total "$sc" http_errors) + $(total "$sc" newconn_errors) )) |"
+    done
+    echo
+    echo "mTLS keeps $(pct "$m" "$p") of plaintext req/s."
+}
 
 report() {
     local md="$OUT/results.md" s sc tcp http start stop label
@@ -726,6 +876,7 @@ report() {
             notes+="- $sc: $warns WARN/ERROR lines in the proxy log; remora_tcp_errors_total summed over rounds: $merr"$'\n'
         done
         if [ -n "$notes" ]; then echo; echo "Proxy health:"; printf '%s' "$notes"; fi
+        mesh_report
     } >"$md"
 
     echo
