@@ -18,19 +18,24 @@
 
 mod basic_auth;
 mod consumer_restriction;
+mod cors;
 mod edits;
 mod expr;
 mod fault_injection;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
+mod limit_conn;
 mod limit_count;
+mod limit_req;
+mod limits;
 mod prometheus;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
 #[cfg(test)]
 mod testing;
+mod uri_blocker;
 mod vars;
 
 use std::collections::{BTreeMap, HashMap};
@@ -359,13 +364,17 @@ fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
 pub(crate) const REGISTRY: &[Descriptor] = &[
     request_id::DESCRIPTOR,
     fault_injection::DESCRIPTOR,
+    cors::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
+    uri_blocker::DESCRIPTOR,
     basic_auth::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
+    limit_conn::DESCRIPTOR,
     limit_count::DESCRIPTOR,
+    limit_req::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
     prometheus::DESCRIPTOR,
 ];
@@ -535,6 +544,18 @@ pub(crate) struct Ctx<'a> {
     started: Instant,
     /// Plugins' notes to their own later phases (which matched, ...).
     marks: Vec<&'static str>,
+    /// What plugins hold until the request is over, finished or dropped
+    /// (a limit-conn slot).
+    held: Vec<Held>,
+}
+
+/// Something a plugin holds for the rest of a request; dropped with it.
+pub(crate) struct Held(#[allow(dead_code)] Box<dyn Send>);
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -554,6 +575,7 @@ impl<'a> Ctx<'a> {
             response_headers: Vec::new(),
             started: Instant::now(),
             marks: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -579,6 +601,12 @@ impl<'a> Ctx<'a> {
     /// Notes `mark` for a later phase of the same plugin.
     pub(crate) fn mark(&mut self, mark: &'static str) {
         self.marks.push(mark);
+    }
+
+    /// Keeps `guard` until the request is over (answered, or dropped when
+    /// the client goes away), so a slot it stands for is always given back.
+    pub(crate) fn hold(&mut self, guard: impl Send + 'static) {
+        self.held.push(Held(Box::new(guard)));
     }
 
     /// Whether `mark` was noted earlier in this request.

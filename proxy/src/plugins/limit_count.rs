@@ -18,13 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{request, HeaderName, HeaderValue, StatusCode};
+use http::{request, HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::vars::{is_known, var, Template};
-use super::{in_range, json_response, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
-use crate::body::empty;
+use super::limits::{self, Key, KeyType, Rejection};
+use super::{in_range, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
 pub(super) const DESCRIPTOR: Descriptor =
     Descriptor::new("limit-count", 1002, super::schema_of::<Config>, compile);
@@ -40,10 +39,10 @@ pub(crate) struct Config {
     time_window: u64,
     #[serde(default)]
     key_type: KeyType,
-    #[serde(default = "default_key")]
+    #[serde(default = "limits::default_key")]
     key: String,
     /// 200 to 599.
-    #[serde(default = "default_rejected_code")]
+    #[serde(default = "limits::default_rejected_code")]
     #[schemars(range(min = 200, max = 599))]
     rejected_code: u16,
     #[serde(default)]
@@ -63,15 +62,6 @@ pub(crate) struct Config {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-enum KeyType {
-    #[default]
-    Var,
-    VarCombination,
-    Constant,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 enum Policy {
     #[default]
@@ -80,24 +70,8 @@ enum Policy {
     RedisCluster,
 }
 
-fn default_key() -> String {
-    "remote_addr".to_owned()
-}
-
-fn default_rejected_code() -> u16 {
-    503
-}
-
 fn yes() -> bool {
     true
-}
-
-/// How a request's counter key is made.
-#[derive(Debug)]
-enum Key {
-    Var(String),
-    Combination(Template),
-    Constant,
 }
 
 #[derive(Debug)]
@@ -105,8 +79,7 @@ struct LimitCount {
     count: u64,
     window: Duration,
     key: Key,
-    rejected: StatusCode,
-    rejected_body: Option<String>,
+    rejection: Rejection,
     headers: bool,
     counters: Mutex<Counters>,
     limit_value: HeaderValue,
@@ -134,43 +107,22 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
 fn build(config: Config) -> Result<LimitCount, Fault> {
     in_range("count", config.count, 1..=1_000_000_000)?;
     in_range("time_window", config.time_window, 1..=31_536_000)?;
-    in_range("rejected_code", config.rejected_code, 200..=599)?;
     if config.policy != Policy::Local {
         return Err(Fault::new(
             "policy",
             "only local counters are supported by this proxy yet; use policy: local",
         ));
     }
-    if config.rejected_msg.as_deref() == Some("") {
-        return Err(Fault::new("rejected_msg", "must not be empty"));
-    }
     if config.group.as_deref() == Some("") {
         return Err(Fault::new("group", "must not be empty"));
     }
-    let key = match config.key_type {
-        KeyType::Constant => Key::Constant,
-        KeyType::Var => {
-            if !is_known(&config.key) {
-                return Err(Fault::new(
-                    "key",
-                    format!("{:?} is not a variable this proxy knows (remote_addr, consumer_name, http_<header>, arg_<name>, ...)", config.key),
-                ));
-            }
-            Key::Var(config.key)
-        }
-        KeyType::VarCombination => Key::Combination(combination(&config.key)?),
-    };
-    let rejected = StatusCode::from_u16(config.rejected_code)
-        .map_err(|_| Fault::new("rejected_code", "not a status code"))?;
-    let rejected_body = config
-        .rejected_msg
-        .map(|m| serde_json::json!({ "error_msg": m }).to_string() + "\n");
+    let key = Key::compile(config.key_type, &config.key)?;
+    let rejection = Rejection::compile(config.rejected_code, config.rejected_msg.as_deref())?;
     Ok(LimitCount {
         count: config.count,
         window: Duration::from_secs(config.time_window),
         key,
-        rejected,
-        rejected_body,
+        rejection,
         headers: config.show_limit_quota_header,
         counters: Mutex::new(Counters {
             windows: HashMap::new(),
@@ -178,18 +130,6 @@ fn build(config: Config) -> Result<LimitCount, Fault> {
         }),
         limit_value: HeaderValue::from(config.count),
     })
-}
-
-/// A `var_combination` key: text with at least one variable.
-fn combination(key: &str) -> Result<Template, Fault> {
-    let template = Template::compile("key", key)?;
-    if template.vars() == 0 {
-        return Err(Fault::new(
-            "key",
-            "a var_combination names variables with `$`, e.g. \"$remote_addr $consumer_name\"",
-        ));
-    }
-    Ok(template)
 }
 
 /// What the counter said.
@@ -202,18 +142,6 @@ struct Verdict {
 }
 
 impl LimitCount {
-    fn key_of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> String {
-        let key = match &self.key {
-            Key::Constant => Some(String::new()),
-            Key::Var(name) => var(ctx, req, name).map(|v| v.into_owned()),
-            Key::Combination(template) => {
-                let (key, resolved) = template.render(ctx, req);
-                (resolved > 0).then_some(key)
-            }
-        };
-        key.unwrap_or_else(|| ctx.remote_addr.ip().to_string())
-    }
-
     fn incoming(&self, key: String, now: Instant) -> Verdict {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let window = self.window;
@@ -257,7 +185,7 @@ const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 impl Plugin for LimitCount {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
-        let key = self.key_of(ctx, req);
+        let key = self.key.of(ctx, req);
         let verdict = self.incoming(key, Instant::now());
         if self.headers {
             ctx.set_response_header(LIMIT, self.limit_value.clone());
@@ -267,14 +195,7 @@ impl Plugin for LimitCount {
         if verdict.admitted {
             return Flow::Continue;
         }
-        let response = match &self.rejected_body {
-            Some(body) => json_response(self.rejected, body.clone()),
-            None => {
-                let mut r = http::Response::new(empty());
-                *r.status_mut() = self.rejected;
-                r
-            }
-        };
+        let response = self.rejection.response();
         Flow::Respond(response)
     }
 }
@@ -349,7 +270,7 @@ mod tests {
         let mut ctx = ctx(&compiled_consumers);
         let req = request("/p?user=u1", &[("x-user-id", "42")]);
         let key = |config: serde_json::Value, ctx: &Ctx<'_>| {
-            LimitCount::from_json(config).key_of(ctx, &req)
+            LimitCount::from_json(config).key.of(ctx, &req)
         };
         assert_eq!(
             key(serde_json::json!({"count": 1, "time_window": 1}), &ctx),

@@ -65,7 +65,9 @@ fn unknown_plugins_and_bad_fields_are_named_with_their_path() {
     assert!(
         e.to_string().starts_with(
             "outbound.services[0].plugins.key-oauth: unknown plugin \"key-oauth\"; known plugins: "
-        ) && e.to_string().contains(", key-auth, limit-count, "),
+        ) && e
+            .to_string()
+            .contains(", key-auth, limit-conn, limit-count, limit-req, "),
         "{e}"
     );
     let plugins: Plugins =
