@@ -214,3 +214,59 @@ async fn response_rewrite_changes_what_the_client_receives() {
         (200, "app", Some("remora"), None)
     );
 }
+
+/// limit-req with `rate: 5, burst: 5` and `nodelay`: a burst of 30 at once
+/// admits exactly 6 (one, plus the burst); after a second, 5 more have
+/// leaked out.
+#[tokio::test]
+async fn limit_req_admits_rate_plus_burst() {
+    let t = Standalone::start("plug_limit_req", &["app"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "limit-req",
+                    json!({"rate": 5, "burst": 5, "nodelay": true, "key_type": "constant", "key": "", "rejected_code": 429}),
+                )
+                .to("app")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let started = Instant::now();
+    let burst = send_many(&t.client, vip(), 30, 8, |_| Req::get("/")).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tally(&burst), [(200, 6), (429, 24)]);
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed())).await;
+    let later = send_many(&t.client, vip(), 10, 1, |_| Req::get("/")).await;
+    assert_eq!(tally(&later), [(200, 5), (429, 5)]);
+}
+
+/// limit-conn with `conn: 2, burst: 0` on an app that takes 300 ms: of 6
+/// concurrent requests exactly 2 are in flight at once and 4 are refused;
+/// once they finish, the slots are free again.
+#[tokio::test]
+async fn limit_conn_caps_requests_in_flight() {
+    let t = Standalone::start("plug_limit_conn", &["slow"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "limit-conn",
+                    json!({"conn": 2, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": ""}),
+                )
+                .to("slow")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    t.apps.get("slow").set_delay(Duration::from_millis(300));
+    let first = send_many(&t.client, vip(), 6, 6, |_| Req::get("/")).await;
+    assert_eq!(tally(&first), [(200, 2), (503, 4)]);
+    let second = send_many(&t.client, vip(), 2, 2, |_| Req::get("/")).await;
+    assert_eq!(tally(&second), [(200, 2)], "the slots came back");
+}
