@@ -16,6 +16,7 @@
 //! Phases are plain method calls; a plugin that must wait returns
 //! [`Flow::Wait`], so only waiting plugins pay for a boxed future.
 
+mod api_breaker;
 mod basic_auth;
 mod consumer_restriction;
 mod cors;
@@ -372,6 +373,7 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     key_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
+    api_breaker::DESCRIPTOR,
     limit_conn::DESCRIPTOR,
     limit_count::DESCRIPTOR,
     limit_req::DESCRIPTOR,

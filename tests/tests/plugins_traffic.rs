@@ -270,3 +270,51 @@ async fn limit_conn_caps_requests_in_flight() {
     let second = send_many(&t.client, vip(), 2, 2, |_| Req::get("/")).await;
     assert_eq!(tally(&second), [(200, 2)], "the slots came back");
 }
+
+/// api-breaker: three 500s trip it, the break response comes without
+/// calling the app for 2 s, and once the app is healthy again three 200s
+/// close it.
+#[tokio::test]
+async fn api_breaker_trips_and_recovers() {
+    let t = Standalone::start("plug_api_breaker", &["flaky"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "api-breaker",
+                    json!({"break_response_code": 502, "break_response_body": "broken",
+                           "unhealthy": {"http_statuses": [500], "failures": 3},
+                           "healthy": {"successes": 3}}),
+                )
+                .to("flaky")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let app = t.apps.get("flaky");
+    app.fail_with(500);
+    let mut c = t.http();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(c.get("/").await.expect("request").status);
+    }
+    assert_eq!(statuses, [500, 500, 500, 502, 502]);
+    assert_eq!(app.received(), 3, "open: the app is not called");
+    let broken = c.get("/").await.expect("request");
+    assert_eq!((broken.status, broken.body.as_str()), (502, "broken"));
+    app.recover();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(c.get("/").await.expect("request").status);
+    }
+    assert_eq!(statuses, [200, 200, 200], "half-open, then closed");
+    // Closed and reset: two failures do not trip it.
+    app.fail_with(500);
+    for _ in 0..2 {
+        assert_eq!(c.get("/").await.expect("request").status, 500);
+    }
+    app.recover();
+    assert_eq!(c.get("/").await.expect("request").status, 200);
+    assert_eq!(app.received(), 9);
+}
