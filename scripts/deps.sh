@@ -26,7 +26,8 @@ ensure_deps() {
     curl:curl \
     python3:python3 \
     protoc:protobuf-compiler \
-    h2load:nghttp2-client; do
+    h2load:nghttp2-client \
+    redis-server:redis-server; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || want+=("$pkg")

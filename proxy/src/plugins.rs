@@ -67,6 +67,9 @@ pub(crate) enum Flow {
     /// End the request with this response; the remaining request phases
     /// and the upstream are skipped, the response phases and `log` run.
     Respond(Response<Body>),
+    /// Go on, with these headers for the response (what a waiting plugin
+    /// learnt, e.g. a remote counter's quota).
+    ContinueWith(Vec<(HeaderName, HeaderValue)>),
     /// Wait for this, then act on what it says (e.g. a delay, a remote
     /// counter).
     Wait(Pin<Box<dyn Future<Output = Flow> + Send>>),
@@ -76,6 +79,7 @@ impl fmt::Debug for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Flow::Continue => f.write_str("Continue"),
+            Flow::ContinueWith(h) => write!(f, "ContinueWith({} headers)", h.len()),
             Flow::Respond(r) => write!(f, "Respond({})", r.status()),
             Flow::Wait(_) => f.write_str("Wait"),
         }
@@ -211,6 +215,9 @@ impl Compiled {
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
     apisix: prometheus::ApisixMetrics,
+    /// `remora_plugin_degraded_total{plugin}`: requests a plugin let
+    /// through (or refused) because what it depends on did not answer.
+    degraded: ::prometheus::IntCounterVec,
 }
 
 impl Env {
@@ -218,6 +225,7 @@ impl Env {
     pub(crate) fn new(metrics: &Metrics) -> Self {
         Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
+            degraded: prometheus::degraded(metrics),
         }
     }
 }
@@ -704,6 +712,12 @@ impl<'a> Ctx<'a> {
             loop {
                 match flow {
                     Flow::Continue => break,
+                    Flow::ContinueWith(headers) => {
+                        for (name, value) in headers {
+                            self.set_response_header(name, value);
+                        }
+                        break;
+                    }
                     Flow::Respond(r) => return Some(r),
                     Flow::Wait(wait) => flow = wait.await,
                 }
