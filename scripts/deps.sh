@@ -27,7 +27,8 @@ ensure_deps() {
     python3:python3 \
     protoc:protobuf-compiler \
     h2load:nghttp2-client \
-    tcpdump:tcpdump; do
+    tcpdump:tcpdump \
+    redis-server:redis-server; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || want+=("$pkg")

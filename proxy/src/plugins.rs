@@ -16,21 +16,27 @@
 //! Phases are plain method calls; a plugin that must wait returns
 //! [`Flow::Wait`], so only waiting plugins pay for a boxed future.
 
+mod api_breaker;
 mod basic_auth;
 mod consumer_restriction;
+mod cors;
 mod edits;
 mod expr;
 mod fault_injection;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
+mod limit_conn;
 mod limit_count;
+mod limit_req;
+mod limits;
 mod prometheus;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
 #[cfg(test)]
 mod testing;
+mod uri_blocker;
 mod vars;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +67,9 @@ pub(crate) enum Flow {
     /// End the request with this response; the remaining request phases
     /// and the upstream are skipped, the response phases and `log` run.
     Respond(Response<Body>),
+    /// Go on, with these headers for the response (what a waiting plugin
+    /// learnt, e.g. a remote counter's quota).
+    ContinueWith(Vec<(HeaderName, HeaderValue)>),
     /// Wait for this, then act on what it says (e.g. a delay, a remote
     /// counter).
     Wait(Pin<Box<dyn Future<Output = Flow> + Send>>),
@@ -70,6 +79,7 @@ impl fmt::Debug for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Flow::Continue => f.write_str("Continue"),
+            Flow::ContinueWith(h) => write!(f, "ContinueWith({} headers)", h.len()),
             Flow::Respond(r) => write!(f, "Respond({})", r.status()),
             Flow::Wait(_) => f.write_str("Wait"),
         }
@@ -205,6 +215,9 @@ impl Compiled {
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
     apisix: prometheus::ApisixMetrics,
+    /// `remora_plugin_degraded_total{plugin}`: requests a plugin let
+    /// through (or refused) because what it depends on did not answer.
+    degraded: ::prometheus::IntCounterVec,
 }
 
 impl Env {
@@ -212,6 +225,7 @@ impl Env {
     pub(crate) fn new(metrics: &Metrics) -> Self {
         Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
+            degraded: prometheus::degraded(metrics),
         }
     }
 }
@@ -359,13 +373,18 @@ fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
 pub(crate) const REGISTRY: &[Descriptor] = &[
     request_id::DESCRIPTOR,
     fault_injection::DESCRIPTOR,
+    cors::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
+    uri_blocker::DESCRIPTOR,
     basic_auth::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
+    api_breaker::DESCRIPTOR,
+    limit_conn::DESCRIPTOR,
     limit_count::DESCRIPTOR,
+    limit_req::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
     prometheus::DESCRIPTOR,
 ];
@@ -535,6 +554,18 @@ pub(crate) struct Ctx<'a> {
     started: Instant,
     /// Plugins' notes to their own later phases (which matched, ...).
     marks: Vec<&'static str>,
+    /// What plugins hold until the request is over, finished or dropped
+    /// (a limit-conn slot).
+    held: Vec<Held>,
+}
+
+/// Something a plugin holds for the rest of a request; dropped with it.
+pub(crate) struct Held(#[allow(dead_code)] Box<dyn Send>);
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -554,6 +585,7 @@ impl<'a> Ctx<'a> {
             response_headers: Vec::new(),
             started: Instant::now(),
             marks: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -579,6 +611,12 @@ impl<'a> Ctx<'a> {
     /// Notes `mark` for a later phase of the same plugin.
     pub(crate) fn mark(&mut self, mark: &'static str) {
         self.marks.push(mark);
+    }
+
+    /// Keeps `guard` until the request is over (answered, or dropped when
+    /// the client goes away), so a slot it stands for is always given back.
+    pub(crate) fn hold(&mut self, guard: impl Send + 'static) {
+        self.held.push(Held(Box::new(guard)));
     }
 
     /// Whether `mark` was noted earlier in this request.
@@ -674,6 +712,12 @@ impl<'a> Ctx<'a> {
             loop {
                 match flow {
                     Flow::Continue => break,
+                    Flow::ContinueWith(headers) => {
+                        for (name, value) in headers {
+                            self.set_response_header(name, value);
+                        }
+                        break;
+                    }
                     Flow::Respond(r) => return Some(r),
                     Flow::Wait(wait) => flow = wait.await,
                 }

@@ -214,3 +214,107 @@ async fn response_rewrite_changes_what_the_client_receives() {
         (200, "app", Some("remora"), None)
     );
 }
+
+/// limit-req with `rate: 5, burst: 5` and `nodelay`: a burst of 30 at once
+/// admits exactly 6 (one, plus the burst); after a second, 5 more have
+/// leaked out.
+#[tokio::test]
+async fn limit_req_admits_rate_plus_burst() {
+    let t = Standalone::start("plug_limit_req", &["app"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "limit-req",
+                    json!({"rate": 5, "burst": 5, "nodelay": true, "key_type": "constant", "key": "", "rejected_code": 429}),
+                )
+                .to("app")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let started = Instant::now();
+    let burst = send_many(&t.client, vip(), 30, 8, |_| Req::get("/")).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tally(&burst), [(200, 6), (429, 24)]);
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed())).await;
+    let later = send_many(&t.client, vip(), 10, 1, |_| Req::get("/")).await;
+    assert_eq!(tally(&later), [(200, 5), (429, 5)]);
+}
+
+/// limit-conn with `conn: 2, burst: 0` on an app that takes 300 ms: of 6
+/// concurrent requests exactly 2 are in flight at once and 4 are refused;
+/// once they finish, the slots are free again.
+#[tokio::test]
+async fn limit_conn_caps_requests_in_flight() {
+    let t = Standalone::start("plug_limit_conn", &["slow"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "limit-conn",
+                    json!({"conn": 2, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": ""}),
+                )
+                .to("slow")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    t.apps.get("slow").set_delay(Duration::from_millis(300));
+    let first = send_many(&t.client, vip(), 6, 6, |_| Req::get("/")).await;
+    assert_eq!(tally(&first), [(200, 2), (503, 4)]);
+    let second = send_many(&t.client, vip(), 2, 2, |_| Req::get("/")).await;
+    assert_eq!(tally(&second), [(200, 2)], "the slots came back");
+}
+
+/// api-breaker: three 500s trip it, the break response comes without
+/// calling the app for 2 s, and once the app is healthy again three 200s
+/// close it.
+#[tokio::test]
+async fn api_breaker_trips_and_recovers() {
+    let t = Standalone::start("plug_api_breaker", &["flaky"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "api-breaker",
+                    json!({"break_response_code": 502, "break_response_body": "broken",
+                           "unhealthy": {"http_statuses": [500], "failures": 3},
+                           "healthy": {"successes": 3}}),
+                )
+                .to("flaky")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let app = t.apps.get("flaky");
+    app.fail_with(500);
+    let mut c = t.http();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(c.get("/").await.expect("request").status);
+    }
+    assert_eq!(statuses, [500, 500, 500, 502, 502]);
+    assert_eq!(app.received(), 3, "open: the app is not called");
+    let broken = c.get("/").await.expect("request");
+    assert_eq!((broken.status, broken.body.as_str()), (502, "broken"));
+    app.recover();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(c.get("/").await.expect("request").status);
+    }
+    assert_eq!(statuses, [200, 200, 200], "half-open, then closed");
+    // Closed and reset: two failures do not trip it.
+    app.fail_with(500);
+    for _ in 0..2 {
+        assert_eq!(c.get("/").await.expect("request").status, 500);
+    }
+    app.recover();
+    assert_eq!(c.get("/").await.expect("request").status, 200);
+    assert_eq!(app.received(), 9);
+}

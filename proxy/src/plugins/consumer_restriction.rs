@@ -179,7 +179,7 @@ mod tests {
         match p.access(&mut ctx, &mut req) {
             Flow::Continue => (200, String::new()),
             Flow::Respond(r) => (r.status().as_u16(), body_text(r)),
-            Flow::Wait(_) => (0, String::new()),
+            Flow::Wait(_) | Flow::ContinueWith(_) => (0, String::new()),
         }
     }
 

@@ -453,7 +453,7 @@ mod tests {
         match flow {
             Flow::Continue => Ok(consumer.unwrap_or_default()),
             Flow::Respond(r) => Err((r.status().as_u16(), body_text(r))),
-            Flow::Wait(_) => Err((0, String::new())),
+            Flow::Wait(_) | Flow::ContinueWith(_) => Err((0, String::new())),
         }
     }
 

@@ -12,19 +12,21 @@
 //! (503) with `{"error_msg": rejected_msg}` when set; admitted and rejected
 //! responses carry `X-RateLimit-Limit`, `-Remaining` and `-Reset` unless
 //! `show_limit_quota_header` is false. One mutex guards the counters, so
-//! concurrent requests admit exactly `count`.
+//! concurrent requests admit exactly `count`. With `policy: redis` the
+//! counters are in a Redis server that many sidecars share (`redis`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{request, HeaderName, HeaderValue, StatusCode};
+use http::{request, HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::vars::{is_known, var, Template};
-use super::{in_range, json_response, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
-use crate::body::empty;
+mod redis;
+
+use super::limits::{self, Key, KeyType, Rejection};
+use super::{in_range, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
 pub(super) const DESCRIPTOR: Descriptor =
     Descriptor::new("limit-count", 1002, super::schema_of::<Config>, compile);
@@ -40,35 +42,44 @@ pub(crate) struct Config {
     time_window: u64,
     #[serde(default)]
     key_type: KeyType,
-    #[serde(default = "default_key")]
+    #[serde(default = "limits::default_key")]
     key: String,
     /// 200 to 599.
-    #[serde(default = "default_rejected_code")]
+    #[serde(default = "limits::default_rejected_code")]
     #[schemars(range(min = 200, max = 599))]
     rejected_code: u16,
     #[serde(default)]
     rejected_msg: Option<String>,
     #[serde(default)]
     policy: Policy,
-    /// Only with a remote policy: admit requests when the counter store
-    /// cannot be reached.
+    /// With `policy: redis`: admit requests when Redis cannot answer in
+    /// time (else refuse them with 500).
     #[serde(default)]
-    #[allow(dead_code)] // Read by the redis policy.
     allow_degradation: bool,
+    /// With `policy: redis`: the server.
+    #[serde(default)]
+    redis_host: Option<String>,
+    /// 1 to 65535.
+    #[serde(default = "default_redis_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    redis_port: u16,
+    #[serde(default)]
+    redis_username: Option<String>,
+    #[serde(default)]
+    redis_password: Option<String>,
+    /// 0 to 15.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 15))]
+    redis_database: i64,
+    /// Milliseconds a request may wait for Redis, 1 to 60,000.
+    #[serde(default = "default_redis_timeout")]
+    #[schemars(range(min = 1, max = 60_000))]
+    redis_timeout: u64,
     #[serde(default = "yes")]
     show_limit_quota_header: bool,
     /// Configs with one group share their counters.
     #[serde(default)]
     group: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-enum KeyType {
-    #[default]
-    Var,
-    VarCombination,
-    Constant,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -80,24 +91,16 @@ enum Policy {
     RedisCluster,
 }
 
-fn default_key() -> String {
-    "remote_addr".to_owned()
-}
-
-fn default_rejected_code() -> u16 {
-    503
-}
-
 fn yes() -> bool {
     true
 }
 
-/// How a request's counter key is made.
-#[derive(Debug)]
-enum Key {
-    Var(String),
-    Combination(Template),
-    Constant,
+fn default_redis_port() -> u16 {
+    6379
+}
+
+fn default_redis_timeout() -> u64 {
+    1000
 }
 
 #[derive(Debug)]
@@ -105,11 +108,12 @@ struct LimitCount {
     count: u64,
     window: Duration,
     key: Key,
-    rejected: StatusCode,
-    rejected_body: Option<String>,
+    rejection: Rejection,
     headers: bool,
     counters: Mutex<Counters>,
     limit_value: HeaderValue,
+    /// `policy: redis`: the shared counters, and the key prefix.
+    remote: Option<(Arc<redis::RedisCounters>, Option<String>)>,
 }
 
 #[derive(Debug, Default)]
@@ -127,69 +131,62 @@ struct Window {
 
 const SWEEP_FIRST: usize = 1024;
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
-    Ok(Arc::new(build(parse(value)?)?))
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+    let config: Config = parse(value)?;
+    let remote = match config.policy {
+        Policy::Local => None,
+        Policy::Redis => {
+            in_range("redis_port", config.redis_port, 1..=65535)?;
+            in_range("redis_database", config.redis_database, 0..=15)?;
+            in_range("redis_timeout", config.redis_timeout, 1..=60_000)?;
+            let settings = redis::Settings {
+                host: config.redis_host.clone().unwrap_or_default(),
+                port: config.redis_port,
+                username: config.redis_username.clone(),
+                password: config.redis_password.clone(),
+                database: config.redis_database,
+                timeout: Duration::from_millis(config.redis_timeout),
+                allow_degradation: config.allow_degradation,
+            };
+            let degraded = env.degraded.with_label_values(&["limit-count"]);
+            Some((
+                Arc::new(redis::RedisCounters::new(settings, degraded)?),
+                config.group.clone(),
+            ))
+        }
+        Policy::RedisCluster => {
+            return Err(Fault::new(
+                "policy",
+                "redis-cluster is not supported by this proxy yet; use local or redis",
+            ))
+        }
+    };
+    let mut limit = build(config)?;
+    limit.remote = remote;
+    Ok(Arc::new(limit))
 }
 
 fn build(config: Config) -> Result<LimitCount, Fault> {
     in_range("count", config.count, 1..=1_000_000_000)?;
     in_range("time_window", config.time_window, 1..=31_536_000)?;
-    in_range("rejected_code", config.rejected_code, 200..=599)?;
-    if config.policy != Policy::Local {
-        return Err(Fault::new(
-            "policy",
-            "only local counters are supported by this proxy yet; use policy: local",
-        ));
-    }
-    if config.rejected_msg.as_deref() == Some("") {
-        return Err(Fault::new("rejected_msg", "must not be empty"));
-    }
     if config.group.as_deref() == Some("") {
         return Err(Fault::new("group", "must not be empty"));
     }
-    let key = match config.key_type {
-        KeyType::Constant => Key::Constant,
-        KeyType::Var => {
-            if !is_known(&config.key) {
-                return Err(Fault::new(
-                    "key",
-                    format!("{:?} is not a variable this proxy knows (remote_addr, consumer_name, http_<header>, arg_<name>, ...)", config.key),
-                ));
-            }
-            Key::Var(config.key)
-        }
-        KeyType::VarCombination => Key::Combination(combination(&config.key)?),
-    };
-    let rejected = StatusCode::from_u16(config.rejected_code)
-        .map_err(|_| Fault::new("rejected_code", "not a status code"))?;
-    let rejected_body = config
-        .rejected_msg
-        .map(|m| serde_json::json!({ "error_msg": m }).to_string() + "\n");
+    let key = Key::compile(config.key_type, &config.key)?;
+    let rejection = Rejection::compile(config.rejected_code, config.rejected_msg.as_deref())?;
     Ok(LimitCount {
         count: config.count,
         window: Duration::from_secs(config.time_window),
         key,
-        rejected,
-        rejected_body,
+        rejection,
         headers: config.show_limit_quota_header,
         counters: Mutex::new(Counters {
             windows: HashMap::new(),
             sweep_at: SWEEP_FIRST,
         }),
         limit_value: HeaderValue::from(config.count),
+        remote: None,
     })
-}
-
-/// A `var_combination` key: text with at least one variable.
-fn combination(key: &str) -> Result<Template, Fault> {
-    let template = Template::compile("key", key)?;
-    if template.vars() == 0 {
-        return Err(Fault::new(
-            "key",
-            "a var_combination names variables with `$`, e.g. \"$remote_addr $consumer_name\"",
-        ));
-    }
-    Ok(template)
 }
 
 /// What the counter said.
@@ -202,18 +199,6 @@ struct Verdict {
 }
 
 impl LimitCount {
-    fn key_of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> String {
-        let key = match &self.key {
-            Key::Constant => Some(String::new()),
-            Key::Var(name) => var(ctx, req, name).map(|v| v.into_owned()),
-            Key::Combination(template) => {
-                let (key, resolved) = template.render(ctx, req);
-                (resolved > 0).then_some(key)
-            }
-        };
-        key.unwrap_or_else(|| ctx.remote_addr.ip().to_string())
-    }
-
     fn incoming(&self, key: String, now: Instant) -> Verdict {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let window = self.window;
@@ -251,13 +236,72 @@ impl LimitCount {
     }
 }
 
+impl LimitCount {
+    /// `policy: redis`: the count happens in Redis, so the request waits
+    /// for it (at most `redis_timeout`). The counter is named by the group,
+    /// else by the service and route, so that sidecars with the same config
+    /// share it.
+    fn remote_access(
+        &self,
+        ctx: &Ctx<'_>,
+        remote: &Arc<redis::RedisCounters>,
+        group: Option<&str>,
+        key: String,
+    ) -> Flow {
+        let name = match group {
+            Some(group) => format!("remora:limit-count:{group}:{key}"),
+            None => format!("remora:limit-count:{}:{}:{key}", ctx.service, ctx.route),
+        };
+        let remote = remote.clone();
+        let (count, window, headers) = (self.count, self.window, self.headers);
+        let limit = self.limit_value.clone();
+        let rejected = self.rejection.response();
+        Flow::Wait(Box::pin(async move {
+            let (remaining, reset_ms) = match remote.incoming(name, count, window).await {
+                redis::Outcome::Counted {
+                    remaining,
+                    reset_ms,
+                } => (remaining, reset_ms),
+                redis::Outcome::Degraded { admit: true } => return Flow::Continue,
+                redis::Outcome::Degraded { admit: false } => {
+                    let body = serde_json::json!({"error_msg": "failed to limit count"})
+                        .to_string()
+                        + "\n";
+                    return Flow::Respond(super::json_response(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        body,
+                    ));
+                }
+            };
+            let quota = [
+                (LIMIT, limit),
+                (REMAINING, HeaderValue::from(remaining.max(0))),
+                (RESET, HeaderValue::from((reset_ms.max(0) + 999) / 1000)),
+            ];
+            let quota = if headers { quota.to_vec() } else { Vec::new() };
+            if remaining >= 0 {
+                Flow::ContinueWith(quota)
+            } else {
+                let mut r = rejected;
+                for (name, value) in quota {
+                    r.headers_mut().insert(name, value);
+                }
+                Flow::Respond(r)
+            }
+        }))
+    }
+}
+
 const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 impl Plugin for LimitCount {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
-        let key = self.key_of(ctx, req);
+        let key = self.key.of(ctx, req);
+        if let Some((remote, group)) = &self.remote {
+            return self.remote_access(ctx, remote, group.as_deref(), key);
+        }
         let verdict = self.incoming(key, Instant::now());
         if self.headers {
             ctx.set_response_header(LIMIT, self.limit_value.clone());
@@ -267,14 +311,7 @@ impl Plugin for LimitCount {
         if verdict.admitted {
             return Flow::Continue;
         }
-        let response = match &self.rejected_body {
-            Some(body) => json_response(self.rejected, body.clone()),
-            None => {
-                let mut r = http::Response::new(empty());
-                *r.status_mut() = self.rejected;
-                r
-            }
-        };
+        let response = self.rejection.response();
         Flow::Respond(response)
     }
 }
@@ -292,7 +329,7 @@ mod tests {
         match flow {
             Flow::Continue => 200,
             Flow::Respond(r) => r.status().as_u16(),
-            Flow::Wait(_) => 0,
+            Flow::Wait(_) | Flow::ContinueWith(_) => 0,
         }
     }
 
@@ -349,7 +386,7 @@ mod tests {
         let mut ctx = ctx(&compiled_consumers);
         let req = request("/p?user=u1", &[("x-user-id", "42")]);
         let key = |config: serde_json::Value, ctx: &Ctx<'_>| {
-            LimitCount::from_json(config).key_of(ctx, &req)
+            LimitCount::from_json(config).key.of(ctx, &req)
         };
         assert_eq!(
             key(serde_json::json!({"count": 1, "time_window": 1}), &ctx),
@@ -529,8 +566,33 @@ mod tests {
                 ),
                 (
                     serde_json::json!({"count": 1, "time_window": 1, "policy": "redis"}),
+                    ".redis_host",
+                    "needs redis_host",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "r", "redis_port": 0}),
+                    ".redis_port",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "r", "redis_database": 16}),
+                    ".redis_database",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "r", "redis_timeout": 0}),
+                    ".redis_timeout",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "r", "redis_timeout": 60_001}),
+                    ".redis_timeout",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"count": 1, "time_window": 1, "policy": "redis-cluster"}),
                     ".policy",
-                    "only local",
+                    "not supported",
                 ),
                 (
                     serde_json::json!({"count": 1, "time_window": 1, "extra": 1}),

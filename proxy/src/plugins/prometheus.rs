@@ -87,6 +87,24 @@ impl ApisixMetrics {
     }
 }
 
+/// `remora_plugin_degraded_total{plugin}`, registered beside Remora's
+/// metrics (see [`super::Env`]).
+pub(crate) fn degraded(metrics: &Metrics) -> IntCounterVec {
+    let Ok(vec) = IntCounterVec::new(
+        Opts::new(
+            "remora_plugin_degraded_total",
+            "Requests a plugin decided without what it depends on (Redis for limit-count), by plugin",
+        ),
+        &["plugin"],
+    ) else {
+        unreachable_metrics()
+    };
+    if let Err(e) = metrics.registry().register(Box::new(vec.clone())) {
+        tracing::warn!(error = %e, "plugin metrics not registered");
+    }
+    vec
+}
+
 #[allow(clippy::panic)]
 fn unreachable_metrics() -> ! {
     panic!("the APISIX metric definitions are static and valid")

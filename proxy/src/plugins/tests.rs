@@ -65,7 +65,9 @@ fn unknown_plugins_and_bad_fields_are_named_with_their_path() {
     assert!(
         e.to_string().starts_with(
             "outbound.services[0].plugins.key-oauth: unknown plugin \"key-oauth\"; known plugins: "
-        ) && e.to_string().contains(", key-auth, limit-count, "),
+        ) && e
+            .to_string()
+            .contains(", key-auth, limit-conn, limit-count, limit-req, "),
         "{e}"
     );
     let plugins: Plugins =
@@ -293,5 +295,42 @@ async fn every_plugin_page_has_a_config_that_loads() {
     assert_eq!(
         on_disk, pages,
         "a page for a plugin the proxy does not know"
+    );
+}
+
+/// Each plugin's JSON Schema is committed under proxy/schema/plugins/ for
+/// editors and the control plane; a test keeps the files current.
+/// Regenerate with `UPDATE_SCHEMA=1 cargo test -p remora-proxy plugins`.
+#[test]
+fn committed_plugin_schemas_are_current() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/plugins");
+    let update = std::env::var_os("UPDATE_SCHEMA").is_some();
+    if update {
+        std::fs::create_dir_all(&dir).expect("schema dir");
+    }
+    for d in REGISTRY {
+        let mut schema = json!({ "config": (d.schema)() });
+        if let Some((_, consumer)) = d.credential {
+            schema["consumer"] = consumer();
+        }
+        let mut text = serde_json::to_string_pretty(&schema).expect("serializes");
+        text.push('\n');
+        let path = dir.join(format!("{}.schema.json", d.name));
+        if update {
+            std::fs::write(&path, &text).expect("writes");
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "{} is stale: run UPDATE_SCHEMA=1 cargo test -p remora-proxy plugins and commit it",
+            path.display()
+        );
+    }
+    let files = std::fs::read_dir(&dir).map(Iterator::count).unwrap_or(0);
+    assert_eq!(
+        files,
+        REGISTRY.len(),
+        "a schema for a plugin the proxy does not know"
     );
 }
