@@ -447,6 +447,9 @@ mesh_start() {            # mesh_start plain|mtls: B (server ns), then A (client
         $(mesh_identity_args "$T/mesh/token-a" "$IP_S") $REMORA_PROXY_ARGS
     MESH_A_PID=$PROXY_PIDS
     PROXY_PIDS="$MESH_A_PID $MESH_B_PID"
+    sleep 0.5
+    record "$name" rss_idle_a_kb "$(rss_kb "$MESH_A_PID")"
+    record "$name" rss_idle_b_kb "$(rss_kb "$MESH_B_PID")"
 }
 mesh_stop() {
     local name="mesh-$1"
@@ -461,8 +464,6 @@ mesh_stop() {
 # connection, and for mesh-mtls a new mTLS handshake, between the sidecars).
 measure_mesh() {          # measure_mesh SCENARIO
     local sc="$1" f="$OUT/$1-wrk-rss.r$ROUND.txt" a=0 b=0 v i
-    record "$sc" rss_idle_a_kb "$(rss_kb "$MESH_A_PID")"
-    record "$sc" rss_idle_b_kb "$(rss_kb "$MESH_B_PID")"
     timeout 25 ip netns exec "$NS_C" wrk -t"$WRK_T" -c"$WRK_C" -d5s "http://$IP_S:$HTTP_PORT/" >"$f" 2>&1 &
     local wrk=$!
     for i in $(seq 20); do
@@ -720,8 +721,9 @@ run_scenario() {          # run_scenario "name|tcp|http|start|stop|label"
         measure_fixed "$sc" "$http" "$RATE_MOD" mod
     fi
     [ "$h2" != - ] && measure_h2 "$sc" "$h2"
-    [ -n "$PROXY_PIDS" ] && measure_idle_conns "$sc" "$http"
+    # Before the idle connections, which leave memory allocated.
     case "$sc" in mesh-*) measure_mesh "$sc" ;; esac
+    [ -n "$PROXY_PIDS" ] && measure_idle_conns "$sc" "$http"
     # shellcheck disable=SC2086
     if [ -n "$PROXY_PIDS" ] && ! kill -0 $PROXY_PIDS 2>/dev/null; then
         die "$sc: the proxy died during the run"
@@ -754,7 +756,7 @@ mesh_report() {           # the two-sidecar table, when both mesh scenarios ran
     local p m
     p=$(median mesh-plain http_rps); m=$(median mesh-mtls http_rps)
     echo
-    echo "**Two sidecars, plaintext vs mTLS** (client → client's sidecar → server's sidecar → origin; wrk keep-alive as above). \"mTLS/plain\" is mesh-mtls's req/s over mesh-plain's in the same run (target ≥ 0.85); CPU is both sidecars together per request; RSS per sidecar (A: client's, B: server's), idle and the most seen under a 5 s wrk load. New connections: wrk with \`Connection: close\` to a \`tcp\` service port, so each request is a new connection from A to B (for mesh-mtls, a new mTLS handshake; handshakes counted by B's \`remora_tls_handshakes_total\`)."
+    echo "**Two sidecars, plaintext vs mTLS** (client → client's sidecar → server's sidecar → origin; wrk keep-alive as above). \"mTLS/plain\" is mesh-mtls's req/s over mesh-plain's in the same run (target ≥ 0.85); CPU is both sidecars together per request; RSS per sidecar (A: client's, B: server's): idle right after start, and the most seen under a 5 s wrk load. New connections: wrk with \`Connection: close\` to a \`tcp\` service port, so each request is a new connection from A to B (for mesh-mtls, a new mTLS handshake; handshakes counted by B's \`remora_tls_handshakes_total\`)."
     echo
     echo "| scenario | req/s | mTLS/plain | p50 ms | p99 ms | fixed rate (mod): p50 / p99 ms | CPU µs/req (both) | RSS idle A / B MiB | RSS load A / B MiB | new conn/s | mTLS handshakes | errors |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
