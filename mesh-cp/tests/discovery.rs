@@ -19,7 +19,6 @@ use remora_cp::view::MeshView;
 use remora_cp::Running;
 use support::*;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// `reviews` endpoints of service shop/reviews (10.96.0.10:9080) and one
 /// endpoint of shop/ratings (10.96.0.11:9080), at `version`.
@@ -105,19 +104,7 @@ async fn open(
     pod: &str,
     namespace: &str,
 ) -> Result<Proxy, tonic::Status> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cp.root))
-        .domain_name("localhost");
-    if let Some(id) = identity {
-        tls = tls.identity(id);
-    }
-    let channel = Endpoint::from_shared(format!("https://{}", cp.running.grpc_addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(&cp.running, &cp.root, identity).await;
     let (tx, rx) = mpsc::channel(64);
     tx.send(msg(Kind::Hello(pb::Hello {
         pod: pod.into(),
