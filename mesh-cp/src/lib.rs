@@ -151,7 +151,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
             let view = discovery::view_file::load(path)?;
             tracing::info!(version = view.version, path = %path.display(), "view file loaded");
             let (tx, rx) = watch::channel(Arc::new(view));
-            tokio::spawn(discovery::view_file::reload_on_hangup(path.clone(), tx));
+            tokio::spawn(
+                discovery::view_file::reload_on_hangup(path.clone(), tx)
+                    .context("listening for SIGHUP to reload the view file")?,
+            );
             rx
         }
         None => watch::channel(Arc::new(view::MeshView::default())).1,

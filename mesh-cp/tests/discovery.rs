@@ -400,3 +400,45 @@ async fn a_proxy_that_stops_reading_does_not_hold_up_another() {
     drop(stuck);
     cp.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_view_file_reload_pushes_the_change_and_a_bad_one_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("view.yaml");
+    let text = |eps: &str| {
+        format!(
+            "version: 1\ndestinations:\n  shop/reviews:\n    service: {{name: reviews.shop, addresses: [10.96.0.10], ports: [{{port: 9080, backendRefs: [{{name: reviews}}]}}]}}\n    backends:\n      reviews: {{endpoints: [{eps}]}}\n"
+        )
+    };
+    std::fs::write(&path, text("{address: \"10.1.0.5:9080\"}")).unwrap();
+    let scratch = Scratch::new();
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        scratch.args(&["--view-file", path.to_str().unwrap()]),
+    )
+    .unwrap();
+    let running = remora_cp::start(Config::from_args(cli.serve).unwrap())
+        .await
+        .unwrap();
+    let root = read(&scratch.path("state/root-cert.pem"));
+    let (view, _) = watch::channel(Arc::new(MeshView::default()));
+    let cp = Cp {
+        _scratch: scratch,
+        running,
+        root,
+        view,
+    };
+    let mut proxy = open(&cp, None, "web-1", "default").await.unwrap();
+    proxy.initial().await;
+    proxy.subscribe(addr("10.96.0.10", 9080)).await;
+    assert_eq!(endpoints(&proxy.push().await), ["10.1.0.5:9080"]);
+
+    let hangup = || nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+    // An endpoint that is not an address: refused, nothing pushed.
+    std::fs::write(&path, text("{address: \"nowhere\"}")).unwrap();
+    hangup();
+    proxy.quiet().await;
+    std::fs::write(&path, text("{address: \"10.1.0.6:9080\"}")).unwrap();
+    hangup();
+    assert_eq!(endpoints(&proxy.push().await), ["10.1.0.6:9080"]);
+    cp.running.shutdown().await;
+}

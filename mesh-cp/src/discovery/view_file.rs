@@ -177,23 +177,28 @@ pub fn load(path: &Path) -> Result<MeshView, ViewFileError> {
     Ok(view)
 }
 
-/// Reloads the file on SIGHUP and publishes each good version; a bad one is
-/// logged and the last good view stays.
-pub async fn reload_on_hangup(path: PathBuf, tx: watch::Sender<Arc<MeshView>>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot listen for SIGHUP; the view file will not be reloaded");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        match load(&path) {
-            Ok(view) => {
-                tracing::info!(version = view.version, path = %path.display(), "view file reloaded");
-                tx.send_replace(Arc::new(view));
+/// Listens for SIGHUP now (so one sent right after start is not lost, nor
+/// fatal) and returns the task that reloads the file on each one and
+/// publishes each good version; a bad one is logged and the last good view
+/// stays.
+pub fn reload_on_hangup(
+    path: PathBuf,
+    tx: watch::Sender<Arc<MeshView>>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(async move {
+        while hangups.recv().await.is_some() {
+            match load(&path) {
+                Ok(view) => {
+                    tracing::info!(version = view.version, path = %path.display(), "view file reloaded");
+                    tx.send_replace(Arc::new(view));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "view file rejected; keeping the last good view")
+                }
             }
-            Err(e) => tracing::error!(error = %e, "view file rejected; keeping the last good view"),
         }
-    }
+    })
 }
 
 #[cfg(test)]
