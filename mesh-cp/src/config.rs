@@ -32,6 +32,8 @@ pub mod env {
     pub const DNS_NAMES: &str = "REMORA_CP_DNS_NAMES";
     pub const DRAIN_DEADLINE: &str = "REMORA_CP_DRAIN_DEADLINE";
     pub const LOG_FORMAT: &str = "REMORA_CP_LOG_FORMAT";
+    pub const VIEW_FILE: &str = "REMORA_CP_VIEW_FILE";
+    pub const DISCOVERY_MAX_SUBSCRIPTIONS: &str = "REMORA_CP_DISCOVERY_MAX_SUBSCRIPTIONS";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -137,6 +139,13 @@ pub struct ServeArgs {
     pub drain_deadline: Duration,
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Test and standalone aid, not the product's config source: serve this
+    /// hand-written mesh view (docs/control-plane.md), reloaded on SIGHUP.
+    #[arg(long, env = env::VIEW_FILE, hide = true)]
+    pub view_file: Option<PathBuf>,
+    /// Destinations one proxy's discovery stream may subscribe to, 1 to 65536.
+    #[arg(long, env = env::DISCOVERY_MAX_SUBSCRIPTIONS, default_value_t = 1024)]
+    pub discovery_max_subscriptions: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,6 +192,8 @@ pub enum ConfigError {
     TokenFileUnused,
     #[error("--token-audience {0:?} must be 1 to 253 printable characters without spaces")]
     Audience(String),
+    #[error("--discovery-max-subscriptions {0} is outside 1..=65536")]
+    MaxSubscriptions(u32),
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -214,6 +225,9 @@ pub struct Config {
     pub dns_names: Vec<String>,
     pub drain_deadline: Duration,
     pub log_format: LogFormat,
+    /// `--view-file` (tests, standalone).
+    pub view_file: Option<PathBuf>,
+    pub discovery: crate::discovery::Settings,
 }
 
 fn in_range(
@@ -290,6 +304,11 @@ impl Config {
             Duration::ZERO,
             Duration::from_secs(600),
         )?;
+        if !(1..=65_536).contains(&args.discovery_max_subscriptions) {
+            return Err(ConfigError::MaxSubscriptions(
+                args.discovery_max_subscriptions,
+            ));
+        }
         if args.cert_lifetime > args.cert_max_lifetime {
             return Err(ConfigError::DefaultOverMax(
                 args.cert_lifetime,
@@ -342,6 +361,11 @@ impl Config {
             dns_names,
             drain_deadline: args.drain_deadline,
             log_format: args.log_format,
+            view_file: args.view_file,
+            discovery: crate::discovery::Settings {
+                max_subscriptions: args.discovery_max_subscriptions as usize,
+                ..crate::discovery::Settings::default()
+            },
         }))
     }
 }

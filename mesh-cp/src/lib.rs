@@ -1,7 +1,8 @@
-//! remora-cp: the control plane. Today it is the mesh CA and its
-//! certificate service (gRPC over TLS on 15012) with an admin server
-//! (/live, /ready, /metrics on 15014). Sources, translation and discovery
-//! (issue 9) will be added beside these modules and served on the same port.
+//! remora-cp: the control plane: the mesh CA and its certificate service,
+//! and the discovery service that streams each proxy its config, both gRPC
+//! over TLS on 15012, with an admin server (/live, /ready, /metrics on
+//! 15014). Discovery serves the `MeshView` it is given (`start_with_view`);
+//! sources and translation (issue 9) publish it.
 //!
 //! This file is the wiring: it loads the root, builds the CA, binds the
 //! listeners, renews what expires, and drains on shutdown.
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod identity;
 pub mod metrics;
 pub mod service;
@@ -21,6 +23,11 @@ pub mod view;
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod proto {
     tonic::include_proto!("remora.identity.v1");
+
+    /// The generated discovery service (api/proto/remora/discovery/v1).
+    pub mod discovery {
+        tonic::include_proto!("remora.discovery.v1");
+    }
 }
 
 use std::future::Future;
@@ -46,6 +53,12 @@ use crate::tls::ServingCert;
 /// gRPC messages larger than this are refused by tonic before decoding.
 /// The handler's own limits (16 KiB CSR, 8 KiB token) sit well inside it.
 pub const MAX_GRPC_MESSAGE: usize = 64 * 1024;
+
+/// Discovery requests (subscribes, acks) are small; a proxy sending more
+/// than this in one message is refused by tonic.
+pub const MAX_DISCOVERY_REQUEST: usize = 64 * 1024;
+/// The largest push: one destination with thousands of endpoints fits.
+pub const MAX_DISCOVERY_PUSH: usize = 4 * 1024 * 1024;
 
 /// The renewal task looks at the intermediate and the serving certificate
 /// this often at most (more often when lifetimes are short).
@@ -130,8 +143,30 @@ fn read_extra_roots(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> 
 }
 
 /// Starts the control plane; returns once both listeners are bound and it
-/// is ready.
+/// is ready. Discovery serves the `--view-file` view (reloaded on SIGHUP)
+/// or, without one, an empty mesh.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
+    let view = match &config.view_file {
+        Some(path) => {
+            let view = discovery::view_file::load(path)?;
+            tracing::info!(version = view.version, path = %path.display(), "view file loaded");
+            let (tx, rx) = watch::channel(Arc::new(view));
+            tokio::spawn(
+                discovery::view_file::reload_on_hangup(path.clone(), tx)
+                    .context("listening for SIGHUP to reload the view file")?,
+            );
+            rx
+        }
+        None => watch::channel(Arc::new(view::MeshView::default())).1,
+    };
+    start_with_view(config, view).await
+}
+
+/// Starts the control plane serving `view` to the proxies.
+pub async fn start_with_view(
+    config: Arc<Config>,
+    view: watch::Receiver<Arc<view::MeshView>>,
+) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let (ready_tx, ready_rx) = watch::channel(Readiness::Starting);
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -186,7 +221,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let (conn_tx, conn_rx) = mpsc::channel(64);
     tokio::spawn(tls::accept_loop(
         grpc_listener,
-        tls::server_config(serving.clone())?,
+        tls::server_config(serving.clone(), ca.load().trust_bundle())?,
         conn_tx,
         drain_rx.clone(),
     ));
@@ -195,12 +230,21 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let discovery = proto::discovery::discovery_server::DiscoveryServer::new(
+        discovery::DiscoveryService::new(view, drain_rx.clone(), metrics.clone(), config.discovery),
+    )
+    .max_decoding_message_size(MAX_DISCOVERY_REQUEST)
+    .max_encoding_message_size(MAX_DISCOVERY_PUSH);
     let mut grpc_drain = drain_rx.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(10))
             .concurrency_limit_per_connection(64)
+            // Discovery streams live for hours: find dead peers.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
+            .add_service(discovery)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
                 async move {

@@ -15,6 +15,12 @@ pub struct Metrics {
     pub trust_roots: IntGauge,
     /// The signing intermediate's notAfter, Unix seconds.
     pub intermediate_expiry: IntGauge,
+    /// Open discovery streams.
+    pub discovery_streams: IntGauge,
+    /// Pushes rejected by proxies, by resource kind (globals, inbound, destination).
+    pub discovery_nacks: IntCounterVec,
+    /// Pushes sent.
+    pub discovery_pushes: IntCounter,
 }
 
 impl Metrics {
@@ -46,6 +52,24 @@ impl Metrics {
             "remora_cp_intermediate_expiry_seconds",
             "notAfter of the signing intermediate, as Unix seconds.",
         )?;
+        let discovery_streams = IntGauge::new(
+            "remora_cp_discovery_streams",
+            "Open discovery streams (one per connected proxy).",
+        )?;
+        let discovery_nacks = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_discovery_nacks_total",
+                "Discovery pushes a proxy rejected, by resource kind.",
+            ),
+            &["resource"],
+        )?;
+        let discovery_pushes = IntCounter::new(
+            "remora_cp_discovery_pushes_total",
+            "Discovery pushes sent (one subscription's state each).",
+        )?;
+        registry.register(Box::new(discovery_streams.clone()))?;
+        registry.register(Box::new(discovery_nacks.clone()))?;
+        registry.register(Box::new(discovery_pushes.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -58,6 +82,9 @@ impl Metrics {
             token_reloads,
             trust_roots,
             intermediate_expiry,
+            discovery_streams,
+            discovery_nacks,
+            discovery_pushes,
         })
     }
 

@@ -2,8 +2,11 @@
 //! CA issued to the control plane itself (swapped in when it is renewed),
 //! and the accept loop that hands finished handshakes to tonic.
 //!
-//! Client certificates are not asked for yet: the first certificate is
-//! proven by a token. Discovery (later) will ask for them.
+//! Client certificates are requested but optional: a proxy's first
+//! certificate is proven by a token, so it connects without one; once it
+//! has one it shows it, rustls verifies it against the trust bundle, and
+//! discovery takes the proxy's identity from it. An invalid certificate
+//! fails the handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,8 @@ pub enum TlsError {
     Cert(String),
     #[error("TLS settings: {0}")]
     Config(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// The serving certificate, swapped whole when renewed.
@@ -73,14 +78,28 @@ fn certified_key(issued: &Issued, key_pkcs8: Vec<u8>) -> Result<CertifiedKey, Tl
     Ok(CertifiedKey::new(chain, signing))
 }
 
-/// TLS 1.3 only, h2 only, with the given certificate resolver.
-pub fn server_config(cert: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_cert_resolver(cert);
+/// TLS 1.3 only, h2 only, with the given certificate resolver; client
+/// certificates optional, verified against `trust_bundle` (PEM roots).
+pub fn server_config(
+    cert: Arc<ServingCert>,
+    trust_bundle: &[String],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for text in trust_bundle {
+        let block = pem::parse(text).map_err(|e| TlsError::Cert(e.to_string()))?;
+        roots.add(CertificateDer::from(block.into_contents()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -31,6 +31,8 @@ use tracing::{debug, info, warn};
 
 use crate::state::{Snapshot, State};
 
+mod discovery;
+
 /// How often replaced snapshots are looked at, to drop them once no
 /// request holds them.
 const RETIRE_CHECK: Duration = Duration::from_millis(100);

@@ -86,17 +86,29 @@ impl Scratch {
 /// A tonic client that trusts `root_pem` for the control plane's serving
 /// certificate and checks the DNS name `localhost` in it.
 pub async fn client(running: &Running, root_pem: &str) -> CertificatesClient<Channel> {
-    let tls = ClientTlsConfig::new()
+    CertificatesClient::new(channel(running, root_pem, None).await)
+}
+
+/// A channel to the gRPC port like `client`'s, showing `identity` (a client
+/// certificate) when given.
+pub async fn channel(
+    running: &Running,
+    root_pem: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Channel {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root_pem))
         .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{}", running.grpc_addr))
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    Endpoint::from_shared(format!("https://{}", running.grpc_addr))
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    CertificatesClient::new(channel)
+        .unwrap()
 }
 
 pub fn read(path: &Path) -> String {

@@ -1,0 +1,231 @@
+//! Discovery mode's assembly: the fragments remora-cp pushes (globals, this
+//! pod's inbound config, one per subscribed destination) become one
+//! `MeshConfig`, parsed and validated by the model's own `MeshConfig::parse`
+//! within the proxy's limits. A push that would make an invalid config is
+//! refused with the reason (the client NACKs it) and the fragments stay as
+//! they were, so the last good config stays in force.
+//!
+//! Pure: no stream, no I/O. The gRPC client that feeds it pushes and hands
+//! the result to `State::apply` (`--discovery-addr`) is not written yet.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::collections::BTreeMap;
+
+use remora_api::{MeshConfig, ParseLimits};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AssemblyError {
+    #[error("{what}: the push is not JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what}: the push lacks {field:?}")]
+    Missing { what: String, field: &'static str },
+    #[error("backend {0:?} is named by two destinations with different contents")]
+    BackendClash(String),
+    #[error("the assembled config is invalid: {0}")]
+    Invalid(#[from] remora_api::ConfigError),
+}
+
+/// What a subscription names, as the proxy keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Part {
+    Globals,
+    Inbound,
+    /// A destination subscription (`address 10.96.0.10:9080`, `host a:80`).
+    Destination(String),
+}
+
+/// The fragments in force.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Assembly {
+    globals: Option<Value>,
+    inbound: Option<Value>,
+    /// By subscription; `None` is "not found".
+    destinations: BTreeMap<String, Option<Value>>,
+}
+
+fn field(v: &Value, what: &str, field: &'static str) -> Result<Value, AssemblyError> {
+    v.get(field).cloned().ok_or_else(|| AssemblyError::Missing {
+        what: what.to_owned(),
+        field,
+    })
+}
+
+impl Assembly {
+    /// The config with `part` set to `json` (`None`: not found), at
+    /// `version`. On success the fragment is kept; on error nothing changes.
+    pub(crate) fn apply(
+        &mut self,
+        part: Part,
+        json: Option<&str>,
+        version: u64,
+        limits: &ParseLimits,
+    ) -> Result<MeshConfig, AssemblyError> {
+        let what = format!("{part:?}");
+        let value = json
+            .map(serde_json::from_str::<Value>)
+            .transpose()
+            .map_err(|source| AssemblyError::Json {
+                what: what.clone(),
+                source,
+            })?;
+        let mut next = self.clone();
+        match part {
+            Part::Globals => next.globals = value,
+            Part::Inbound => next.inbound = value,
+            Part::Destination(key) => {
+                next.destinations.insert(key, value);
+            }
+        }
+        let config = next.assemble(version, limits)?;
+        *self = next;
+        Ok(config)
+    }
+
+    /// Forgets a destination (unsubscribed).
+    pub(crate) fn remove(&mut self, key: &str) {
+        self.destinations.remove(key);
+    }
+
+    fn assemble(&self, version: u64, limits: &ParseLimits) -> Result<MeshConfig, AssemblyError> {
+        let mut doc = Map::new();
+        doc.insert("version".into(), json!(version.to_string()));
+        if let Some(g) = &self.globals {
+            for name in ["http", "globalRules", "consumers"] {
+                if let Some(v) = g.get(name) {
+                    doc.insert(name.into(), v.clone());
+                }
+            }
+        }
+        if let Some(i) = &self.inbound {
+            doc.insert("inbound".into(), field(i, "inbound", "inbound")?);
+        }
+        // Two subscriptions (an address and a host) may name one service.
+        let mut services: BTreeMap<String, Value> = BTreeMap::new();
+        let mut backends: Map<String, Value> = Map::new();
+        for (sub, d) in &self.destinations {
+            let Some(d) = d else { continue };
+            let key = field(d, sub, "key")?;
+            services.insert(
+                key.as_str().unwrap_or_default().to_owned(),
+                field(d, sub, "service")?,
+            );
+            if let Some(Value::Object(bs)) = d.get("backends") {
+                for (name, b) in bs {
+                    match backends.get(name) {
+                        Some(old) if old != b => {
+                            return Err(AssemblyError::BackendClash(name.clone()))
+                        }
+                        _ => {
+                            backends.insert(name.clone(), b.clone());
+                        }
+                    }
+                }
+            }
+        }
+        doc.insert(
+            "outbound".into(),
+            json!({"services": services.into_values().collect::<Vec<_>>()}),
+        );
+        doc.insert("backends".into(), Value::Object(backends));
+        let bytes =
+            serde_json::to_vec(&Value::Object(doc)).map_err(|source| AssemblyError::Json {
+                what: "the assembled config".into(),
+                source,
+            })?;
+        Ok(MeshConfig::parse(&bytes, limits)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(key: &str, vip: &str, backend: &str, endpoint: &str) -> String {
+        let (_, name) = key.split_once('/').unwrap();
+        json!({
+            "key": key,
+            "service": {"name": name, "addresses": [vip], "ports": [{"port": 80, "backendRefs": [{"name": backend}]}]},
+            "backends": {backend: {"endpoints": [{"address": endpoint}]}},
+        })
+        .to_string()
+    }
+
+    fn by_addr() -> Part {
+        Part::Destination("address 10.96.0.10:80".into())
+    }
+
+    #[test]
+    fn fragments_assemble_into_one_config() {
+        let limits = ParseLimits::default();
+        let mut a = Assembly::default();
+        let globals = r#"{"http":{"maxHeaders":50},"globalRules":[],"consumers":[]}"#;
+        a.apply(Part::Globals, Some(globals), 1, &limits).unwrap();
+        let inbound =
+            r#"{"identity":"spiffe://cluster.local/ns/shop/sa/web","inbound":{"mode":"strict"}}"#;
+        a.apply(Part::Inbound, Some(inbound), 1, &limits).unwrap();
+        let reviews = dest("shop/reviews", "10.96.0.10", "reviews", "10.1.0.5:80");
+        let c = a.apply(by_addr(), Some(&reviews), 2, &limits).unwrap();
+        assert_eq!(c.version, "2");
+        assert_eq!(c.http.max_headers, 50);
+        assert_eq!(c.inbound.mode, remora_api::InboundMode::Strict);
+        assert_eq!(c.outbound.services.len(), 1);
+        assert_eq!(
+            c.backends["reviews"].endpoints[0].address,
+            "10.1.0.5:80".parse().unwrap()
+        );
+        // The same service by host name is one service, not two.
+        let host = || Part::Destination("host reviews:80".into());
+        let c = a.apply(host(), Some(&reviews), 3, &limits).unwrap();
+        assert_eq!(c.outbound.services.len(), 1);
+        // Not found by host, then the address unsubscribed: nothing left.
+        let c = a.apply(host(), None, 4, &limits).unwrap();
+        assert_eq!(c.outbound.services.len(), 1);
+        a.remove("address 10.96.0.10:80");
+        let c = a.apply(host(), None, 5, &limits).unwrap();
+        assert_eq!(c.outbound.services.len(), 0);
+        assert_eq!(c.backends.len(), 0);
+    }
+
+    #[test]
+    fn a_push_that_breaks_the_config_is_refused_and_the_last_good_stays() {
+        let limits = ParseLimits::default();
+        let mut a = Assembly::default();
+        let good = dest("shop/reviews", "10.96.0.10", "reviews", "10.1.0.5:80");
+        a.apply(by_addr(), Some(&good), 1, &limits).unwrap();
+        // A route to a backend the push does not carry.
+        let bad = good.replace(r#""backends":{"reviews""#, r#""backends":{"other""#);
+        assert_ne!(bad, good);
+        let e = a.apply(by_addr(), Some(&bad), 2, &limits).unwrap_err();
+        assert!(matches!(e, AssemblyError::Invalid(_)), "{e}");
+        let e = a
+            .apply(by_addr(), Some("{not json"), 3, &limits)
+            .unwrap_err();
+        assert!(matches!(e, AssemblyError::Json { .. }), "{e}");
+        let e = a.apply(by_addr(), Some("{}"), 3, &limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.96.0.10:80: the push lacks \"key\""
+        );
+        // Another destination reusing a backend name with other contents.
+        let ratings = dest("shop/ratings", "10.96.0.11", "reviews", "10.1.0.9:80");
+        let other = Part::Destination("address 10.96.0.11:80".into());
+        let e = a.apply(other, Some(&ratings), 4, &limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "backend \"reviews\" is named by two destinations with different contents"
+        );
+        // Still the first config.
+        let none = Part::Destination("host none:80".into());
+        let c = a.apply(none, None, 5, &limits).unwrap();
+        assert_eq!(c.outbound.services.len(), 1);
+        assert_eq!(
+            c.backends["reviews"].endpoints[0].address,
+            "10.1.0.5:80".parse().unwrap()
+        );
+    }
+}
