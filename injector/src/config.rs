@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::quantity::Quantity;
-use crate::settings::{Settings, DEFAULT_TOKEN_AUDIENCE};
+use crate::settings::{
+    Identity, Settings, DEFAULT_CA_ADDR, DEFAULT_CA_ROOTS_CONFIG_MAP, DEFAULT_TOKEN_AUDIENCE,
+};
 
 pub const ENV_LISTEN: &str = "REMORA_INJECTOR_LISTEN";
 pub const ENV_TLS_CERT: &str = "REMORA_INJECTOR_TLS_CERT";
@@ -32,6 +34,9 @@ pub const ENV_PROXY_LOG_LEVEL: &str = "REMORA_INJECTOR_PROXY_LOG_LEVEL";
 pub const ENV_TOKEN_AUDIENCE: &str = "REMORA_INJECTOR_TOKEN_AUDIENCE";
 pub const ENV_TOKEN_EXPIRATION: &str = "REMORA_INJECTOR_TOKEN_EXPIRATION";
 pub const ENV_PROXY_STARTUP_TIMEOUT: &str = "REMORA_INJECTOR_PROXY_STARTUP_TIMEOUT";
+pub const ENV_CA_ADDR: &str = "REMORA_INJECTOR_CA_ADDR";
+pub const ENV_CA_SERVER_NAME: &str = "REMORA_INJECTOR_CA_SERVER_NAME";
+pub const ENV_CA_ROOTS_CONFIG_MAP: &str = "REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP";
 
 /// The DNS names of the injector's Service, for the generated certificate.
 pub const DEFAULT_DNS_NAMES: &str =
@@ -129,6 +134,88 @@ pub struct Args {
     /// How long the proxy may take to become ready (1s to 1h).
     #[arg(long, env = ENV_PROXY_STARTUP_TIMEOUT, default_value = "2m", value_parser = humantime::parse_duration)]
     pub proxy_startup_timeout: Duration,
+
+    /// remora-cp's certificate service (HOST:PORT) the injected proxy gets
+    /// its certificate from; empty injects proxies without an identity.
+    #[arg(long, env = ENV_CA_ADDR, default_value = DEFAULT_CA_ADDR)]
+    pub ca_addr: String,
+
+    /// The DNS name remora-cp's serving certificate carries; empty: the
+    /// host of --ca-addr.
+    #[arg(long, env = ENV_CA_SERVER_NAME, default_value = "")]
+    pub ca_server_name: String,
+
+    /// The ConfigMap in each meshed namespace whose `roots.pem` holds the
+    /// roots remora-cp's serving certificate chains to.
+    #[arg(long, env = ENV_CA_ROOTS_CONFIG_MAP, default_value = DEFAULT_CA_ROOTS_CONFIG_MAP)]
+    pub ca_roots_config_map: String,
+}
+
+/// The identity flags: none when --ca-addr is empty.
+fn identity(
+    ca_addr: &str,
+    server_name: &str,
+    config_map: &str,
+) -> Result<Option<Identity>, ConfigError> {
+    let invalid = |flag, reason: String| ConfigError { flag, reason };
+    let ca_addr = ca_addr.trim();
+    if ca_addr.is_empty() {
+        return Ok(None);
+    }
+    let (host, port) = ca_addr
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| invalid("ca-addr", format!("{ca_addr:?} is not HOST:PORT")))?;
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return Err(invalid(
+            "ca-addr",
+            format!("{ca_addr:?}: the port must be 1 to 65535"),
+        ));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_err() && !dns_name(bare) {
+        return Err(invalid(
+            "ca-addr",
+            format!("{host:?} is neither a DNS name nor an IP address"),
+        ));
+    }
+    let mut identity = Identity::for_ca(ca_addr);
+    let server_name = server_name.trim();
+    if !server_name.is_empty() {
+        if !dns_name(server_name) {
+            return Err(invalid(
+                "ca-server-name",
+                format!("{server_name:?} is not a DNS name"),
+            ));
+        }
+        identity.ca_server_name = server_name.to_owned();
+    }
+    let config_map = config_map.trim();
+    // A ConfigMap name is a DNS subdomain.
+    if !dns_name(config_map) || config_map.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(
+            "ca-roots-config-map",
+            format!("{config_map:?} is not a ConfigMap name (lower-case DNS subdomain)"),
+        ));
+    }
+    identity.ca_roots_config_map = config_map.to_owned();
+    Ok(Some(identity))
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens,
+/// 253 characters at most.
+fn dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A flag value that cannot be used.
@@ -252,6 +339,11 @@ impl Config {
                 secs(1),
                 secs(3600),
             )?,
+            identity: identity(
+                &args.ca_addr,
+                &args.ca_server_name,
+                &args.ca_roots_config_map,
+            )?,
         };
         if settings.token_audience.trim().is_empty() {
             return Err(invalid("token-audience", "must not be empty".to_owned()));
@@ -287,6 +379,57 @@ mod tests {
         assert_eq!(config.settings, Settings::default());
         assert_eq!(config.serve.listen.port(), 8443);
         assert_eq!(config.serve.limits, Limits::default());
+    }
+
+    #[test]
+    fn identity_flags() {
+        let config = parse(&["--ca-addr", "remora-cp.mesh.svc:15012"]).expect("valid");
+        assert_eq!(
+            config.settings.identity,
+            Some(Identity {
+                ca_addr: "remora-cp.mesh.svc:15012".to_owned(),
+                ca_server_name: "remora-cp.mesh.svc".to_owned(),
+                ca_roots_config_map: "remora-ca-roots".to_owned(),
+            })
+        );
+        let config = parse(&[
+            "--ca-addr",
+            "[fd00::1]:15012",
+            "--ca-server-name",
+            "remora-cp.remora-system.svc",
+            "--ca-roots-config-map",
+            "mesh-roots",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.settings.identity,
+            Some(Identity {
+                ca_addr: "[fd00::1]:15012".to_owned(),
+                ca_server_name: "remora-cp.remora-system.svc".to_owned(),
+                ca_roots_config_map: "mesh-roots".to_owned(),
+            })
+        );
+        assert_eq!(
+            parse(&["--ca-addr", ""]).expect("valid").settings.identity,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_identity_flags_name_the_flag() {
+        let cases = [
+            (&["--ca-addr", "remora-cp"][..], "--ca-addr: \"remora-cp\" is not HOST:PORT"),
+            (&["--ca-addr", ":15012"], "--ca-addr: \":15012\" is not HOST:PORT"),
+            (&["--ca-addr", "cp:0"], "--ca-addr: \"cp:0\": the port must be 1 to 65535"),
+            (&["--ca-addr", "cp:65536"], "--ca-addr: \"cp:65536\": the port must be 1 to 65535"),
+            (&["--ca-addr", "bad host:1"], "--ca-addr: \"bad host\" is neither a DNS name nor an IP address"),
+            (&["--ca-server-name", "x_.svc"], "--ca-server-name: \"x_.svc\" is not a DNS name"),
+            (&["--ca-roots-config-map", "Roots"], "--ca-roots-config-map: \"Roots\" is not a ConfigMap name (lower-case DNS subdomain)"),
+            (&["--ca-roots-config-map", ""], "--ca-roots-config-map: \"\" is not a ConfigMap name (lower-case DNS subdomain)"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
+        }
     }
 
     #[test]

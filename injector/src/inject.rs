@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::annotations::{self, AnnotationError, Overrides, Switch};
 use crate::probes::{self, ProbeError, Rewrite};
 use crate::quantity::Quantity;
-use crate::settings::{Settings, PROXY_ADMIN_PORT, PROXY_GID, PROXY_UID};
+use crate::settings::{Settings, CA_ROOTS_KEY, PROXY_ADMIN_PORT, PROXY_GID, PROXY_UID};
 use crate::status::{self, Status};
 
 /// The namespace label that opts a namespace in.
@@ -41,6 +41,9 @@ pub const DATA_DIR: &str = "/var/run/remora";
 pub const IDENTITY_VOLUME: &str = "remora-identity";
 pub const IDENTITY_DIR: &str = "/var/run/secrets/remora.dev/identity";
 pub const TOKEN_FILE: &str = "token";
+/// Beside the token in the same projected volume: the PEM roots remora-cp's
+/// serving certificate chains to, from the namespace's roots ConfigMap.
+pub const CA_ROOTS_FILE: &str = "ca-roots.pem";
 /// iptables-restore takes the xtables lock in /run; this keeps remora-init's
 /// root filesystem read-only.
 pub const XTABLES_VOLUME: &str = "remora-xtables-lock";
@@ -53,6 +56,10 @@ const RESERVED_VOLUMES: &[&str] = &[DATA_VOLUME, IDENTITY_VOLUME, XTABLES_VOLUME
 pub const ENV_PROXY_LOG: &str = "RUST_LOG";
 pub const ENV_PROXY_OPAQUE_PORTS: &str = "REMORA_OPAQUE_PORTS";
 pub const ENV_PROXY_DRAIN_DEADLINE: &str = "REMORA_DRAIN_DEADLINE";
+pub const ENV_PROXY_CA_ADDR: &str = "REMORA_CA_ADDR";
+pub const ENV_PROXY_CA_SERVER_NAME: &str = "REMORA_CA_SERVER_NAME";
+pub const ENV_PROXY_CA_ROOTS: &str = "REMORA_CA_ROOTS";
+pub const ENV_PROXY_IDENTITY_TOKEN_FILE: &str = "REMORA_IDENTITY_TOKEN_FILE";
 
 /// What to do with a pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -388,6 +395,22 @@ fn proxy_container(
         ENV_PROXY_LOG,
         overrides.log_level.unwrap_or(&settings.proxy_log_level),
     )];
+    // The token file is set even without a CA: it is where the token is.
+    env.push(self::env(
+        ENV_PROXY_IDENTITY_TOKEN_FILE,
+        &format!("{IDENTITY_DIR}/{TOKEN_FILE}"),
+    ));
+    if let Some(identity) = &settings.identity {
+        env.push(self::env(ENV_PROXY_CA_ADDR, &identity.ca_addr));
+        env.push(self::env(
+            ENV_PROXY_CA_SERVER_NAME,
+            &identity.ca_server_name,
+        ));
+        env.push(self::env(
+            ENV_PROXY_CA_ROOTS,
+            &format!("{IDENTITY_DIR}/{CA_ROOTS_FILE}"),
+        ));
+    }
     if let Some(ports) = &overrides.opaque_ports {
         env.push(self::env(ENV_PROXY_OPAQUE_PORTS, ports));
     }
@@ -537,6 +560,30 @@ fn init_container(overrides: &Overrides, settings: &Settings) -> Container {
 
 fn volumes(settings: &Settings) -> Vec<Volume> {
     let expiration = i64::try_from(settings.token_expiration.as_secs()).unwrap_or(i64::MAX);
+    let mut identity_sources = vec![VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(settings.token_audience.clone()),
+            expiration_seconds: Some(expiration),
+            path: TOKEN_FILE.to_owned(),
+        }),
+        ..VolumeProjection::default()
+    }];
+    if let Some(identity) = &settings.identity {
+        // Not optional: without the roots the proxy cannot start, and a
+        // missing ConfigMap is then named in the pod's events.
+        identity_sources.push(VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: identity.ca_roots_config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: CA_ROOTS_KEY.to_owned(),
+                    path: CA_ROOTS_FILE.to_owned(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        });
+    }
     vec![
         Volume {
             name: DATA_VOLUME.to_owned(),
@@ -549,14 +596,7 @@ fn volumes(settings: &Settings) -> Vec<Volume> {
         Volume {
             name: IDENTITY_VOLUME.to_owned(),
             projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(settings.token_audience.clone()),
-                        expiration_seconds: Some(expiration),
-                        path: TOKEN_FILE.to_owned(),
-                    }),
-                    ..VolumeProjection::default()
-                }]),
+                sources: Some(identity_sources),
                 default_mode: None,
             }),
             ..Volume::default()

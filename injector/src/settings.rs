@@ -16,6 +16,12 @@ pub const PROXY_ADMIN_PORT: u16 = remora_iptables::config::DEFAULT_PROXY_ADMIN_P
 
 /// The audience of the identity token, the mesh's name in DESIGN.md.
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "remora.dev";
+/// remora-cp's certificate service as the chart installs it by default.
+pub const DEFAULT_CA_ADDR: &str = "remora-cp.remora-system.svc:15012";
+/// The ConfigMap, in each meshed namespace, that holds the trust roots
+/// remora-cp's serving certificate chains to (key [`CA_ROOTS_KEY`]).
+pub const DEFAULT_CA_ROOTS_CONFIG_MAP: &str = "remora-ca-roots";
+pub const CA_ROOTS_KEY: &str = "roots.pem";
 
 /// Settings that apply to every injection.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +46,39 @@ pub struct Settings {
     /// How long the proxy may take to become ready before kubelet restarts it
     /// (native sidecar) or the app's start fails (regular container).
     pub proxy_startup_timeout: Duration,
+    /// How the injected proxy gets its workload identity; `None` injects a
+    /// proxy without one (no certificate, no mTLS).
+    pub identity: Option<Identity>,
+}
+
+/// Where the injected proxy asks for its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// remora-cp's certificate service, HOST:PORT (the proxy's `--ca-addr`).
+    pub ca_addr: String,
+    /// The DNS name remora-cp's serving certificate must carry (the proxy's
+    /// `--ca-server-name`): the host of `ca_addr` unless set apart.
+    pub ca_server_name: String,
+    /// The ConfigMap with the PEM roots for the first connection, projected
+    /// beside the token (the proxy's `--ca-roots`).
+    pub ca_roots_config_map: String,
+}
+
+impl Identity {
+    /// The identity settings for remora-cp at `ca_addr` (HOST:PORT), its
+    /// server name being that host.
+    pub fn for_ca(ca_addr: &str) -> Self {
+        let host = ca_addr
+            .rsplit_once(':')
+            .map_or(ca_addr, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Identity {
+            ca_addr: ca_addr.to_owned(),
+            ca_server_name: host.to_owned(),
+            ca_roots_config_map: DEFAULT_CA_ROOTS_CONFIG_MAP.to_owned(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +97,7 @@ impl Default for Settings {
             token_audience: DEFAULT_TOKEN_AUDIENCE.to_owned(),
             token_expiration: Duration::from_secs(3600),
             proxy_startup_timeout: Duration::from_secs(120),
+            identity: Some(Identity::for_ca(DEFAULT_CA_ADDR)),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use remora_injector::{inject, uninject, Decision, Settings, Skip};
+use remora_injector::{inject, injected_pod, uninject, Decision, Settings, Skip};
 use serde_json::Value;
 
 fn dir(sub: &str) -> PathBuf {
@@ -125,6 +125,65 @@ fn plain_pod() {
         serde_json::json!(["NET_ADMIN", "NET_RAW"])
     );
     assert_eq!(pod["spec"]["containers"].as_array().map(Vec::len), Some(1));
+
+    // The identity: the proxy reads the token and the roots from the one
+    // projected volume, and asks the chart's default remora-cp.
+    let identity_env = [
+        "REMORA_IDENTITY_TOKEN_FILE",
+        "REMORA_CA_ADDR",
+        "REMORA_CA_SERVER_NAME",
+        "REMORA_CA_ROOTS",
+    ]
+    .map(|name| env(proxy, name));
+    assert_eq!(
+        identity_env,
+        [
+            Some("/var/run/secrets/remora.dev/identity/token".to_owned()),
+            Some("remora-cp.remora-system.svc:15012".to_owned()),
+            Some("remora-cp.remora-system.svc".to_owned()),
+            Some("/var/run/secrets/remora.dev/identity/ca-roots.pem".to_owned()),
+        ]
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "remora-identity"))
+        .expect("the identity volume");
+    assert_eq!(
+        volume["projected"]["sources"][1]["configMap"],
+        serde_json::json!({
+            "name": "remora-ca-roots",
+            "items": [{"key": "roots.pem", "path": "ca-roots.pem"}],
+            "optional": false
+        })
+    );
+}
+
+/// Without a CA address the proxy gets no identity flags and no roots,
+/// only the token's path.
+#[test]
+fn plain_pod_without_identity() {
+    let settings = Settings {
+        identity: None,
+        ..Settings::default()
+    };
+    let (pod, _) = injected_pod(&fixture("plain-pod"), &enabled(), &settings)
+        .expect("injects")
+        .expect("not skipped");
+    let proxy = container(&pod, "initContainers", "remora-proxy");
+    assert_eq!(env(proxy, "REMORA_CA_ADDR"), None);
+    assert_eq!(env(proxy, "REMORA_CA_ROOTS"), None);
+    assert_eq!(
+        env(proxy, "REMORA_IDENTITY_TOKEN_FILE").as_deref(),
+        Some("/var/run/secrets/remora.dev/identity/token")
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "remora-identity"))
+        .expect("the identity volume");
+    assert_eq!(
+        volume["projected"]["sources"].as_array().map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]

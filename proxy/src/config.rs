@@ -34,8 +34,9 @@ pub mod env {
     pub const APP_PROBES: &str = "REMORA_APP_PROBES";
 }
 
-/// Where kubelet mounts the projected service-account token (audience `remora`).
-pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/tokens/remora-token";
+/// Where the injector projects the service-account token (audience `remora.dev`;
+/// injector/src/inject.rs, IDENTITY_DIR and TOKEN_FILE).
+pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/remora.dev/identity/token";
 /// The name in remora-cp's serving certificate that the proxy checks.
 pub const DEFAULT_CA_SERVER_NAME: &str = "remora-cp.remora-system.svc";
 /// The range of `--cert-lifetime` when it is not 0 (0 leaves it to the CA).
@@ -530,7 +531,7 @@ mod tests {
         assert_eq!(identity.ca_server_name, "remora-cp.remora-system.svc");
         assert_eq!(
             identity.token_file,
-            PathBuf::from("/var/run/secrets/tokens/remora-token")
+            PathBuf::from("/var/run/secrets/remora.dev/identity/token")
         );
         assert_eq!(identity.cert_lifetime, None);
         let identity = identity_of("[::1]:1", &["--cert-lifetime", "365d"]);

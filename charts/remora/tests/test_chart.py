@@ -320,6 +320,17 @@ class Values(unittest.TestCase):
         self.assertEqual([v["name"] for v in cp["volumes"]], ["root"])
         self.assertNotIn("automountServiceAccountToken", cp, "its token calls TokenReview")
 
+    def test_injected_proxies_ask_this_releases_control_plane(self):
+        objects = render(namespace="mesh-ops")
+        injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+        env = env_of(injector["containers"][0])
+        self.assertEqual(env["REMORA_INJECTOR_CA_ADDR"], "remora-cp.mesh-ops.svc:15012")
+        self.assertEqual(env["REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP"], "remora-ca-roots")
+        objects = render(values_all())
+        injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+        self.assertEqual(env_of(injector["containers"][0])["REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP"], "mesh-roots")
+        self.refused({"proxy": {"caRootsConfigMap": "Roots_1"}}, "caRootsConfigMap")
+
 
 class RealBinaries(unittest.TestCase):
     """The rendered environment, run by the real binaries."""
