@@ -23,6 +23,7 @@ mod cors;
 mod edits;
 mod expr;
 mod fault_injection;
+mod hmac_auth;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
@@ -171,6 +172,7 @@ pub(crate) struct Consumers {
     pub(crate) key_auth: HashMap<String, Arc<Consumer>>,
     pub(crate) basic_auth: basic_auth::Users,
     pub(crate) jwt: jwt_auth::Keys,
+    pub(crate) hmac: hmac_auth::Keys,
 }
 
 /// One inbound port's plugins: its own, and its routes'.
@@ -376,6 +378,7 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     cors::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
+    hmac_auth::DESCRIPTOR,
     basic_auth::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
