@@ -58,7 +58,8 @@ pub enum Command {
     /// Root management for rotation (see docs/identity.md).
     #[command(subcommand)]
     Root(RootCommand),
-    // `crds` (print the CRD YAML) arrives with the control-plane sources.
+    /// Print the Remora CRDs as YAML (the chart's crds/remora.dev.yaml).
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]

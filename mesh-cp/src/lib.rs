@@ -11,6 +11,7 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod crds;
 pub mod identity;
 pub mod metrics;
 pub mod service;
