@@ -231,14 +231,14 @@ pub struct TrafficPolicySpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_duration"
+        with = "remora_api::serde_opt_duration"
     )]
     #[schemars(with = "Option<String>")]
     pub connect_timeout: Option<Duration>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_duration"
+        with = "remora_api::serde_opt_duration"
     )]
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,
@@ -246,7 +246,7 @@ pub struct TrafficPolicySpec {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_duration"
+        with = "remora_api::serde_opt_duration"
     )]
     #[schemars(with = "Option<String>")]
     pub request_timeout: Option<Duration>,
@@ -286,28 +286,6 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
-}
-
-/// Durations as Gateway API writes them (`1h2m3s4ms`), optional.
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&remora_api::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|t| remora_api::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// A map of free-form objects (plugin configs), kept whole by the API server.
