@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod service;
 pub mod tls;
+pub mod translate;
 pub mod view;
 
 /// The generated certificate service (api/proto/remora/identity/v1).
