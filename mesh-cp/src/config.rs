@@ -32,6 +32,8 @@ pub mod env {
     pub const DNS_NAMES: &str = "REMORA_CP_DNS_NAMES";
     pub const DRAIN_DEADLINE: &str = "REMORA_CP_DRAIN_DEADLINE";
     pub const LOG_FORMAT: &str = "REMORA_CP_LOG_FORMAT";
+    pub const SOURCE_DIR: &str = "REMORA_CP_SOURCE_DIR";
+    pub const ROOT_NAMESPACE: &str = "REMORA_CP_ROOT_NAMESPACE";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -138,6 +140,13 @@ pub struct ServeArgs {
     pub drain_deadline: Duration,
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// A directory of Kubernetes objects as YAML to translate into the
+    /// mesh (the file source), reloaded on change.
+    #[arg(long, env = env::SOURCE_DIR)]
+    pub source_dir: Option<PathBuf>,
+    /// MeshTLSPolicies here without a selector apply to the whole mesh.
+    #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
+    pub root_namespace: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -215,6 +224,8 @@ pub struct Config {
     pub dns_names: Vec<String>,
     pub drain_deadline: Duration,
     pub log_format: LogFormat,
+    pub source_dir: Option<PathBuf>,
+    pub root_namespace: String,
 }
 
 fn in_range(
@@ -343,6 +354,8 @@ impl Config {
             dns_names,
             drain_deadline: args.drain_deadline,
             log_format: args.log_format,
+            source_dir: args.source_dir,
+            root_namespace: args.root_namespace,
         }))
     }
 }

@@ -15,6 +15,7 @@ pub mod crds;
 pub mod identity;
 pub mod metrics;
 pub mod service;
+pub mod source_dir;
 pub mod tls;
 pub mod translate;
 pub mod view;
@@ -84,6 +85,8 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     deadline: Duration,
+    /// The translated mesh, when a source is configured (`--source-dir`).
+    pub view: Option<watch::Receiver<view::MeshView>>,
 }
 
 /// Everything the CA is built from, kept to rebuild it with a new intermediate.
@@ -211,6 +214,23 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
             ),
     );
 
+    let view = match &config.source_dir {
+        Some(dir) => Some(
+            source_dir::run(
+                dir.clone(),
+                source_dir::DirLimits::default(),
+                translate::Options {
+                    trust_domain: config.trust_domain.clone(),
+                    cluster_domain: "cluster.local".into(),
+                    root_namespace: config.root_namespace.clone(),
+                },
+                metrics.objects_invalid.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     tokio::spawn(renew(
         config.clone(),
         inputs,
@@ -232,6 +252,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         grpc,
         admin,
         deadline: config.drain_deadline,
+        view,
     })
 }
 

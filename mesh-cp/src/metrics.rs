@@ -15,6 +15,8 @@ pub struct Metrics {
     pub trust_roots: IntGauge,
     /// The signing intermediate's notAfter, Unix seconds.
     pub intermediate_expiry: IntGauge,
+    /// Source objects skipped as invalid, by kind.
+    pub objects_invalid: IntCounterVec,
 }
 
 impl Metrics {
@@ -46,6 +48,14 @@ impl Metrics {
             "remora_cp_intermediate_expiry_seconds",
             "notAfter of the signing intermediate, as Unix seconds.",
         )?;
+        let objects_invalid = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_objects_invalid_total",
+                "Source objects skipped as invalid, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(objects_invalid.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -58,6 +68,7 @@ impl Metrics {
             token_reloads,
             trust_roots,
             intermediate_expiry,
+            objects_invalid,
         })
     }
 
