@@ -149,21 +149,19 @@ pub(crate) mod serde_duration {
 
 /// `#[serde(with = "crate::duration::serde_opt_duration")]` for
 /// `Option<Duration>` fields (pair it with `#[serde(default)]`).
-pub(crate) mod serde_opt_duration {
+pub mod serde_opt_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&super::format_duration(*d)),
             None => s.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
         s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()

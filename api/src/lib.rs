@@ -28,7 +28,9 @@ pub use backend::{
     Backend, CircuitBreaker, Endpoint, HashOn, HealthCheck, LoadBalancer, OutlierDetection,
     RetryBudget,
 };
-pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
+pub use duration::{
+    format_duration, parse_duration, serde_opt_duration, DurationError, MAX_DURATION,
+};
 pub use error::{ConfigError, FieldError, LimitError, ValidationError};
 pub use mesh::{
     HttpSettings, InboundConfig, InboundMode, InboundPort, MeshConfig, OutboundConfig,

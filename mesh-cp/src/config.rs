@@ -34,6 +34,8 @@ pub mod env {
     pub const LOG_FORMAT: &str = "REMORA_CP_LOG_FORMAT";
     pub const VIEW_FILE: &str = "REMORA_CP_VIEW_FILE";
     pub const DISCOVERY_MAX_SUBSCRIPTIONS: &str = "REMORA_CP_DISCOVERY_MAX_SUBSCRIPTIONS";
+    pub const SOURCE_DIR: &str = "REMORA_CP_SOURCE_DIR";
+    pub const ROOT_NAMESPACE: &str = "REMORA_CP_ROOT_NAMESPACE";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -60,7 +62,8 @@ pub enum Command {
     /// Root management for rotation (see docs/identity.md).
     #[command(subcommand)]
     Root(RootCommand),
-    // `crds` (print the CRD YAML) arrives with the control-plane sources.
+    /// Print the Remora CRDs as YAML (the chart's crds/remora.dev.yaml).
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +149,13 @@ pub struct ServeArgs {
     /// Destinations one proxy's discovery stream may subscribe to, 1 to 65536.
     #[arg(long, env = env::DISCOVERY_MAX_SUBSCRIPTIONS, default_value_t = 1024)]
     pub discovery_max_subscriptions: u32,
+    /// A directory of Kubernetes objects as YAML to translate into the
+    /// mesh (the file source), reloaded on change.
+    #[arg(long, env = env::SOURCE_DIR)]
+    pub source_dir: Option<PathBuf>,
+    /// MeshTLSPolicies here without a selector apply to the whole mesh.
+    #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
+    pub root_namespace: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -228,6 +238,8 @@ pub struct Config {
     /// `--view-file` (tests, standalone).
     pub view_file: Option<PathBuf>,
     pub discovery: crate::discovery::Settings,
+    pub source_dir: Option<PathBuf>,
+    pub root_namespace: String,
 }
 
 fn in_range(
@@ -366,6 +378,8 @@ impl Config {
                 max_subscriptions: args.discovery_max_subscriptions as usize,
                 ..crate::discovery::Settings::default()
             },
+            source_dir: args.source_dir,
+            root_namespace: args.root_namespace,
         }))
     }
 }

@@ -12,11 +12,14 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod crds;
 pub mod discovery;
 pub mod identity;
 pub mod metrics;
 pub mod service;
+pub mod source_dir;
 pub mod tls;
+pub mod translate;
 pub mod view;
 
 /// The generated certificate service (api/proto/remora/identity/v1).
@@ -95,6 +98,8 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     deadline: Duration,
+    /// The translated mesh, when a source is configured (`--source-dir`).
+    pub view: Option<watch::Receiver<view::MeshView>>,
 }
 
 /// Everything the CA is built from, kept to rebuild it with a new intermediate.
@@ -160,6 +165,21 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         None => watch::channel(Arc::new(view::MeshView::default())).1,
     };
     start_with_view(config, view).await
+}
+
+/// The file source's views as discovery reads them: each published whole
+/// behind an `Arc`, so a stream's slice never copies the mesh.
+fn share(mut rx: watch::Receiver<view::MeshView>) -> watch::Receiver<Arc<view::MeshView>> {
+    let (tx, out) = watch::channel(Arc::new(rx.borrow_and_update().clone()));
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let next = Arc::new(rx.borrow_and_update().clone());
+            if tx.send(next).is_err() {
+                return;
+            }
+        }
+    });
+    out
 }
 
 /// Starts the control plane serving `view` to the proxies.
@@ -230,6 +250,27 @@ pub async fn start_with_view(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    // The file source, when there is one, is what discovery serves.
+    let source = match &config.source_dir {
+        Some(dir) => Some(
+            source_dir::run(
+                dir.clone(),
+                source_dir::DirLimits::default(),
+                translate::Options {
+                    trust_domain: config.trust_domain.clone(),
+                    cluster_domain: "cluster.local".into(),
+                    root_namespace: config.root_namespace.clone(),
+                },
+                metrics.objects_invalid.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let view = match &source {
+        Some(rx) => share(rx.clone()),
+        None => view,
+    };
     let discovery = proto::discovery::discovery_server::DiscoveryServer::new(
         discovery::DiscoveryService::new(view, drain_rx.clone(), metrics.clone(), config.discovery),
     )
@@ -274,6 +315,7 @@ pub async fn start_with_view(
         grpc,
         admin,
         deadline: config.drain_deadline,
+        view: source,
     })
 }
 

@@ -26,6 +26,16 @@ fn main() -> std::process::ExitCode {
             trust_domain,
             lifetime,
         })) => generate_root(&out_dir, &trust_domain, lifetime),
+        Some(Command::Crds) => match remora_cp::crds::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("remora-cp crds: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }

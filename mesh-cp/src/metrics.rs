@@ -21,6 +21,8 @@ pub struct Metrics {
     pub discovery_nacks: IntCounterVec,
     /// Pushes sent.
     pub discovery_pushes: IntCounter,
+    /// Source objects skipped as invalid, by kind.
+    pub objects_invalid: IntCounterVec,
 }
 
 impl Metrics {
@@ -70,6 +72,14 @@ impl Metrics {
         registry.register(Box::new(discovery_streams.clone()))?;
         registry.register(Box::new(discovery_nacks.clone()))?;
         registry.register(Box::new(discovery_pushes.clone()))?;
+        let objects_invalid = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_objects_invalid_total",
+                "Source objects skipped as invalid, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(objects_invalid.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -85,6 +95,7 @@ impl Metrics {
             discovery_streams,
             discovery_nacks,
             discovery_pushes,
+            objects_invalid,
         })
     }
 

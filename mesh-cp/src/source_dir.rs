@@ -1,0 +1,340 @@
+//! The file source: a directory of Kubernetes objects as YAML (multi-document
+//! `*.yaml`/`*.yml` files) read into a translation [`Store`].
+//!
+//! This module owns reading the directory within [`DirLimits`] and sorting
+//! out the objects it cannot take: each one is reported with its file and
+//! reason, counted in `remora_cp_objects_invalid_total{kind}`, and skipped;
+//! the rest load.
+
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use prometheus::IntCounterVec;
+use tokio::sync::{mpsc, watch};
+
+use crate::translate::{translate, Options, Store};
+use crate::view::MeshView;
+
+/// How long changes settle before a reload: an editor's save, or a
+/// `kubectl`-style write of many files, becomes one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Bounds on what one load reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirLimits {
+    /// Bytes per file; a larger file is skipped whole.
+    pub max_file_bytes: u64,
+    /// Objects in all files; the ones past it are skipped.
+    pub max_objects: usize,
+    /// Files read; the ones past it (by name) are skipped.
+    pub max_files: usize,
+}
+
+impl Default for DirLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 4 << 20,
+            max_objects: 200_000,
+            max_files: 10_000,
+        }
+    }
+}
+
+/// A directory that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("reading the source directory {0}: {1}; check --source-dir")]
+    Read(PathBuf, std::io::Error),
+    #[error("watching the source directory {0}: {1}")]
+    Watch(PathBuf, notify::Error),
+}
+
+/// Something skipped, with where it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: PathBuf,
+    /// The object's kind, or `file` when the whole file was skipped.
+    pub kind: String,
+    pub reason: String,
+}
+
+/// One load of the directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub store: Store,
+    pub objects: usize,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Reads every YAML file of `dir` (not recursively), in name order.
+pub fn load_dir(dir: &Path, limits: &DirLimits) -> Result<Loaded, DirError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DirError::Read(dir.to_owned(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut loaded = Loaded::default();
+    let skip = |loaded: &mut Loaded, file: &Path, kind: &str, reason: String| {
+        loaded.skipped.push(Skipped {
+            file: file.to_owned(),
+            kind: kind.to_owned(),
+            reason,
+        })
+    };
+    for (i, file) in files.iter().enumerate() {
+        if i >= limits.max_files {
+            skip(
+                &mut loaded,
+                file,
+                "file",
+                format!("more than {} files", limits.max_files),
+            );
+            continue;
+        }
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        if size > limits.max_file_bytes {
+            skip(
+                &mut loaded,
+                file,
+                "file",
+                format!("{size} bytes, over the limit of {}", limits.max_file_bytes),
+            );
+            continue;
+        }
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                skip(&mut loaded, file, "file", e.to_string());
+                continue;
+            }
+        };
+        let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                skip(&mut loaded, file, "file", format!("not YAML: {e}"));
+                continue;
+            }
+        };
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = doc
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("unknown")
+                .to_owned();
+            if loaded.objects >= limits.max_objects {
+                skip(
+                    &mut loaded,
+                    file,
+                    &kind,
+                    format!("more than {} objects", limits.max_objects),
+                );
+                continue;
+            }
+            match loaded.store.insert(doc) {
+                Ok(_) => loaded.objects += 1,
+                Err(e) => skip(&mut loaded, file, &kind, e.to_string()),
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Loads `dir`, translates it and publishes the view; then reloads on
+/// every change (debounced) and publishes again when the view changed, with
+/// the next version. Skipped objects are logged and counted in `invalid`
+/// (by kind). Fails only if the directory cannot be read or watched at
+/// start; later read errors keep the last view.
+pub async fn run(
+    dir: PathBuf,
+    limits: DirLimits,
+    options: Options,
+    invalid: IntCounterVec,
+) -> Result<watch::Receiver<MeshView>, DirError> {
+    let first = load_dir(&dir, &limits)?;
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events_tx.try_send(());
+        }
+    })
+    .map_err(|e| DirError::Watch(dir.clone(), e))?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| DirError::Watch(dir.clone(), e))?;
+    let publish = move |loaded: Loaded, version: u64| {
+        for s in &loaded.skipped {
+            tracing::warn!(file = %s.file.display(), kind = %s.kind, reason = %s.reason, "object skipped");
+            invalid.with_label_values(&[s.kind.as_str()]).inc();
+        }
+        let translation = translate(&loaded.store, &options);
+        for p in &translation.problems {
+            tracing::warn!(kind = p.kind, object = %p.key, condition = p.condition, reason = p.reason, message = %p.message, "translation problem");
+        }
+        tracing::info!(
+            objects = loaded.objects,
+            skipped = loaded.skipped.len(),
+            version,
+            "source directory loaded"
+        );
+        let mut view = translation.view;
+        view.version = version;
+        view
+    };
+    let (tx, rx) = watch::channel(publish(first, 1));
+    tokio::spawn(async move {
+        // The watcher stops when dropped; it lives as long as this task.
+        let _watcher = watcher;
+        while events.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while events.try_recv().is_ok() {}
+            let loaded = match load_dir(&dir, &limits) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload failed; keeping the last view");
+                    continue;
+                }
+            };
+            let version = tx.borrow().version + 1;
+            let mut view = publish(loaded, version);
+            tx.send_if_modified(|current| {
+                view.version = current.version;
+                if *current == view {
+                    return false;
+                }
+                view.version = version;
+                *current = std::mem::take(&mut view);
+                true
+            });
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n";
+
+    #[test]
+    fn multi_document_files_load_and_a_bad_object_is_skipped_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            format!("{SVC}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: bad, namespace: shop}}\nspec: {{rules: [{{matches: [{{path: {{type: Glob}}}}]}}]}}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not read").unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "key: [unclosed").unwrap();
+        let loaded = load_dir(dir.path(), &DirLimits::default()).unwrap();
+        assert_eq!(loaded.objects, 2);
+        assert_eq!(
+            loaded.store.services.keys().collect::<Vec<_>>(),
+            ["shop/web"]
+        );
+        assert_eq!(loaded.store.namespaces.keys().collect::<Vec<_>>(), ["shop"]);
+        let skipped: Vec<(String, &str)> = loaded
+            .skipped
+            .iter()
+            .map(|s| {
+                (
+                    s.file.file_name().unwrap().to_string_lossy().into_owned(),
+                    s.kind.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("a.yaml".to_owned(), "HTTPRoute"),
+                ("c.yaml".to_owned(), "file")
+            ]
+        );
+        assert!(
+            loaded.skipped[0].reason.contains("unknown variant `Glob`"),
+            "{:?}",
+            loaded.skipped[0]
+        );
+    }
+
+    #[test]
+    fn limits_bound_file_size_and_object_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            format!("{SVC}---\n{}", SVC.replace("web", "api")),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("big.yaml"), "x".repeat(2000)).unwrap();
+        let limits = DirLimits {
+            max_file_bytes: 1000,
+            max_objects: 1,
+            max_files: 10,
+        };
+        let loaded = load_dir(dir.path(), &limits).unwrap();
+        assert_eq!(loaded.objects, 1);
+        assert_eq!(
+            loaded.store.services.keys().collect::<Vec<_>>(),
+            ["shop/web"]
+        );
+        let reasons: Vec<&str> = loaded.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["more than 1 objects", "2000 bytes, over the limit of 1000"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_is_published_with_the_next_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
+        let invalid = IntCounterVec::new(prometheus::Opts::new("t", "t"), &["kind"]).unwrap();
+        let mut rx = run(
+            dir.path().to_owned(),
+            DirLimits::default(),
+            Options::default(),
+            invalid.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rx.borrow().version, 1);
+        assert_eq!(
+            rx.borrow().destinations.keys().collect::<Vec<_>>(),
+            ["shop/web"]
+        );
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            format!("{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {{ports: [{{port: many}}]}}\n", SVC.replace("web", "api")),
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let view = rx.borrow_and_update().clone();
+        assert_eq!(view.version, 2);
+        assert_eq!(
+            view.destinations.keys().collect::<Vec<_>>(),
+            ["shop/api", "shop/web"]
+        );
+        assert_eq!(invalid.with_label_values(&["Service"]).get(), 1);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let err = load_dir(Path::new("/nonexistent/remora"), &DirLimits::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("reading the source directory /nonexistent/remora"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,916 @@
+//! Translation: a pure function from the object store (Kubernetes objects,
+//! Gateway API routes, Remora CRDs) to the [`MeshView`] discovery serves.
+//!
+//! This module owns the [`Store`], the rules that turn objects into services,
+//! backends, routes and inbound configs, and the problems it reports (route
+//! conditions with Gateway API's reasons). A bad object is reported and
+//! left out; it never breaks the translation of anything else.
+
+pub mod gateway;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use remora_api::{
+    Authorization, AuthzAction, AuthzRule, Backend, Endpoint, InboundConfig, InboundMode,
+    InboundPort, Protocol, Route, ServicePort,
+};
+
+use crate::crds::{AuthorizationPolicy, Consumer, MeshTLSPolicy, PolicyTargetRef, TrafficPolicy};
+use crate::view::{Destination, Globals, MeshView, Workload};
+use gateway::HttpRoute;
+
+/// The annotation the injector sets on every pod it injected: such a pod is
+/// meshed (its endpoints carry an identity, it gets an inbound config).
+pub const MESHED_ANNOTATION: &str = "remora.dev/status";
+/// The EndpointSlice label naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A `<namespace>/<name>` key.
+pub type Key = String;
+
+/// Every object translation reads, by kind and `<namespace>/<name>`.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub services: BTreeMap<Key, Service>,
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    pub pods: BTreeMap<Key, Pod>,
+    pub secrets: BTreeMap<Key, Secret>,
+    pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub consumers: BTreeMap<Key, Consumer>,
+    pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
+    pub mesh_tls_policies: BTreeMap<Key, MeshTLSPolicy>,
+    pub traffic_policies: BTreeMap<Key, TrafficPolicy>,
+}
+
+/// An object the store cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("an object needs apiVersion, kind and metadata.name")]
+    Incomplete,
+    #[error("{api_version} {kind} is not a kind Remora reads")]
+    UnknownKind { api_version: String, kind: String },
+    #[error("{kind} {name}: {message}")]
+    Invalid {
+        kind: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl Store {
+    /// Adds or replaces one object given as JSON (a YAML document read
+    /// into a value), by its apiVersion and kind. Returns its kind.
+    pub fn insert(&mut self, value: serde_json::Value) -> Result<&'static str, ObjectError> {
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .ok_or(ObjectError::Incomplete)?
+            .to_owned();
+        let ns = value
+            .pointer("/metadata/namespace")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+            .to_owned();
+        let key = format!("{ns}/{name}");
+        fn put<T: serde::de::DeserializeOwned>(
+            map: &mut BTreeMap<Key, T>,
+            key: Key,
+            mut value: serde_json::Value,
+            ns: &str,
+            kind: &str,
+            name: &str,
+        ) -> Result<(), ObjectError> {
+            if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.entry("namespace").or_insert_with(|| ns.into());
+            }
+            let object =
+                serde_path_to_error::deserialize(value).map_err(|e| ObjectError::Invalid {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                    message: format!("{}: {}", e.path(), e.inner()),
+                })?;
+            map.insert(key, object);
+            Ok(())
+        }
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        let kinds: &'static str = match (group, kind.as_str()) {
+            ("", "Namespace") => {
+                put(&mut self.namespaces, name.clone(), value, &ns, &kind, &name)?;
+                "Namespace"
+            }
+            ("", "Service") => {
+                put(&mut self.services, key, value, &ns, &kind, &name)?;
+                "Service"
+            }
+            ("", "Pod") => {
+                put(&mut self.pods, key, value, &ns, &kind, &name)?;
+                "Pod"
+            }
+            ("", "Secret") => {
+                put(&mut self.secrets, key, value, &ns, &kind, &name)?;
+                "Secret"
+            }
+            ("", "ServiceAccount") => "ServiceAccount",
+            ("discovery.k8s.io", "EndpointSlice") => {
+                put(&mut self.endpoint_slices, key, value, &ns, &kind, &name)?;
+                "EndpointSlice"
+            }
+            ("gateway.networking.k8s.io", "HTTPRoute") => {
+                put(&mut self.http_routes, key, value, &ns, &kind, &name)?;
+                "HTTPRoute"
+            }
+            ("remora.dev", "Consumer") => {
+                put(&mut self.consumers, key, value, &ns, &kind, &name)?;
+                "Consumer"
+            }
+            ("remora.dev", "AuthorizationPolicy") => {
+                put(
+                    &mut self.authorization_policies,
+                    key,
+                    value,
+                    &ns,
+                    &kind,
+                    &name,
+                )?;
+                "AuthorizationPolicy"
+            }
+            ("remora.dev", "MeshTLSPolicy") => {
+                put(&mut self.mesh_tls_policies, key, value, &ns, &kind, &name)?;
+                "MeshTLSPolicy"
+            }
+            ("remora.dev", "TrafficPolicy") => {
+                put(&mut self.traffic_policies, key, value, &ns, &kind, &name)?;
+                "TrafficPolicy"
+            }
+            _ => return Err(ObjectError::UnknownKind { api_version, kind }),
+        };
+        Ok(kinds)
+    }
+}
+
+/// Startup settings translation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    /// MeshTLSPolicies here without a selector apply to the whole mesh.
+    pub root_namespace: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            root_namespace: "remora-system".into(),
+        }
+    }
+}
+
+/// A status condition translation would write on an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `HTTPRoute`, `Consumer`.
+    pub kind: &'static str,
+    pub key: Key,
+    /// `Accepted` or `ResolvedRefs`.
+    pub condition: &'static str,
+    /// Gateway API's reason, e.g. `BackendNotFound`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What translation made of a store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Translation {
+    pub view: MeshView,
+    pub problems: Vec<Problem>,
+}
+
+/// Translates the whole store. Pure: no I/O, the same store gives the same
+/// view (with `version` 0; the publisher numbers it).
+pub fn translate(store: &Store, options: &Options) -> Translation {
+    let mut problems = Vec::new();
+    let backends = backends(store, options);
+    let routes = attach_routes(store, &backends, &mut problems);
+    let mut view = MeshView {
+        globals: Globals {
+            consumers: consumers(store, &mut problems),
+            ..Globals::default()
+        },
+        ..MeshView::default()
+    };
+    for (key, svc) in &store.services {
+        let Some(spec) = &svc.spec else { continue };
+        let (ns, name) = split(key);
+        let addresses: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let hostnames = vec![
+            format!("{name}.{ns}.svc.{}", options.cluster_domain),
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}"),
+        ];
+        let mut ports = Vec::new();
+        let mut named = BTreeMap::new();
+        for port in spec.ports.iter().flatten() {
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            let backend = backend_key(key, number);
+            let mut sp = ServicePort {
+                port: number,
+                name: port.name.clone(),
+                protocol: protocol(port.app_protocol.as_deref()),
+                routes: Vec::new(),
+                backend_refs: Vec::new(),
+            };
+            match routes.get(&(key.clone(), number)) {
+                Some(rs) if sp.protocol.is_http() => sp.routes = rs.clone(),
+                _ => {
+                    sp.backend_refs = vec![remora_api::BackendRef {
+                        name: backend.clone(),
+                        weight: 1,
+                        filters: Vec::new(),
+                    }]
+                }
+            }
+            for name in sp
+                .routes
+                .iter()
+                .flat_map(|r| &r.backend_refs)
+                .chain(&sp.backend_refs)
+                .map(|b| &b.name)
+            {
+                if let Some(b) = backends.get(name) {
+                    named.insert(name.clone(), b.clone());
+                }
+            }
+            for addr in &addresses {
+                view.by_addr
+                    .insert(SocketAddr::new(*addr, number), key.clone());
+            }
+            for host in &hostnames {
+                view.by_host.insert((host.clone(), number), key.clone());
+            }
+            ports.push(sp);
+        }
+        if ports.is_empty() {
+            continue;
+        }
+        view.destinations.insert(
+            key.clone(),
+            Destination {
+                service: remora_api::Service {
+                    name: format!("{name}.{ns}"),
+                    addresses,
+                    hostnames,
+                    ports,
+                    plugins: BTreeMap::new(),
+                },
+                backends: named,
+            },
+        );
+    }
+    view.workloads = workloads(store, options);
+    Translation { view, problems }
+}
+
+fn split(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+fn key_of(meta: &ObjectMeta) -> Key {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The backend of one Service port: `<namespace>/<name>:<port>`.
+pub fn backend_key(service: &str, port: u16) -> String {
+    format!("{service}:{port}")
+}
+
+fn protocol(app_protocol: Option<&str>) -> Protocol {
+    match app_protocol {
+        Some("kubernetes.io/h2c" | "http2") => Protocol::Http2,
+        Some("grpc") => Protocol::Grpc,
+        Some("tcp") => Protocol::Tcp,
+        Some("opaque") => Protocol::Opaque,
+        _ => Protocol::Http,
+    }
+}
+
+/// The SPIFFE ID of a ServiceAccount.
+pub fn identity(options: &Options, ns: &str, sa: &str) -> String {
+    format!("spiffe://{}/ns/{ns}/sa/{sa}", options.trust_domain)
+}
+
+fn is_meshed(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MESHED_ANNOTATION))
+}
+
+fn pod_identity(options: &Options, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    identity(options, ns, sa)
+}
+
+/// A backend for every TCP port of every Service, with the ready endpoints
+/// of its EndpointSlices (serving, terminating ones only while none is
+/// ready: they drain) and the TrafficPolicy that targets it.
+fn backends(store: &Store, options: &Options) -> BTreeMap<String, Backend> {
+    let mut out = BTreeMap::new();
+    for (key, svc) in &store.services {
+        let (ns, name) = split(key);
+        let slices: Vec<&EndpointSlice> = store
+            .endpoint_slices
+            .values()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| n == name)
+            })
+            .collect();
+        let policy = traffic_policy(store, key);
+        for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            let (mut ready, mut draining) = (Vec::new(), Vec::new());
+            for slice in &slices {
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name == port.name)
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    let cond = ep.conditions.as_ref();
+                    let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                    let is_ready = cond.and_then(|c| c.ready).unwrap_or(true) && !terminating;
+                    let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+                    let pod = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| {
+                            store.pods.get(&format!(
+                                "{}/{}",
+                                r.namespace.as_deref().unwrap_or(ns),
+                                r.name.as_deref().unwrap_or_default()
+                            ))
+                        });
+                    let identity = pod
+                        .filter(|p| is_meshed(p))
+                        .map(|p| pod_identity(options, p));
+                    for addr in &ep.addresses {
+                        let Ok(ip) = addr.parse::<IpAddr>() else {
+                            continue;
+                        };
+                        let endpoint = Endpoint {
+                            address: SocketAddr::new(ip, target),
+                            weight: 1,
+                            identity: identity.clone(),
+                            zone: ep.zone.clone(),
+                        };
+                        if is_ready {
+                            ready.push(endpoint);
+                        } else if serving && terminating {
+                            draining.push(endpoint);
+                        }
+                    }
+                }
+            }
+            let mut endpoints = if ready.is_empty() { draining } else { ready };
+            endpoints.sort_by_key(|e| e.address);
+            endpoints.dedup_by_key(|e| e.address);
+            let mut backend = default_backend();
+            backend.endpoints = endpoints;
+            if let Some(p) = policy {
+                apply_traffic_policy(&mut backend, p);
+            }
+            out.insert(backend_key(key, number), backend);
+        }
+    }
+    out
+}
+
+fn default_backend() -> Backend {
+    // The model's defaults, as a config that names only endpoints gets them.
+    serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| unreachable_default())
+}
+
+#[cold]
+fn unreachable_default() -> Backend {
+    Backend {
+        endpoints: Vec::new(),
+        load_balancer: remora_api::LoadBalancer::default(),
+        health_check: None,
+        outlier_detection: remora_api::OutlierDetection::default(),
+        circuit_breaker: remora_api::CircuitBreaker::default(),
+        connect_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(60),
+        retry_budget: remora_api::RetryBudget::default(),
+    }
+}
+
+/// The oldest TrafficPolicy targeting a Service (then by name).
+fn traffic_policy<'a>(store: &'a Store, service: &str) -> Option<&'a TrafficPolicy> {
+    let (ns, name) = split(service);
+    let mut matching: Vec<&TrafficPolicy> = store
+        .traffic_policies
+        .values()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && p.spec.target_refs.iter().any(|t| targets_service(t, name))
+        })
+        .collect();
+    matching.sort_by_key(|p| age_key(&p.metadata));
+    matching.first().copied()
+}
+
+fn targets_service(target: &PolicyTargetRef, name: &str) -> bool {
+    target.kind == "Service" && target.name == name && matches!(target.group.as_str(), "" | "core")
+}
+
+fn apply_traffic_policy(backend: &mut Backend, policy: &TrafficPolicy) {
+    let spec = &policy.spec;
+    if let Some(lb) = &spec.load_balancer {
+        backend.load_balancer = lb.clone();
+    }
+    if let Some(t) = spec.connect_timeout {
+        backend.connect_timeout = t;
+    }
+    if let Some(t) = spec.idle_timeout {
+        backend.idle_timeout = t;
+    }
+    if let Some(b) = &spec.retry_budget {
+        backend.retry_budget = b.clone();
+    }
+    if let Some(c) = &spec.circuit_breaker {
+        backend.circuit_breaker = c.clone();
+    }
+    if let Some(o) = &spec.outlier_detection {
+        backend.outlier_detection = o.clone();
+    }
+    if let Some(h) = &spec.health_check {
+        backend.health_check = Some(h.clone());
+    }
+}
+
+/// Sorts objects the way Gateway API settles conflicts: oldest first, then
+/// by `<namespace>/<name>`.
+fn age_key(meta: &ObjectMeta) -> (Option<k8s_openapi::jiff::Timestamp>, Key) {
+    (meta.creation_timestamp.as_ref().map(|t| t.0), key_of(meta))
+}
+
+/// Routes per (Service key, port), in the order Gateway API breaks ties:
+/// the oldest route's rules first, then by name.
+fn attach_routes(
+    store: &Store,
+    backends: &BTreeMap<String, Backend>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<(Key, u16), Vec<Route>> {
+    let mut routes: Vec<&HttpRoute> = store.http_routes.values().collect();
+    routes.sort_by_key(|r| age_key(&r.metadata));
+    let mut out: BTreeMap<(Key, u16), Vec<Route>> = BTreeMap::new();
+    // Which route claimed each (port, match) first, for conflict reports.
+    let mut claimed: BTreeMap<(Key, u16, String), Key> = BTreeMap::new();
+    for route in routes {
+        let key = key_of(&route.metadata);
+        let (ns, route_name) = split(&key);
+        let mut attached = false;
+        for parent in &route.spec.parent_refs {
+            let is_service = parent.kind.as_deref() == Some("Service")
+                && matches!(parent.group.as_deref(), Some("" | "core"));
+            if !is_service {
+                continue;
+            }
+            let svc_key = format!(
+                "{}/{}",
+                parent.namespace.as_deref().unwrap_or(ns),
+                parent.name
+            );
+            let Some(svc) = store.services.get(&svc_key) else {
+                problems.push(Problem {
+                    kind: "HTTPRoute",
+                    key: key.clone(),
+                    condition: "Accepted",
+                    reason: "NoMatchingParent",
+                    message: format!("parentRef Service {svc_key} does not exist"),
+                });
+                continue;
+            };
+            let ports: Vec<u16> = svc
+                .spec
+                .iter()
+                .flat_map(|s| s.ports.iter().flatten())
+                .filter_map(|p| u16::try_from(p.port).ok())
+                .filter(|p| parent.port.is_none_or(|want| want == *p))
+                .collect();
+            if ports.is_empty() {
+                problems.push(Problem {
+                    kind: "HTTPRoute",
+                    key: key.clone(),
+                    condition: "Accepted",
+                    reason: "NoMatchingParent",
+                    message: format!("Service {svc_key} has no port {:?}", parent.port),
+                });
+                continue;
+            }
+            attached = true;
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                let mut refs = Vec::new();
+                for backend in &rule.backend_refs {
+                    match resolve_backend(ns, backend, store, backends) {
+                        Ok(name) => refs.push(remora_api::BackendRef {
+                            name,
+                            weight: backend.weight,
+                            filters: Vec::new(),
+                        }),
+                        Err((reason, message)) => problems.push(Problem {
+                            kind: "HTTPRoute",
+                            key: key.clone(),
+                            condition: "ResolvedRefs",
+                            reason,
+                            message,
+                        }),
+                    }
+                }
+                let translated = Route {
+                    name: Some(
+                        rule.name
+                            .clone()
+                            .unwrap_or_else(|| format!("{ns}/{route_name}/rule-{i}")),
+                    ),
+                    matches: rule.matches.clone(),
+                    filters: rule.filters.clone(),
+                    backend_refs: refs,
+                    timeouts: rule.timeouts.unwrap_or_default(),
+                    retry: rule.retry.clone(),
+                    plugins: BTreeMap::new(),
+                };
+                for port in &ports {
+                    for m in match_keys(&translated) {
+                        let slot = (svc_key.clone(), *port, m.clone());
+                        match claimed.get(&slot) {
+                            Some(owner) if *owner != key => problems.push(Problem {
+                                kind: "HTTPRoute",
+                                key: key.clone(),
+                                condition: "Accepted",
+                                reason: "Conflicted",
+                                message: format!(
+                                    "match {m} on {svc_key}:{port} is also in the older route {owner}, which wins"
+                                ),
+                            }),
+                            _ => {
+                                claimed.insert(slot, key.clone());
+                            }
+                        }
+                    }
+                    out.entry((svc_key.clone(), *port))
+                        .or_default()
+                        .push(translated.clone());
+                }
+            }
+        }
+        if !attached && route.spec.parent_refs.is_empty() {
+            problems.push(Problem {
+                kind: "HTTPRoute",
+                key: key.clone(),
+                condition: "Accepted",
+                reason: "NoMatchingParent",
+                message: "the route has no parentRefs".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Each match of a route as text, for conflict detection.
+fn match_keys(route: &Route) -> BTreeSet<String> {
+    if route.matches.is_empty() {
+        return BTreeSet::from(["{}".to_owned()]);
+    }
+    route
+        .matches
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap_or_default())
+        .collect()
+}
+
+fn resolve_backend(
+    ns: &str,
+    ref_: &gateway::BackendRef,
+    store: &Store,
+    backends: &BTreeMap<String, Backend>,
+) -> Result<String, (&'static str, String)> {
+    let backend = &ref_.target;
+    if backend.kind.as_deref().is_some_and(|k| k != "Service")
+        || backend
+            .group
+            .as_deref()
+            .is_some_and(|g| !g.is_empty() && g != "core")
+    {
+        return Err((
+            "InvalidKind",
+            format!("backendRef {} is not a Service", backend.name),
+        ));
+    }
+    let target_ns = backend.namespace.as_deref().unwrap_or(ns);
+    if target_ns != ns {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "backendRef {target_ns}/{} is in another namespace (ReferenceGrant is not supported)",
+                backend.name
+            ),
+        ));
+    }
+    let svc = format!("{target_ns}/{}", backend.name);
+    if !store.services.contains_key(&svc) {
+        return Err(("BackendNotFound", format!("Service {svc} does not exist")));
+    }
+    let Some(port) = backend.port else {
+        return Err(("UnsupportedValue", format!("backendRef {svc} needs a port")));
+    };
+    let name = backend_key(&svc, port);
+    if !backends.contains_key(&name) {
+        return Err((
+            "BackendNotFound",
+            format!("Service {svc} has no port {port}"),
+        ));
+    }
+    Ok(name)
+}
+
+/// Mesh-wide consumers, their credentials read from Secrets. A consumer
+/// whose Secret or key is missing is left out and reported.
+fn consumers(store: &Store, problems: &mut Vec<Problem>) -> Vec<remora_api::Consumer> {
+    let mut out: Vec<remora_api::Consumer> = Vec::new();
+    let mut list: Vec<&Consumer> = store.consumers.values().collect();
+    list.sort_by_key(|c| age_key(&c.metadata));
+    'each: for consumer in list {
+        let key = key_of(&consumer.metadata);
+        let (ns, name) = split(&key);
+        let mut plugins = consumer.spec.plugins.clone();
+        for cred in &consumer.spec.credentials {
+            let secret = format!("{ns}/{}", cred.secret_ref.name);
+            let Some(value) = store
+                .secrets
+                .get(&secret)
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(&cred.secret_ref.key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            else {
+                problems.push(Problem {
+                    kind: "Consumer",
+                    key: key.clone(),
+                    condition: "ResolvedRefs",
+                    reason: "SecretNotFound",
+                    message: format!("Secret {secret} has no UTF-8 key {:?}", cred.secret_ref.key),
+                });
+                continue 'each;
+            };
+            let config = plugins
+                .entry(cred.plugin.clone())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(obj) = config.as_object_mut() {
+                obj.insert(cred.field.clone(), serde_json::Value::String(value));
+            }
+        }
+        let username = consumer
+            .spec
+            .username
+            .clone()
+            .unwrap_or_else(|| name.to_owned());
+        if out.iter().any(|c| c.username == username) {
+            problems.push(Problem {
+                kind: "Consumer",
+                key: key.clone(),
+                condition: "Accepted",
+                reason: "Conflicted",
+                message: format!("username {username} is taken by an older consumer"),
+            });
+            continue;
+        }
+        out.push(remora_api::Consumer {
+            username,
+            desc: consumer.spec.desc.clone(),
+            plugins,
+        });
+    }
+    out
+}
+
+/// Inbound configs of meshed pods: mesh TLS mode most-specific-wins
+/// (workload, then namespace, then mesh; a port entry over the policy's
+/// mode) and the AuthorizationPolicies of the Services that select them
+/// and of their namespace.
+fn workloads(store: &Store, options: &Options) -> BTreeMap<Key, Workload> {
+    let mut out = BTreeMap::new();
+    let mut tls: Vec<&MeshTLSPolicy> = store.mesh_tls_policies.values().collect();
+    tls.sort_by_key(|p| age_key(&p.metadata));
+    for (key, pod) in &store.pods {
+        if !is_meshed(pod) {
+            continue;
+        }
+        let (ns, _) = split(key);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let scope = |p: &&MeshTLSPolicy, level: u8| {
+            let pns = p.metadata.namespace.as_deref().unwrap_or_default();
+            match (&p.spec.selector, level) {
+                (Some(sel), 0) => pns == ns && sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                (None, 1) => pns == ns && pns != options.root_namespace,
+                (None, 2) => pns == options.root_namespace,
+                _ => false,
+            }
+        };
+        let levels: Vec<Option<&MeshTLSPolicy>> = (0..3)
+            .map(|l| tls.iter().find(|p| scope(p, l)).copied())
+            .collect();
+        let mode = levels
+            .iter()
+            .flatten()
+            .find_map(|p| p.spec.mode)
+            .map(InboundMode::from)
+            .unwrap_or_default();
+        let mut port_modes: BTreeMap<u16, InboundMode> = BTreeMap::new();
+        let all_ports: BTreeSet<u16> = levels
+            .iter()
+            .flatten()
+            .flat_map(|p| p.spec.ports.iter().map(|pm| pm.port))
+            .collect();
+        for port in all_ports {
+            let m = levels.iter().flatten().find_map(|p| {
+                p.spec
+                    .ports
+                    .iter()
+                    .find(|pm| pm.port == port)
+                    .map(|pm| pm.mode)
+                    .or(p.spec.mode)
+            });
+            if let Some(m) = m.map(InboundMode::from) {
+                if m != mode {
+                    port_modes.insert(port, m);
+                }
+            }
+        }
+        let ports = port_modes
+            .into_iter()
+            .map(|(port, m)| InboundPort {
+                port,
+                name: None,
+                protocol: Protocol::Http,
+                mode: Some(m),
+                plugins: BTreeMap::new(),
+                routes: Vec::new(),
+            })
+            .collect();
+        out.insert(
+            key.clone(),
+            Workload {
+                identity: pod_identity(options, pod),
+                inbound: InboundConfig {
+                    mode,
+                    default_protocol: Protocol::Http,
+                    ports,
+                    authorization: authorization(store, options, ns, &labels),
+                },
+            },
+        );
+    }
+    out
+}
+
+fn authorization(
+    store: &Store,
+    options: &Options,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> Authorization {
+    let selects = |svc: &str| {
+        store
+            .services
+            .get(&format!("{ns}/{svc}"))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    };
+    let mut list: Vec<&AuthorizationPolicy> = store
+        .authorization_policies
+        .values()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .filter(|p| {
+            p.spec.target_refs.iter().any(|t| {
+                (t.kind == "Namespace" && t.name == ns) || (t.kind == "Service" && selects(&t.name))
+            })
+        })
+        .collect();
+    list.sort_by_key(|p| key_of(&p.metadata));
+    let policies: Vec<remora_api::AuthorizationPolicy> = list
+        .into_iter()
+        .map(|p| remora_api::AuthorizationPolicy {
+            name: key_of(&p.metadata),
+            action: p.spec.action,
+            rules: p
+                .spec
+                .rules
+                .iter()
+                .map(|r| {
+                    let mut identities = r.identities.clone();
+                    identities.extend(r.service_accounts.iter().map(|sa| {
+                        let (sns, sname) = split(sa);
+                        identity(options, sns, sname)
+                    }));
+                    identities.extend(
+                        r.namespaces
+                            .iter()
+                            .map(|n| format!("spiffe://{}/ns/{n}/*", options.trust_domain)),
+                    );
+                    AuthzRule {
+                        identities,
+                        ports: r.ports.clone(),
+                        paths: r.paths.clone(),
+                        methods: r.methods.clone(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    // As in Istio: once something is allowed explicitly, the rest is denied.
+    let default_action = if policies.iter().any(|p| p.action == AuthzAction::Allow) {
+        AuthzAction::Deny
+    } else {
+        AuthzAction::Allow
+    };
+    Authorization {
+        default_action,
+        policies,
+    }
+}
+
+/// One proxy's config from a view: the workload's inbound side and every
+/// destination, as discovery would assemble it before slicing (for checks
+/// and `remora check`).
+pub fn assemble(view: &MeshView, workload: Option<&str>) -> remora_api::MeshConfig {
+    let mut backends = BTreeMap::new();
+    let mut services = Vec::new();
+    for dest in view.destinations.values() {
+        services.push(dest.service.clone());
+        backends.extend(dest.backends.clone());
+    }
+    remora_api::MeshConfig {
+        version: view.version.to_string(),
+        outbound: remora_api::OutboundConfig { services },
+        inbound: workload
+            .and_then(|w| view.workloads.get(w))
+            .map(|w| w.inbound.clone())
+            .unwrap_or_default(),
+        backends,
+        http: view.globals.http.clone(),
+        global_rules: view.globals.global_rules.clone(),
+        consumers: view.globals.consumers.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

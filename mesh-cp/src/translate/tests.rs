@@ -1,0 +1,489 @@
+//! Translation rules, one object store per rule, asserting the exact values
+//! a proxy would get.
+
+use super::*;
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20]
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  clusterIPs: [10.96.0.21]
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-abc, namespace: shop, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - addresses: [10.0.1.7]
+    conditions: {ready: true}
+    zone: a
+    targetRef: {kind: Pod, name: reviews-1, namespace: shop}
+  - addresses: [10.0.1.8]
+    conditions: {ready: false}
+  - addresses: [10.0.1.9]
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [10.0.1.10]
+    targetRef: {kind: Pod, name: plain, namespace: shop}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-v2-x, namespace: shop, labels: {kubernetes.io/service-name: reviews-v2}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - addresses: [10.0.2.1]
+    conditions: {ready: false, serving: true, terminating: true}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-1
+  namespace: shop
+  labels: {app: reviews}
+  annotations: {remora.dev/status: '{}'}
+spec:
+  serviceAccountName: reviews
+  containers: [{name: app, image: app}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: shop}
+spec:
+  containers: [{name: app, image: app}]
+"#;
+
+fn store(extra: &str) -> Store {
+    let mut store = Store::default();
+    for text in [BASE, extra] {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
+        for doc in docs {
+            if doc.is_null() {
+                continue;
+            }
+            store.insert(doc).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    store
+}
+
+fn run(extra: &str) -> Translation {
+    let t = translate(&store(extra), &Options::default());
+    // Every config it produces must pass the model's own checks.
+    for workload in std::iter::once(None).chain(t.view.workloads.keys().map(|k| Some(k.as_str()))) {
+        let config = assemble(&t.view, workload);
+        config
+            .validate()
+            .unwrap_or_else(|e| panic!("{workload:?}: {e}\n{config:#?}"));
+    }
+    t
+}
+
+fn routes(t: &Translation) -> &[Route] {
+    &t.view.destinations["shop/reviews"].service.ports[0].routes
+}
+
+#[test]
+fn services_become_destinations_with_ready_endpoints_and_identities() {
+    let t = run("");
+    let dest = &t.view.destinations["shop/reviews"];
+    assert_eq!(dest.service.name, "reviews.shop");
+    assert_eq!(
+        dest.service.addresses,
+        ["10.96.0.20".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        dest.service.hostnames,
+        [
+            "reviews.shop.svc.cluster.local",
+            "reviews.shop.svc",
+            "reviews.shop"
+        ]
+    );
+    let port = &dest.service.ports[0];
+    assert_eq!(port.port, 9080);
+    assert_eq!(port.name.as_deref(), Some("http"));
+    assert_eq!(port.backend_refs[0].name, "shop/reviews:9080");
+    let backend = &dest.backends["shop/reviews:9080"];
+    let got: Vec<(String, Option<&str>, Option<&str>)> = backend
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.identity.as_deref(),
+                e.zone.as_deref(),
+            )
+        })
+        .collect();
+    // Not ready (10.0.1.8) and terminating (10.0.1.9) are left out; an
+    // endpoint without conditions is ready; only the meshed pod has an identity.
+    assert_eq!(
+        got,
+        [
+            (
+                "10.0.1.7:8080".to_owned(),
+                Some("spiffe://cluster.local/ns/shop/sa/reviews"),
+                Some("a")
+            ),
+            ("10.0.1.10:8080".to_owned(), None, None),
+        ]
+    );
+    assert_eq!(
+        t.view.by_addr[&"10.96.0.20:9080".parse::<SocketAddr>().unwrap()],
+        "shop/reviews"
+    );
+    assert_eq!(
+        t.view.by_host[&("reviews.shop.svc.cluster.local".to_owned(), 9080)],
+        "shop/reviews"
+    );
+    assert_eq!(t.problems, []);
+}
+
+#[test]
+fn terminating_endpoints_drain_when_none_is_ready() {
+    let t = run("");
+    let v2 = &t.view.destinations["shop/reviews-v2"].backends["shop/reviews-v2:9080"];
+    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(v2.endpoints[0].address, "10.0.2.1:8080".parse().unwrap());
+}
+
+#[test]
+fn meshed_pods_get_workloads_and_plain_pods_do_not() {
+    let t = run("");
+    assert_eq!(
+        t.view.workloads.keys().collect::<Vec<_>>(),
+        ["shop/reviews-1"]
+    );
+    let w = &t.view.workloads["shop/reviews-1"];
+    assert_eq!(w.identity, "spiffe://cluster.local/ns/shop/sa/reviews");
+    assert_eq!(w.inbound.mode, InboundMode::Permissive);
+    assert_eq!(w.inbound.authorization.default_action, AuthzAction::Allow);
+}
+
+const SPLIT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /api}
+          method: GET
+          headers: [{name: x-canary, value: "1"}]
+          queryParams: [{type: RegularExpression, name: v, value: "^2"}]
+      backendRefs:
+        - {name: reviews, port: 9080, weight: 90}
+        - {name: reviews-v2, port: 9080, weight: 10}
+"#;
+
+#[test]
+fn an_http_route_splits_by_weight_and_keeps_its_matches() {
+    let t = run(SPLIT);
+    let r = routes(&t);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].name.as_deref(), Some("shop/split/rule-0"));
+    let m = &r[0].matches[0];
+    let path = m.path.as_ref().unwrap();
+    assert_eq!(
+        (path.kind, path.value.as_str()),
+        (remora_api::PathMatchType::PathPrefix, "/api")
+    );
+    assert_eq!(m.method, Some(remora_api::HttpMethod::Get));
+    assert_eq!(
+        (m.headers[0].name.as_str(), m.headers[0].value.as_str()),
+        ("x-canary", "1")
+    );
+    assert_eq!(
+        m.query_params[0].kind,
+        remora_api::MatchType::RegularExpression
+    );
+    assert_eq!(m.query_params[0].value, "^2");
+    let refs: Vec<(&str, u32)> = r[0]
+        .backend_refs
+        .iter()
+        .map(|b| (b.name.as_str(), b.weight))
+        .collect();
+    assert_eq!(
+        refs,
+        [("shop/reviews:9080", 90), ("shop/reviews-v2:9080", 10)]
+    );
+    // The destination carries both backends; the port no default backend.
+    let dest = &t.view.destinations["shop/reviews"];
+    assert_eq!(
+        dest.backends.keys().collect::<Vec<_>>(),
+        ["shop/reviews-v2:9080", "shop/reviews:9080"]
+    );
+    assert_eq!(dest.service.ports[0].backend_refs, []);
+    assert_eq!(t.problems, []);
+}
+
+#[test]
+fn a_backend_ref_to_a_missing_service_is_backend_not_found_and_the_rest_stays() {
+    let t = run(&SPLIT.replace("name: reviews-v2, port", "name: ghost, port"));
+    assert_eq!(
+        t.problems,
+        [Problem {
+            kind: "HTTPRoute",
+            key: "shop/split".into(),
+            condition: "ResolvedRefs",
+            reason: "BackendNotFound",
+            message: "Service shop/ghost does not exist".into(),
+        }]
+    );
+    let refs: Vec<(&str, u32)> = routes(&t)[0]
+        .backend_refs
+        .iter()
+        .map(|b| (b.name.as_str(), b.weight))
+        .collect();
+    assert_eq!(refs, [("shop/reviews:9080", 90)]);
+    // Other services are untouched.
+    assert_eq!(
+        t.view.destinations["shop/reviews-v2"].service.ports[0].backend_refs[0].name,
+        "shop/reviews-v2:9080"
+    );
+}
+
+#[test]
+fn a_missing_port_and_a_cross_namespace_ref_are_reported() {
+    let t = run(&SPLIT
+        .replace(
+            "name: reviews-v2, port: 9080",
+            "name: reviews-v2, port: 1234",
+        )
+        .replace(
+            "{name: reviews, port: 9080, weight: 90}",
+            "{name: reviews, namespace: other, port: 9080}",
+        ));
+    let reasons: Vec<&str> = t.problems.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons, ["RefNotPermitted", "BackendNotFound"]);
+    assert_eq!(
+        t.problems[1].message,
+        "Service shop/reviews-v2 has no port 1234"
+    );
+    assert_eq!(routes(&t)[0].backend_refs, []);
+}
+
+#[test]
+fn a_route_to_a_missing_parent_is_not_accepted() {
+    let t = run(&SPLIT.replace("name: reviews, port: 9080}]", "name: nowhere}]"));
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!(
+        (t.problems[0].condition, t.problems[0].reason),
+        ("Accepted", "NoMatchingParent")
+    );
+    assert_eq!(routes(&t), []);
+}
+
+#[test]
+fn conflicts_go_to_the_oldest_route_then_alphabetical() {
+    let younger = SPLIT
+        .replace("name: split,", "name: aaa-younger,")
+        .replace("2024-01-01", "2025-01-01");
+    let same_age = SPLIT.replace("name: split,", "name: zzz-same-age,");
+    let t = run(&format!("{SPLIT}---{younger}---{same_age}"));
+    let names: Vec<&str> = routes(&t)
+        .iter()
+        .map(|r| r.name.as_deref().unwrap())
+        .collect();
+    // Oldest first; of the two equally old, split < zzz-same-age.
+    assert_eq!(
+        names,
+        [
+            "shop/split/rule-0",
+            "shop/zzz-same-age/rule-0",
+            "shop/aaa-younger/rule-0"
+        ]
+    );
+    let conflicted: Vec<&str> = t
+        .problems
+        .iter()
+        .filter(|p| p.reason == "Conflicted")
+        .map(|p| p.key.as_str())
+        .collect();
+    assert_eq!(conflicted, ["shop/zzz-same-age", "shop/aaa-younger"]);
+}
+
+#[test]
+fn exact_paths_and_filters_pass_through() {
+    let t = run(r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: exact, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: core, name: reviews}]
+  rules:
+    - matches: [{path: {type: Exact, value: /health}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-env, value: prod}]}
+      backendRefs: [{name: reviews, port: 9080}]
+      timeouts: {request: 5s}
+"#);
+    let r = &routes(&t)[0];
+    assert_eq!(
+        r.matches[0].path.as_ref().unwrap().kind,
+        remora_api::PathMatchType::Exact
+    );
+    assert_eq!(r.timeouts.request, Some(std::time::Duration::from_secs(5)));
+    assert!(
+        matches!(&r.filters[0], remora_api::RouteFilter::RequestHeaderModifier(m) if m.set[0].value == "prod")
+    );
+    assert_eq!(r.backend_refs[0].weight, 1);
+}
+
+#[test]
+fn an_invalid_object_is_rejected_with_its_field() {
+    let mut s = Store::default();
+    let bad: serde_json::Value = serde_saphyr::from_str(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: shop}\nspec: {rules: [{matches: [{path: {type: Glob}}]}]}",
+    )
+    .unwrap();
+    let err = s.insert(bad).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "HTTPRoute bad: spec.rules[0].matches[0].path.type: unknown variant `Glob`"
+        ),
+        "{err}"
+    );
+    let unknown: serde_json::Value =
+        serde_saphyr::from_str("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}")
+            .unwrap();
+    assert_eq!(
+        s.insert(unknown).unwrap_err().to_string(),
+        "apps/v1 Deployment is not a kind Remora reads"
+    );
+    assert!(s.http_routes.is_empty());
+}
+
+#[test]
+fn mesh_tls_mode_is_most_specific_wins() {
+    let t = run(r#"
+apiVersion: remora.dev/v1alpha1
+kind: MeshTLSPolicy
+metadata: {name: mesh, namespace: remora-system}
+spec: {mode: STRICT, ports: [{port: 9000, mode: PERMISSIVE}]}
+---
+apiVersion: remora.dev/v1alpha1
+kind: MeshTLSPolicy
+metadata: {name: ns, namespace: shop}
+spec: {mode: PERMISSIVE}
+---
+apiVersion: remora.dev/v1alpha1
+kind: MeshTLSPolicy
+metadata: {name: wl, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{port: 8080, mode: STRICT}]}
+"#);
+    let inbound = &t.view.workloads["shop/reviews-1"].inbound;
+    // The workload policy sets no mode, so the namespace's applies.
+    assert_eq!(inbound.mode, InboundMode::Permissive);
+    assert_eq!(inbound.mode_for(8080), InboundMode::Strict);
+    assert_eq!(inbound.mode_for(9000), InboundMode::Permissive);
+    assert_eq!(inbound.ports.len(), 1);
+
+    let mesh_only = run(
+        "apiVersion: remora.dev/v1alpha1\nkind: MeshTLSPolicy\nmetadata: {name: mesh, namespace: remora-system}\nspec: {mode: STRICT}\n",
+    );
+    assert_eq!(
+        mesh_only.view.workloads["shop/reviews-1"].inbound.mode,
+        InboundMode::Strict
+    );
+}
+
+#[test]
+fn authorization_policies_attach_through_the_service_selector() {
+    let t = run(r#"
+apiVersion: remora.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  action: allow
+  rules: [{serviceAccounts: [shop/frontend], namespaces: [ops], methods: [GET]}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews-v2}]
+  action: deny
+  rules: [{}]
+"#);
+    let authz = &t.view.workloads["shop/reviews-1"].inbound.authorization;
+    assert_eq!(authz.default_action, AuthzAction::Deny);
+    assert_eq!(authz.policies.len(), 1);
+    assert_eq!(authz.policies[0].name, "shop/callers");
+    assert_eq!(
+        authz.policies[0].rules[0].identities,
+        [
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            "spiffe://cluster.local/ns/ops/*"
+        ]
+    );
+}
+
+#[test]
+fn consumers_take_credentials_from_secrets_and_a_missing_secret_is_reported() {
+    let t = run(r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: alice-key, namespace: shop}
+data: {key: c2VjcmV0LWtleQ==}
+---
+apiVersion: remora.dev/v1alpha1
+kind: Consumer
+metadata: {name: alice, namespace: shop}
+spec:
+  credentials: [{plugin: key-auth, field: key, secretRef: {name: alice-key, key: key}}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: Consumer
+metadata: {name: bob, namespace: shop}
+spec:
+  credentials: [{plugin: key-auth, field: key, secretRef: {name: nope, key: key}}]
+"#);
+    let consumers = &t.view.globals.consumers;
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0].username, "alice");
+    assert_eq!(
+        consumers[0].plugins["key-auth"],
+        serde_json::json!({"key": "secret-key"})
+    );
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!(
+        (t.problems[0].key.as_str(), t.problems[0].reason),
+        ("shop/bob", "SecretNotFound")
+    );
+}
+
+#[test]
+fn a_traffic_policy_sets_the_backend() {
+    let t = run(r#"
+apiVersion: remora.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: tp, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  loadBalancer: roundRobin
+  connectTimeout: 250ms
+  circuitBreaker: {maxConnections: 10}
+"#);
+    let b = &t.view.destinations["shop/reviews"].backends["shop/reviews:9080"];
+    assert_eq!(b.load_balancer, remora_api::LoadBalancer::RoundRobin);
+    assert_eq!(b.connect_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(b.circuit_breaker.max_connections, 10);
+    let other = &t.view.destinations["shop/reviews-v2"].backends["shop/reviews-v2:9080"];
+    assert_eq!(other.load_balancer, remora_api::LoadBalancer::LeastRequest);
+}
