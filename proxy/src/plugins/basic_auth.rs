@@ -113,7 +113,16 @@ impl Plugin for BasicAuth {
             return Flow::Respond(reject(StatusCode::UNAUTHORIZED, MALFORMED));
         };
         let consumer = match ctx.consumers().basic_auth.get(&user) {
-            Some((expected, consumer)) if *expected == password => consumer.clone(),
+            // Constant time: how long a wrong password takes says nothing
+            // about how much of it was right.
+            Some((expected, consumer))
+                if bool::from(subtle::ConstantTimeEq::ct_eq(
+                    expected.as_bytes(),
+                    password.as_bytes(),
+                )) =>
+            {
+                consumer.clone()
+            }
             _ => return Flow::Respond(reject(StatusCode::UNAUTHORIZED, INVALID)),
         };
         ctx.consumer = Some(consumer);
