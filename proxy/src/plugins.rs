@@ -18,8 +18,8 @@
 
 mod access_log;
 mod api_breaker;
-mod batch;
 mod basic_auth;
+mod batch;
 mod consumer_restriction;
 mod cors;
 mod edits;

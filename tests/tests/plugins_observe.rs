@@ -25,7 +25,7 @@ use remora_e2e::mesh_config::{
     mesh, round_robin, route, service, vip, wait_version, web, ConfigFile, InboundStandalone,
     Match, Standalone, SERVICE, VIP, VIP_PORT,
 };
-use remora_e2e::netns::{Pod, TestNet};
+use remora_e2e::{Pod, TestNet};
 use serde_json::{json, Value};
 
 const COLLECTOR_PORT: u16 = 4318;
@@ -210,12 +210,22 @@ async fn opentelemetry_keeps_one_trace_id_across_both_sidecars() {
         let sent = request.header_values("traceparent");
         assert_eq!(sent.len(), 1, "{sent:?}");
         let parts: Vec<&str> = sent[0].split('-').collect();
-        assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{sent:?}");
+        assert_eq!(
+            (parts.len(), parts[0], parts[3]),
+            (4, "00", "01"),
+            "{sent:?}"
+        );
         let trace = parts[1];
         let of_trace: Vec<&Span> = spans.iter().filter(|s| hex(&s.trace_id) == trace).collect();
         assert_eq!(of_trace.len(), 2, "request {i}: both hops in trace {trace}");
-        let client_span = of_trace.iter().find(|s| s.kind == CLIENT).expect("client span");
-        let server_span = of_trace.iter().find(|s| s.kind == SERVER).expect("server span");
+        let client_span = of_trace
+            .iter()
+            .find(|s| s.kind == CLIENT)
+            .expect("client span");
+        let server_span = of_trace
+            .iter()
+            .find(|s| s.kind == SERVER)
+            .expect("server span");
         assert_eq!(
             server_span.parent_span_id, client_span.span_id,
             "request {i}: the server span's parent is the client span"
@@ -245,8 +255,14 @@ async fn opentelemetry_keeps_one_trace_id_across_both_sidecars() {
         ] {
             assert_eq!(attribute(client_span, key).as_deref(), Some(want), "{key}");
         }
-        assert_eq!(attribute(server_span, "remora.direction").as_deref(), Some("inbound"));
-        assert_eq!(attribute(server_span, "url.path").as_deref(), Some("/hello"));
+        assert_eq!(
+            attribute(server_span, "remora.direction").as_deref(),
+            Some("inbound")
+        );
+        assert_eq!(
+            attribute(server_span, "url.path").as_deref(),
+            Some("/hello")
+        );
         assert_eq!(client_span.name, "GET traced");
     }
     let first = spans.iter().find(|s| s.kind == CLIENT).unwrap();
@@ -257,7 +273,13 @@ async fn opentelemetry_keeps_one_trace_id_across_both_sidecars() {
     );
     // Nothing was dropped on either side.
     for proxy in [&client_proxy, &server_proxy] {
-        assert_eq!(proxy.metrics().await.get(DROPPED, &[("plugin", "opentelemetry")]), 0.0);
+        assert_eq!(
+            proxy
+                .metrics()
+                .await
+                .get(DROPPED, &[("plugin", "opentelemetry")]),
+            0.0
+        );
     }
 }
 
@@ -311,7 +333,12 @@ async fn samplers_export_exactly_what_they_decide() {
         .collect();
     let count = |r: &str| routes.iter().filter(|x| *x == r).count();
     assert_eq!(
-        (count("off"), count("ratio0"), count("ratio1"), count("root-off")),
+        (
+            count("off"),
+            count("ratio0"),
+            count("ratio1"),
+            count("root-off")
+        ),
         (0, 0, 5, 1),
         "{routes:?}"
     );
@@ -371,7 +398,10 @@ async fn http_logger_delivers_one_entry_per_request() {
         assert_eq!(e["response"]["status"], 200);
         assert_eq!(e["response"]["headers"]["x-pod"], "app");
         assert_eq!(e["upstream"], app.as_str());
-        assert_eq!((&e["route_id"], &e["service_id"]), (&json!("orders"), &json!(SERVICE)));
+        assert_eq!(
+            (&e["route_id"], &e["service_id"]),
+            (&json!("orders"), &json!(SERVICE))
+        );
         assert_eq!(e["client_ip"], client_ip.as_str());
         assert!(e["latency"].as_f64().unwrap() >= 0.0);
     }
@@ -387,7 +417,10 @@ async fn http_logger_delivers_one_entry_per_request() {
         "a request a plugin ended early is logged too"
     );
     let batches = sink.bodies().len();
-    assert_eq!(batches, 3, "two full batches and one after inactive_timeout");
+    assert_eq!(
+        batches, 3,
+        "two full batches and one after inactive_timeout"
+    );
 }
 
 #[tokio::test]
@@ -424,15 +457,27 @@ async fn http_logger_drops_and_counts_what_a_hanging_endpoint_leaves_no_room_for
     let m = t
         .proxy
         .wait_metrics("six dropped", |m| {
-            m.get(DROPPED, &[("plugin", "http-logger"), ("reason", "queue_full")]) >= 6.0
+            m.get(
+                DROPPED,
+                &[("plugin", "http-logger"), ("reason", "queue_full")],
+            ) >= 6.0
         })
         .await;
     assert_eq!(
-        m.get(DROPPED, &[("plugin", "http-logger"), ("reason", "queue_full")]),
+        m.get(
+            DROPPED,
+            &[("plugin", "http-logger"), ("reason", "queue_full")]
+        ),
         6.0,
         "{m}"
     );
-    assert_eq!(m.get(DROPPED, &[("plugin", "http-logger"), ("reason", "undelivered")]), 0.0);
+    assert_eq!(
+        m.get(
+            DROPPED,
+            &[("plugin", "http-logger"), ("reason", "undelivered")]
+        ),
+        0.0
+    );
     assert_eq!(t.apps.get("app").received(), 10);
 }
 

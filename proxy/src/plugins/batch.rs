@@ -69,7 +69,11 @@ impl BatchFields {
         in_range("buffer_duration", self.buffer_duration, 1..=3600)?;
         in_range("max_retry_count", self.max_retry_count, 0..=100)?;
         in_range("retry_delay", self.retry_delay, 0..=3600)?;
-        in_range("max_pending_entries", self.max_pending_entries, 1..=1_000_000)?;
+        in_range(
+            "max_pending_entries",
+            self.max_pending_entries,
+            1..=1_000_000,
+        )?;
         Ok(Settings {
             batch_max_size: self.batch_max_size as usize,
             inactive_timeout: Duration::from_secs(self.inactive_timeout),
@@ -332,7 +336,13 @@ mod tests {
     impl Sink for Kept {
         type Item = u32;
         fn encode(&self, batch: Vec<u32>) -> Bytes {
-            Bytes::from(batch.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+            Bytes::from(
+                batch
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
         }
         async fn deliver(&mut self, payload: &Bytes) -> Result<(), String> {
             let mut fail = self.fail.lock().expect("lock");
@@ -341,7 +351,10 @@ mod tests {
                 return Err("down".into());
             }
             let text = std::str::from_utf8(payload).expect("utf-8");
-            let batch = text.split(',').map(|n| n.parse().expect("number")).collect();
+            let batch = text
+                .split(',')
+                .map(|n| n.parse().expect("number"))
+                .collect();
             self.batches.lock().expect("lock").push(batch);
             Ok(())
         }
@@ -371,7 +384,10 @@ mod tests {
             b.push(n);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(*sink.batches.lock().expect("lock"), [vec![0, 1], vec![2, 3]]);
+        assert_eq!(
+            *sink.batches.lock().expect("lock"),
+            [vec![0, 1], vec![2, 3]]
+        );
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
             *sink.batches.lock().expect("lock"),
@@ -409,17 +425,25 @@ mod tests {
     #[test]
     fn endpoints_are_plain_http_with_a_host() {
         for (uri, message) in [
-            ("https://c:4318/v1/traces", "scheme \"https\" is not supported"),
+            (
+                "https://c:4318/v1/traces",
+                "scheme \"https\" is not supported",
+            ),
             ("/v1/traces", "needs http://host"),
             ("http://", "is not a URI"),
         ] {
-            let e = HttpPost::new("uri", uri, HeaderMap::new(), Duration::from_secs(1))
-                .expect_err(uri);
+            let e =
+                HttpPost::new("uri", uri, HeaderMap::new(), Duration::from_secs(1)).expect_err(uri);
             assert_eq!(e.field, ".uri");
             assert!(e.message.contains(message), "{uri}: {}", e.message);
         }
-        let ok = HttpPost::new("uri", "http://sink/logs", HeaderMap::new(), Duration::from_secs(1))
-            .expect("valid");
+        let ok = HttpPost::new(
+            "uri",
+            "http://sink/logs",
+            HeaderMap::new(),
+            Duration::from_secs(1),
+        )
+        .expect("valid");
         assert_eq!(ok.target, "sink:80");
     }
 }

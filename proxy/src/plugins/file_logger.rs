@@ -79,7 +79,8 @@ impl LogFile {
         let signalled = self.reopen.swap(false, Ordering::Relaxed);
         if signalled || self.file.is_none() || !self.current().await {
             self.file = None;
-            let (file, id) = open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+            let (file, id) =
+                open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
             self.file = Some(tokio::fs::File::from_std(file));
             self.id = id;
         }
@@ -121,7 +122,9 @@ impl Sink for LogFile {
 fn listen_for_hangup(reopen: Arc<AtomicBool>, done: tokio::sync::oneshot::Receiver<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("file-logger: SIGHUP cannot be watched; rotation is seen by the file's inode only");
+        tracing::warn!(
+            "file-logger: SIGHUP cannot be watched; rotation is seen by the file's inode only"
+        );
         return;
     };
     tokio::spawn(async move {
@@ -140,13 +143,20 @@ fn listen_for_hangup(reopen: Arc<AtomicBool>, done: tokio::sync::oneshot::Receiv
 
 fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
-    in_range("max_pending_entries", config.max_pending_entries, 1..=1_000_000)?;
+    in_range(
+        "max_pending_entries",
+        config.max_pending_entries,
+        1..=1_000_000,
+    )?;
     let path = PathBuf::from(&config.path);
     if !path.is_absolute() {
-        return Err(Fault::new("path", format!("{:?} is not an absolute path", config.path)));
+        return Err(Fault::new(
+            "path",
+            format!("{:?} is not an absolute path", config.path),
+        ));
     }
-    let (file, id) =
-        open(&path).map_err(|e| Fault::new("path", format!("{} cannot be opened: {e}", path.display())))?;
+    let (file, id) = open(&path)
+        .map_err(|e| Fault::new("path", format!("{} cannot be opened: {e}", path.display())))?;
     // Needs the runtime, as the task does; checked there first.
     tokio::runtime::Handle::try_current()
         .map_err(|_| Fault::new("", "needs the proxy's runtime to start its writer"))?;
@@ -222,7 +232,10 @@ mod tests {
         log_once(&p, 200);
         log_once(&p, 404);
         let lines = lines_of(&path, 2).await;
-        let statuses: Vec<_> = lines.iter().map(|l| l["response"]["status"].clone()).collect();
+        let statuses: Vec<_> = lines
+            .iter()
+            .map(|l| l["response"]["status"].clone())
+            .collect();
         assert_eq!(statuses, [json!(200), json!(404)]);
         // logrotate moves the file away: the next line starts a new one.
         let rotated = dir.path().join("access.log.1");
@@ -231,7 +244,13 @@ mod tests {
         let lines = lines_of(&path, 1).await;
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["response"]["status"], 503);
-        assert_eq!(std::fs::read_to_string(&rotated).expect("kept").lines().count(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&rotated)
+                .expect("kept")
+                .lines()
+                .count(),
+            2
+        );
     }
 
     #[tokio::test]
@@ -240,14 +259,26 @@ mod tests {
             compile,
             &[
                 (json!({}), "", "missing field `path`"),
-                (json!({"path": "logs/access.log"}), ".path", "not an absolute path"),
-                (json!({"path": "/nonexistent-dir/x/access.log"}), ".path", "cannot be opened"),
+                (
+                    json!({"path": "logs/access.log"}),
+                    ".path",
+                    "not an absolute path",
+                ),
+                (
+                    json!({"path": "/nonexistent-dir/x/access.log"}),
+                    ".path",
+                    "cannot be opened",
+                ),
                 (
                     json!({"path": "/tmp/remora-file-logger-test.log", "max_pending_entries": 0}),
                     ".max_pending_entries",
                     "out of range",
                 ),
-                (json!({"path": "/tmp/x.log", "format": "text"}), ".format", "unknown field `format`"),
+                (
+                    json!({"path": "/tmp/x.log", "format": "text"}),
+                    ".format",
+                    "unknown field `format`",
+                ),
             ],
         );
     }

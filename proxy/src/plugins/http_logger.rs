@@ -129,8 +129,8 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         HeaderValue::from_static(content_type),
     );
     if let Some(auth) = &config.auth_header {
-        let value =
-            HeaderValue::from_str(auth).map_err(|_| Fault::new("auth_header", "not a header value"))?;
+        let value = HeaderValue::from_str(auth)
+            .map_err(|_| Fault::new("auth_header", "not a header value"))?;
         headers.insert(http::header::AUTHORIZATION, value);
     }
     let post = HttpPost::new(
@@ -167,7 +167,11 @@ mod tests {
                 (json!({}), "", "missing field `uri`"),
                 (json!({"uri": 5}), ".uri", "invalid type"),
                 (json!({"uri": "https://sink/logs"}), ".uri", "not supported"),
-                (json!({"uri": "http://sink/", "timeout": 0}), ".timeout", "out of range"),
+                (
+                    json!({"uri": "http://sink/", "timeout": 0}),
+                    ".timeout",
+                    "out of range",
+                ),
                 (
                     json!({"uri": "http://sink/", "batch_max_size": 0}),
                     ".batch_max_size",
@@ -209,8 +213,13 @@ mod tests {
             upstream: None,
         };
         let endpoint = |concat| Endpoint {
-            post: HttpPost::new("uri", "http://sink/", HeaderMap::new(), Duration::from_secs(1))
-                .expect("valid"),
+            post: HttpPost::new(
+                "uri",
+                "http://sink/",
+                HeaderMap::new(),
+                Duration::from_secs(1),
+            )
+            .expect("valid"),
             concat,
         };
         let json = endpoint(ConcatMethod::Json)

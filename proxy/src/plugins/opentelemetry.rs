@@ -29,7 +29,9 @@ use http::{request, HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 use rand::Rng;
 use schemars::JsonSchema;
@@ -285,10 +287,12 @@ fn hex_bytes<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// This hop's trace context, from `rewrite` to `log`.
@@ -400,8 +404,8 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
     for (name, value) in &c.request_headers {
         let field = format!("collector.request_headers.{name}");
         let header = super::header_name(&field, name)?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| Fault::new(&field, "not a header value"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| Fault::new(&field, "not a header value"))?;
         headers.insert(header, value);
     }
     headers.insert(
@@ -420,14 +424,26 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         Duration::from_secs(c.request_timeout),
     )?;
     let b = &config.batch_span_processor;
-    in_range("batch_span_processor.max_queue_size", b.max_queue_size, 1..=1_000_000)?;
+    in_range(
+        "batch_span_processor.max_queue_size",
+        b.max_queue_size,
+        1..=1_000_000,
+    )?;
     in_range(
         "batch_span_processor.max_export_batch_size",
         b.max_export_batch_size,
         1..=10_000,
     )?;
-    in_range("batch_span_processor.inactive_timeout", b.inactive_timeout, 0.01..=3600.0)?;
-    in_range("batch_span_processor.batch_timeout", b.batch_timeout, 0.01..=3600.0)?;
+    in_range(
+        "batch_span_processor.inactive_timeout",
+        b.inactive_timeout,
+        0.01..=3600.0,
+    )?;
+    in_range(
+        "batch_span_processor.batch_timeout",
+        b.batch_timeout,
+        0.01..=3600.0,
+    )?;
     let settings = Settings {
         batch_max_size: b.max_export_batch_size as usize,
         inactive_timeout: Duration::from_secs_f64(b.inactive_timeout),
@@ -507,7 +523,11 @@ impl Plugin for OpenTelemetry {
                     .and_then(|h| h.to_str().ok())
                     .map_or("", host_name),
             };
-            (req.method.to_string(), req.uri.path().to_owned(), host.to_owned())
+            (
+                req.method.to_string(),
+                req.uri.path().to_owned(),
+                host.to_owned(),
+            )
         } else {
             Default::default()
         };
@@ -615,7 +635,11 @@ mod tests {
         assert_eq!(hex(&p.span_id), "00f067aa0ba902b7");
         assert!(p.sampled);
         let unsampled = VALID.replace("-01", "-00");
-        assert!(!parent_of(&headers(&[("traceparent", &unsampled)])).expect("valid").sampled);
+        assert!(
+            !parent_of(&headers(&[("traceparent", &unsampled)]))
+                .expect("valid")
+                .sampled
+        );
         // A later version: read as 00, more fields allowed after a dash.
         let future = VALID.replacen("00-", "cc-", 1) + "-what-comes-next";
         assert!(parent_of(&headers(&[("traceparent", &future)])).is_some());
@@ -631,7 +655,11 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
             &(VALID.replacen("00-", "cc-", 1) + "x"),
         ] {
-            assert_eq!(parent_of(&headers(&[("traceparent", bad)])), None, "{bad:?}");
+            assert_eq!(
+                parent_of(&headers(&[("traceparent", bad)])),
+                None,
+                "{bad:?}"
+            );
         }
         let two = headers(&[("traceparent", VALID), ("traceparent", VALID)]);
         assert_eq!(parent_of(&two), None, "two traceparent headers");
@@ -676,15 +704,26 @@ mod tests {
         let mut ctx = ctx(&compiled);
         let mut req = request(
             "/a?b=1",
-            &[("traceparent", VALID), ("tracestate", "k=v"), ("host", "web:8080")],
+            &[
+                ("traceparent", VALID),
+                ("tracestate", "k=v"),
+                ("host", "web:8080"),
+            ],
         );
         p.rewrite(&mut ctx, &mut req);
         let hop = ctx.trace.clone().expect("traced");
         assert_eq!(hop.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(hop.parent.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            hop.parent.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert_eq!(
             req.headers["traceparent"],
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", hex(&hop.span_id)).as_str()
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                hex(&hop.span_id)
+            )
+            .as_str()
         );
         assert_eq!(req.headers["tracestate"], "k=v");
         assert_eq!((&*hop.method, &*hop.path, &*hop.host), ("GET", "/a", "web"));
@@ -695,16 +734,29 @@ mod tests {
         let hop = ctx.trace.clone().expect("traced");
         assert_ne!(hop.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hop.parent, None);
-        let sent = req.headers["traceparent"].to_str().expect("text").to_owned();
-        assert_eq!(parent_of(&req.headers).map(|p| p.trace_id), Some(hop.trace_id), "{sent}");
-        assert!(req.headers.get("tracestate").is_none(), "dropped with a bad parent");
+        let sent = req.headers["traceparent"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        assert_eq!(
+            parent_of(&req.headers).map(|p| p.trace_id),
+            Some(hop.trace_id),
+            "{sent}"
+        );
+        assert!(
+            req.headers.get("tracestate").is_none(),
+            "dropped with a bad parent"
+        );
 
         let off = plugin(serde_json::json!({"collector": {"address": "127.0.0.1:9"}}));
         let mut ctx = super::super::testing::ctx(&compiled);
         let mut req = request("/", &[("traceparent", VALID)]);
         off.rewrite(&mut ctx, &mut req);
         let sent = req.headers["traceparent"].to_str().expect("text");
-        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-00"), "{sent}");
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-00"),
+            "{sent}"
+        );
     }
 
     #[tokio::test]
@@ -726,12 +778,16 @@ mod tests {
                     "unknown variant",
                 ),
                 (
-                    base(serde_json::json!({"sampler": {"name": "trace_id_ratio", "options": {"fraction": 1.5}}})),
+                    base(
+                        serde_json::json!({"sampler": {"name": "trace_id_ratio", "options": {"fraction": 1.5}}}),
+                    ),
                     ".sampler.options.fraction",
                     "out of range",
                 ),
                 (
-                    base(serde_json::json!({"sampler": {"name": "parent_base", "options": {"root": {"name": "trace_id_ratio", "options": {"fraction": -1}}}}})),
+                    base(
+                        serde_json::json!({"sampler": {"name": "parent_base", "options": {"root": {"name": "trace_id_ratio", "options": {"fraction": -1}}}}}),
+                    ),
                     ".sampler.options.root.options.fraction",
                     "out of range",
                 ),
@@ -751,7 +807,9 @@ mod tests {
                     "out of range",
                 ),
                 (
-                    base(serde_json::json!({"batch_span_processor": {"drop_on_queue_full": false}})),
+                    base(
+                        serde_json::json!({"batch_span_processor": {"drop_on_queue_full": false}}),
+                    ),
                     ".batch_span_processor.drop_on_queue_full",
                     "unknown field",
                 ),
