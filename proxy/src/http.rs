@@ -353,6 +353,10 @@ pub(crate) async fn forward(
     prepare_uri(&mut req, upstream, authority)?;
 
     let mut response = pool.send(endpoint, upstream, req).await?;
+    // Loggers say which endpoint answered.
+    response
+        .extensions_mut()
+        .insert(crate::plugins::UpstreamAddr(endpoint.addr));
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
         (downstream_upgrade, response.status())
