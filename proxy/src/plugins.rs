@@ -40,6 +40,11 @@ mod testing;
 mod uri_blocker;
 mod vars;
 
+// The second set of security and traffic plugins.
+mod csrf;
+mod referer_restriction;
+mod ua_restriction;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -390,6 +395,10 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     limit_req::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
     prometheus::DESCRIPTOR,
+    // The second set of security and traffic plugins.
+    ua_restriction::DESCRIPTOR,
+    referer_restriction::DESCRIPTOR,
+    csrf::DESCRIPTOR,
 ];
 
 fn descriptor(name: &str) -> Option<&'static Descriptor> {

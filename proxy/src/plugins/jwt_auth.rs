@@ -266,19 +266,6 @@ enum Source {
     Cookie,
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'r>(req: &'r request::Parts, name: &str) -> Option<&'r str> {
-    req.headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
-
 fn remove_cookie(req: &mut request::Parts, name: &str) {
     let kept: Vec<String> = req
         .headers
@@ -337,7 +324,7 @@ impl JwtAuth {
         if let Some(token) = query_arg(&req.uri, &self.query) {
             return Some((token, Source::Query));
         }
-        cookie(req, &self.cookie).map(|t| (t.into(), Source::Cookie))
+        super::vars::cookie(req, &self.cookie).map(|t| (t.into(), Source::Cookie))
     }
 
     /// The consumer `token` authenticates, or APISIX's message why not.
