@@ -41,6 +41,7 @@ mod uri_blocker;
 mod vars;
 
 // The second set of security and traffic plugins.
+mod anonymous;
 mod csrf;
 mod referer_restriction;
 mod ua_restriction;
@@ -174,6 +175,8 @@ pub(crate) struct Consumer {
 /// Every consumer, and the credential tables the auth plugins look in.
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
+    /// By username, for `anonymous_consumer`.
+    pub(crate) by_name: HashMap<Arc<str>, Arc<Consumer>>,
     pub(crate) key_auth: HashMap<String, Arc<Consumer>>,
     pub(crate) basic_auth: basic_auth::Users,
     pub(crate) jwt: jwt_auth::Keys,
@@ -225,6 +228,29 @@ pub(crate) struct Env {
     /// `remora_plugin_degraded_total{plugin}`: requests a plugin let
     /// through (or refused) because what it depends on did not answer.
     degraded: ::prometheus::IntCounterVec,
+    /// The config's backend and consumer names, for plugins that refer to
+    /// them (traffic-split's `upstream_id`, `anonymous_consumer`).
+    names: Arc<Names>,
+}
+
+/// Names a config defines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Names {
+    backends: std::collections::BTreeSet<String>,
+    consumers: std::collections::BTreeSet<String>,
+}
+
+impl Names {
+    pub(crate) fn of(config: &MeshConfig) -> Self {
+        Names {
+            backends: config.backends.keys().cloned().collect(),
+            consumers: config
+                .consumers
+                .iter()
+                .map(|c| c.username.clone())
+                .collect(),
+        }
+    }
 }
 
 impl Env {
@@ -233,7 +259,24 @@ impl Env {
         Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
             degraded: prometheus::degraded(metrics),
+            names: Arc::default(),
         }
+    }
+
+    /// This environment for compiling `config`, which defines `names`.
+    pub(crate) fn with_names(&self, names: Names) -> Self {
+        Env {
+            names: Arc::new(names),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn has_consumer(&self, name: &str) -> bool {
+        self.names.consumers.contains(name)
+    }
+
+    pub(crate) fn has_backend(&self, name: &str) -> bool {
+        self.names.backends.contains(name)
     }
 }
 
@@ -447,6 +490,7 @@ pub(crate) fn chain_of(base: &[Entry], over: &[Entry]) -> Chain {
 
 /// Compiles global rules, consumers and inbound ports.
 pub(crate) fn compile(config: &MeshConfig, env: &Env) -> Result<Compiled, PluginError> {
+    let env = &env.with_names(Names::of(config));
     let mut global = Vec::new();
     for (i, rule) in config.global_rules.iter().enumerate() {
         let layer = compile_layer(&format!("globalRules[{i}].plugins"), &rule.plugins, env)?;
@@ -516,6 +560,9 @@ fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, Plugin
             header,
             plugins,
         });
+        consumers
+            .by_name
+            .insert(consumer.name.clone(), consumer.clone());
         for (d, file, value) in credentials {
             file(value, &consumer, &mut consumers).map_err(|f| PluginError::Field {
                 at: at.clone(),

@@ -27,6 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::anonymous::Anonymous;
 use super::vars::{query_arg, remove_query_arg};
 use super::{
     header_name, in_range, parse, reject, Consumer, Consumers, Ctx, Descriptor, Env, Fault, Flow,
@@ -49,6 +50,10 @@ pub(crate) struct Config {
     /// Remove the token from the request before it goes on.
     #[serde(default)]
     hide_credentials: bool,
+    /// The consumer (a `consumers[].username`) a request without a valid
+    /// credential runs as; unset, it gets 401.
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
     /// The claim that names the consumer's credential.
     #[serde(default = "default_claim")]
     key_claim_name: String,
@@ -229,10 +234,11 @@ struct JwtAuth {
     query: String,
     cookie: String,
     hide_credentials: bool,
+    anonymous: Anonymous,
     claim: Arc<str>,
 }
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     for (field, text) in [
         ("query", &config.query),
@@ -248,6 +254,7 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
         query: config.query,
         cookie: config.cookie,
         hide_credentials: config.hide_credentials,
+        anonymous: Anonymous::compile(config.anonymous_consumer, env)?,
         claim: Arc::from(config.key_claim_name),
     }))
 }
@@ -377,11 +384,17 @@ impl JwtAuth {
 impl Plugin for JwtAuth {
     fn rewrite(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let Some((token, source)) = self.token(req) else {
-            return Flow::Respond(reject(StatusCode::UNAUTHORIZED, MISSING));
+            return self
+                .anonymous
+                .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, MISSING));
         };
         let consumer = match self.verify(&ctx.consumers().jwt, &token) {
             Ok(consumer) => consumer,
-            Err(message) => return Flow::Respond(reject(StatusCode::UNAUTHORIZED, message)),
+            Err(message) => {
+                return self
+                    .anonymous
+                    .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, message))
+            }
         };
         ctx.consumer = Some(consumer);
         if self.hide_credentials {
@@ -570,6 +583,7 @@ mod tests {
             query: "jwt".into(),
             cookie: "jwt".into(),
             hide_credentials: false,
+            anonymous: Anonymous::default(),
             claim: Arc::from("key"),
         };
         let keys = &compiled.consumers.jwt;
