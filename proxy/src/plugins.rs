@@ -43,8 +43,12 @@ mod vars;
 // The second set of security and traffic plugins.
 mod anonymous;
 mod csrf;
+mod proxy_mirror;
 mod referer_restriction;
+mod traffic_split;
 mod ua_restriction;
+
+pub(crate) use proxy_mirror::MirrorTarget;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -442,6 +446,8 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     ua_restriction::DESCRIPTOR,
     referer_restriction::DESCRIPTOR,
     csrf::DESCRIPTOR,
+    proxy_mirror::DESCRIPTOR,
+    traffic_split::DESCRIPTOR,
 ];
 
 fn descriptor(name: &str) -> Option<&'static Descriptor> {
@@ -603,6 +609,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) route: Arc<str>,
     /// Who authenticated, once an auth plugin said so.
     pub(crate) consumer: Option<Arc<Consumer>>,
+    /// Outbound: the backend traffic-split chose instead of the route's.
+    pub(crate) upstream: Option<Arc<str>>,
+    /// Outbound: where proxy-mirror sends a copy.
+    pub(crate) mirror: Option<Arc<MirrorTarget>>,
     compiled: &'a Compiled,
     /// The service/port + route chain (consumer-merged after `rewrite`).
     chain: Chain,
@@ -639,6 +649,8 @@ impl<'a> Ctx<'a> {
             service: Arc::default(),
             route: Arc::default(),
             consumer: None,
+            upstream: None,
+            mirror: None,
             compiled,
             chain: Chain::default(),
             response_headers: Vec::new(),
