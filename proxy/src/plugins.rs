@@ -235,6 +235,8 @@ pub(crate) struct Env {
     /// The config's backend and consumer names, for plugins that refer to
     /// them (traffic-split's `upstream_id`, `anonymous_consumer`).
     names: Arc<Names>,
+    /// `remora_plugin_body_skipped_total{plugin,reason}`.
+    body_skipped: ::prometheus::IntCounterVec,
 }
 
 /// Names a config defines.
@@ -264,6 +266,7 @@ impl Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
             degraded: prometheus::degraded(metrics),
             names: Arc::default(),
+            body_skipped: response_rewrite::body_skipped(metrics),
         }
     }
 

@@ -5,7 +5,8 @@
 //! consumer with its own limit, traffic-split sends exactly its share (and
 //! exactly the matching requests) to another backend, proxy-mirror copies
 //! exactly the sampled requests with the concatenated path while the client
-//! gets the main answer, and invalid configs of each are rejected naming
+//! gets the main answer, response-rewrite filters rewrite the body the
+//! client gets, and invalid configs of each are rejected naming
 //! the plugin and the field while traffic flows on the last good config.
 
 use std::time::{Duration, Instant};
@@ -334,6 +335,11 @@ async fn invalid_configs_of_these_plugins_are_rejected_and_the_last_good_one_sta
             format!("{at}.proxy-mirror.host: plugin proxy-mirror: \"http://shadow.default.svc\" is not http://<ip>[:port]"),
         ),
         (
+            "response-rewrite",
+            json!({"body": "x", "filters": [{"regex": "a", "replace": "b"}]}),
+            format!("{at}.response-rewrite.filters: plugin response-rewrite: is not allowed with body"),
+        ),
+        (
             "key-auth",
             json!({"anonymous_consumer": "ghost"}),
             format!("{at}.key-auth.anonymous_consumer: plugin key-auth: \"ghost\" is not one of consumers[].username"),
@@ -370,5 +376,35 @@ async fn invalid_configs_of_these_plugins_are_rejected_and_the_last_good_one_sta
             .expect("request");
         assert_eq!(passed.status, 200, "{name}");
     }
-    assert_eq!(t.apps.get("app").received(), 6);
+    assert_eq!(t.apps.get("app").received(), 7);
+}
+
+#[tokio::test]
+async fn response_rewrite_filters_rewrite_the_body_the_client_gets() {
+    let t = Standalone::start("plug_resp_filters", &["catalog"], |apps| {
+        web(
+            "v1",
+            vec![route()
+                .plugin(
+                    "response-rewrite",
+                    json!({"filters": [
+                        {"regex": "a", "scope": "global", "replace": "4"},
+                        {"regex": "^(C)", "replace": "[$1]", "options": "i"}
+                    ]}),
+                )
+                .to("catalog")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let mut c = t.http();
+    let reply = c.get("/items").await.expect("request");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "[c]4t4log"));
+    assert_eq!(
+        reply.header("content-length"),
+        None,
+        "the app's length is dropped"
+    );
+    assert_eq!(reply.header("x-pod"), Some("catalog"), "headers untouched");
+    assert_eq!(t.apps.get("catalog").received(), 1);
 }
