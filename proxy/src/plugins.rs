@@ -45,6 +45,16 @@ mod testing;
 mod uri_blocker;
 mod vars;
 
+// The second set of security and traffic plugins.
+mod anonymous;
+mod csrf;
+mod proxy_mirror;
+mod referer_restriction;
+mod traffic_split;
+mod ua_restriction;
+
+pub(crate) use proxy_mirror::MirrorTarget;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -190,6 +200,8 @@ pub(crate) struct Consumer {
 /// Every consumer, and the credential tables the auth plugins look in.
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
+    /// By username, for `anonymous_consumer`.
+    pub(crate) by_name: HashMap<Arc<str>, Arc<Consumer>>,
     pub(crate) key_auth: HashMap<String, Arc<Consumer>>,
     pub(crate) basic_auth: basic_auth::Users,
     pub(crate) jwt: jwt_auth::Keys,
@@ -249,6 +261,31 @@ pub(crate) struct Env {
     /// `remora_plugin_dropped_total{plugin, reason}`: log entries and spans
     /// a plugin gave up on (its queue full, its endpoint down).
     dropped: ::prometheus::IntCounterVec,
+    /// The config's backend and consumer names, for plugins that refer to
+    /// them (traffic-split's `upstream_id`, `anonymous_consumer`).
+    names: Arc<Names>,
+    /// `remora_plugin_body_skipped_total{plugin,reason}`.
+    body_skipped: ::prometheus::IntCounterVec,
+}
+
+/// Names a config defines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Names {
+    backends: std::collections::BTreeSet<String>,
+    consumers: std::collections::BTreeSet<String>,
+}
+
+impl Names {
+    pub(crate) fn of(config: &MeshConfig) -> Self {
+        Names {
+            backends: config.backends.keys().cloned().collect(),
+            consumers: config
+                .consumers
+                .iter()
+                .map(|c| c.username.clone())
+                .collect(),
+        }
+    }
 }
 
 impl Env {
@@ -258,7 +295,25 @@ impl Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
             degraded: prometheus::degraded(metrics),
             dropped: prometheus::dropped(metrics),
+            names: Arc::default(),
+            body_skipped: response_rewrite::body_skipped(metrics),
         }
+    }
+
+    /// This environment for compiling `config`, which defines `names`.
+    pub(crate) fn with_names(&self, names: Names) -> Self {
+        Env {
+            names: Arc::new(names),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn has_consumer(&self, name: &str) -> bool {
+        self.names.consumers.contains(name)
+    }
+
+    pub(crate) fn has_backend(&self, name: &str) -> bool {
+        self.names.backends.contains(name)
     }
 
     /// Drops APISIX's series of the services and routes
@@ -441,6 +496,12 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     opentelemetry::DESCRIPTOR,
     http_logger::DESCRIPTOR,
     file_logger::DESCRIPTOR,
+    // The second set of security and traffic plugins.
+    ua_restriction::DESCRIPTOR,
+    referer_restriction::DESCRIPTOR,
+    csrf::DESCRIPTOR,
+    proxy_mirror::DESCRIPTOR,
+    traffic_split::DESCRIPTOR,
 ];
 
 fn descriptor(name: &str) -> Option<&'static Descriptor> {
@@ -490,6 +551,7 @@ pub(crate) fn chain_of(base: &[Entry], over: &[Entry]) -> Chain {
 
 /// Compiles global rules, consumers and inbound ports.
 pub(crate) fn compile(config: &MeshConfig, env: &Env) -> Result<Compiled, PluginError> {
+    let env = &env.with_names(Names::of(config));
     let mut global = Vec::new();
     for (i, rule) in config.global_rules.iter().enumerate() {
         let layer = compile_layer(&format!("globalRules[{i}].plugins"), &rule.plugins, env)?;
@@ -559,6 +621,9 @@ fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, Plugin
             header,
             plugins,
         });
+        consumers
+            .by_name
+            .insert(consumer.name.clone(), consumer.clone());
         for (d, file, value) in credentials {
             file(value, &consumer, &mut consumers).map_err(|f| PluginError::Field {
                 at: at.clone(),
@@ -599,6 +664,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) route: Arc<str>,
     /// Who authenticated, once an auth plugin said so.
     pub(crate) consumer: Option<Arc<Consumer>>,
+    /// Outbound: the backend traffic-split chose instead of the route's.
+    pub(crate) upstream: Option<Arc<str>>,
+    /// Outbound: where proxy-mirror sends a copy.
+    pub(crate) mirror: Option<Arc<MirrorTarget>>,
     compiled: &'a Compiled,
     /// The service/port + route chain (consumer-merged after `rewrite`).
     chain: Chain,
@@ -639,6 +708,8 @@ impl<'a> Ctx<'a> {
             service: Arc::default(),
             route: Arc::default(),
             consumer: None,
+            upstream: None,
+            mirror: None,
             compiled,
             chain: Chain::default(),
             response_headers: Vec::new(),

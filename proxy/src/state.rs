@@ -392,14 +392,23 @@ impl State {
             }
             _ => Arc::new(plugins::compile(&config, &self.plugin_env)?),
         };
+        // Plugins may name backends and consumers (traffic-split,
+        // anonymous_consumer): a service is only kept while those are too.
+        let names = plugins::Names::of(&config);
+        let same_names = previous
+            .config
+            .as_deref()
+            .is_some_and(|old| plugins::Names::of(old) == names);
+        let env = self.plugin_env.with_names(names);
         let mut services = HashMap::with_capacity(config.outbound.services.len());
         for (si, service) in config.outbound.services.iter().enumerate() {
-            let unchanged = previous_configs
-                .get(service.name.as_str())
-                .is_some_and(|old| *old == service);
+            let unchanged = same_names
+                && previous_configs
+                    .get(service.name.as_str())
+                    .is_some_and(|old| *old == service);
             let ports = match previous.services.get(&service.name) {
                 Some(ports) if unchanged => ports.clone(),
-                _ => compile_service(si, service, &self.plugin_env)?,
+                _ => compile_service(si, service, &env)?,
             };
             services.insert(service.name.clone(), ports);
         }
