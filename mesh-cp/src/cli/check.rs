@@ -10,8 +10,15 @@
 //!   and reserved names, with the injector's own pure function, as the
 //!   webhook would (its denial becomes an error here).
 //!
-//! Other Kubernetes kinds are counted as not checked; the control-plane
-//! sources (Services, routes, policies) arrive with issue 9.
+//! - the control plane's objects (Services, EndpointSlices, Pods, Secrets,
+//!   Gateway API routes, the `remora.dev` CRDs), across all the files
+//!   together: each is read with the file source's own `Store::insert`, as
+//!   `remora-cp --source-dir` would, and then the whole set is translated,
+//!   so what would become a status condition (a backendRef to a missing
+//!   Service, a route conflict, a policy whose target is not there) is an
+//!   error here, named at the object's file and document.
+//!
+//! Other Kubernetes kinds are counted as not checked.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ use remora_injector::{InjectError, Settings};
 use serde_json::Value;
 
 use super::manifest::{self, POD_KINDS};
+use crate::translate::{translate, ObjectError, Options, Store};
 
 /// The extensions looked at in a directory.
 const EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
@@ -52,6 +60,8 @@ pub struct Report {
     pub files: usize,
     pub mesh_configs: usize,
     pub workloads: usize,
+    /// Control-plane objects read into the translation's store.
+    pub objects: usize,
     /// Kubernetes objects of kinds not checked yet, by kind.
     pub unchecked: BTreeMap<String, usize>,
     pub findings: Vec<Finding>,
@@ -70,6 +80,13 @@ impl Report {
             self.workloads,
             plural(self.workloads, "workload", "workloads"),
         );
+        if self.objects > 0 {
+            line += &format!(
+                ", {} mesh {}",
+                self.objects,
+                plural(self.objects, "object", "objects")
+            );
+        }
         if unchecked > 0 {
             let kinds: Vec<String> = self
                 .unchecked
@@ -101,6 +118,7 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 /// every directory named (sorted, so the output is stable).
 pub fn check(paths: &[PathBuf]) -> Report {
     let mut report = Report::default();
+    let mut objects = Objects::default();
     for path in paths {
         let mut files = Vec::new();
         if let Err(e) = collect(path, true, &mut files) {
@@ -112,10 +130,93 @@ pub fn check(paths: &[PathBuf]) -> Report {
             });
         }
         for file in files {
-            check_file(&file, &mut report);
+            check_file(&file, &mut report, &mut objects);
         }
     }
+    objects.check(&mut report);
     report
+}
+
+/// The control plane's objects of every file, checked together: a route in
+/// one file may name a Service in another.
+#[derive(Debug, Default)]
+struct Objects {
+    store: Store,
+    /// Where each object read came from, by kind and `<namespace>/<name>`.
+    origins: BTreeMap<(String, String), (String, String)>,
+}
+
+impl Objects {
+    /// Reads one object into the store, as the file source would. Returns
+    /// false for a kind the control plane does not read.
+    fn add(&mut self, file: &str, document: &str, value: Value, report: &mut Report) -> bool {
+        let key = object_key(&value);
+        match self.store.insert(value) {
+            Ok(kind) => {
+                report.objects += 1;
+                self.origins.insert(
+                    (kind.to_owned(), key),
+                    (file.to_owned(), document.to_owned()),
+                );
+                true
+            }
+            Err(ObjectError::UnknownKind { .. }) => false,
+            Err(e) => {
+                let (field, message) = match &e {
+                    ObjectError::Invalid { message, .. } => message
+                        .split_once(": ")
+                        .map(|(f, m)| (f.to_owned(), m.to_owned()))
+                        .unwrap_or_else(|| (".".to_owned(), message.clone())),
+                    _ => ("metadata.name".to_owned(), e.to_string()),
+                };
+                report.findings.push(Finding {
+                    file: file.to_owned(),
+                    document: Some(document.to_owned()),
+                    field,
+                    message,
+                });
+                true
+            }
+        }
+    }
+
+    /// Translates the store; every problem a status condition would carry
+    /// is an error at the object's file.
+    fn check(self, report: &mut Report) {
+        if self.origins.is_empty() {
+            return;
+        }
+        let translation = translate(&self.store, &Options::default());
+        for problem in translation.problems {
+            let (file, document) = self
+                .origins
+                .get(&(problem.kind.to_owned(), problem.key.clone()))
+                .cloned()
+                .unwrap_or_else(|| ("-".to_owned(), format!("{} {}", problem.kind, problem.key)));
+            report.findings.push(Finding {
+                file,
+                document: Some(document),
+                field: format!("status.conditions[{}]", problem.condition),
+                message: format!("{}: {}", problem.reason, problem.message),
+            });
+        }
+    }
+}
+
+/// `<namespace>/<name>`, as the store keys objects (namespaces by name).
+fn object_key(value: &Value) -> String {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if value.get("kind").and_then(Value::as_str) == Some("Namespace") {
+        return name.to_owned();
+    }
+    let ns = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    format!("{ns}/{name}")
 }
 
 fn collect(path: &Path, named: bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -145,7 +246,7 @@ fn collect(path: &Path, named: bool, out: &mut Vec<PathBuf>) -> std::io::Result<
     Ok(())
 }
 
-fn check_file(path: &Path, report: &mut Report) {
+fn check_file(path: &Path, report: &mut Report, objects: &mut Objects) {
     report.files += 1;
     let file = path.display().to_string();
     let finding = |document: Option<String>, field: &str, message: String| Finding {
@@ -203,9 +304,15 @@ fn check_file(path: &Path, report: &mut Report) {
             .to_owned();
         let document = manifest::describe(index, &value);
         let Some((_, pointer)) = POD_KINDS.iter().find(|(k, _)| *k == kind) else {
-            *report.unchecked.entry(kind).or_default() += 1;
+            if !objects.add(&file, &document, value, report) {
+                *report.unchecked.entry(kind).or_default() += 1;
+            }
             continue;
         };
+        // A Pod gives translation its identity (and the meshed flag).
+        if kind == "Pod" {
+            let _ = objects.store.insert(value.clone());
+        }
         report.workloads += 1;
         let Some(pod) = value.pointer(pointer).filter(|p| p.is_object()) else {
             report.findings.push(finding(
