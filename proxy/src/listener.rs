@@ -597,7 +597,7 @@ fn tcp_target(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
         .routes
         .routes()
         .first()
-        .and_then(|r| r.pick_backend(&mut rand::rng()))
+        .and_then(|r| r.pick_backend())
     else {
         return TcpTarget::Unavailable("no backend with weight");
     };

@@ -109,7 +109,7 @@ impl HttpProxy {
             }
             Err(e) => return (Err(filter_error(&e)), labels),
         }
-        let Some(backend_ref) = route.pick_backend(&mut rand::rng()) else {
+        let Some(backend_ref) = route.pick_backend() else {
             return (
                 Err(ProxyError::new(
                     ErrorKind::NoBackend,
