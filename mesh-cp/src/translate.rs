@@ -540,7 +540,10 @@ impl PluginAttachments {
                                  supported yet",
                                 target.kind,
                                 target.name,
-                                target.port.map(|p| format!(" port {p}")).unwrap_or_default()
+                                target
+                                    .port
+                                    .map(|p| format!(" port {p}"))
+                                    .unwrap_or_default()
                             ),
                         });
                         continue;

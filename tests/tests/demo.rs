@@ -390,18 +390,27 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     };
 
     // Every sidecar got its certificate from the CA.
-    for (pod, sa) in [("client", "client"), ("hello-v1", "hello"), ("hello-v2", "hello")] {
+    for (pod, sa) in [
+        ("client", "client"),
+        ("hello-v1", "hello"),
+        ("hello-v2", "hello"),
+    ] {
         let line = format!(
             "proxy in {pod}: ready (its certificate: spiffe://cluster.local/ns/demo/sa/{sa})"
         );
-        assert!(out.lines.contains(&line.as_str()), "{line:?} missing\n{output}");
+        assert!(
+            out.lines.contains(&line.as_str()),
+            "{line:?} missing\n{output}"
+        );
     }
     assert_eq!(
         out.after("-- remora-cp:"),
         "remora_cp_certificates_issued_total 3"
     );
     // Config comes from files until discovery lands, and the output says so.
-    assert!(out.all.contains("(from files until the proxy's discovery client lands"));
+    assert!(out
+        .all
+        .contains("(from files until the proxy's discovery client lands"));
 
     // 1. Capture: the first request on the split goes to v1 (the split is
     // exact and starts at v1's range), counted by both sidecars.
@@ -421,7 +430,14 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     assert_eq!(client.get(REQUESTS, OUTBOUND), 1.0, "{client}");
     let server = out.metrics(capture, "hello-v1 sidecar (inbound)");
     assert_eq!(
-        server.get(REQUESTS, &[("direction", "inbound"), ("client_id", CLIENT_ID), ("status", "200")]),
+        server.get(
+            REQUESTS,
+            &[
+                ("direction", "inbound"),
+                ("client_id", CLIENT_ID),
+                ("status", "200")
+            ]
+        ),
         1.0,
         "{server}"
     );
@@ -440,20 +456,32 @@ fn the_demo_runs_and_leaves_nothing_behind() {
         1.0,
         "{server}"
     );
-    assert_eq!(server.get(connections, &[("security", "plaintext")]), 0.0, "{server}");
     assert_eq!(
-        server.get("remora_tls_handshakes_total", &[("direction", "inbound"), ("result", "ok")]),
+        server.get(connections, &[("security", "plaintext")]),
+        0.0,
+        "{server}"
+    );
+    assert_eq!(
+        server.get(
+            "remora_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")]
+        ),
         1.0,
         "{server}"
     );
 
     // 3. The split: exactly 90/10 by the apps, the client's and the
     // servers' sidecars.
-    assert!(out.all.contains("3. traffic split: 100 requests to http://10.96.0.10/"));
-    assert_eq!(out.after("3. traffic split"), "replies by app: hello-v1 90, hello-v2 10");
     assert!(out
-        .lines
-        .contains(&"client sidecar, requests by backend: demo/hello-v1:80 90, demo/hello-v2:80 10"));
+        .all
+        .contains("3. traffic split: 100 requests to http://10.96.0.10/"));
+    assert_eq!(
+        out.after("3. traffic split"),
+        "replies by app: hello-v1 90, hello-v2 10"
+    );
+    assert!(out.lines.contains(
+        &"client sidecar, requests by backend: demo/hello-v1:80 90, demo/hello-v2:80 10"
+    ));
     assert!(out
         .lines
         .contains(&"server sidecars, inbound requests: hello-v1 90, hello-v2 10"));
@@ -466,14 +494,19 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     let mut want: Vec<String> = (1..=5)
         .map(|i| format!("request {i}: 200 hello-v1 saw x-remora-client-id: {CLIENT_ID}"))
         .collect();
-    want.extend((6..=10).map(|i| format!(r#"request {i}: 429 {{"error_msg":"Too many requests"}}"#)));
+    want.extend(
+        (6..=10).map(|i| format!(r#"request {i}: 429 {{"error_msg":"Too many requests"}}"#)),
+    );
     assert_eq!(replies, want, "{output}");
     assert_eq!(out.lines[start + 10], "by status: 200 5, 429 5");
     let client = out.metrics(limit, "client sidecar");
     let limited = |status| [("route", "limited"), ("status", status)];
     assert_eq!(client.get(REQUESTS, &limited("200")), 5.0, "{client}");
     assert_eq!(client.get(REQUESTS, &limited("429")), 5.0, "{client}");
-    assert!(out.lines.last().is_some_and(|l| l.starts_with("== done")), "{output}");
+    assert!(
+        out.lines.last().is_some_and(|l| l.starts_with("== done")),
+        "{output}"
+    );
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM once the proxies run: the demo stops

@@ -25,9 +25,8 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use objects::{
-    DemoPod, HostPaths, Sidecar, CLIENT, CP_ADMIN_PORT, CP_GRPC_PORT, HELLO_IP,
-    LIMITED_PATH, LIMIT_COUNT, LIMIT_WINDOW_SECONDS, NODE_IP, NODE_NETNS, PODS, SERVERS,
-    SPLIT_WEIGHTS,
+    DemoPod, HostPaths, Sidecar, CLIENT, CP_ADMIN_PORT, CP_GRPC_PORT, HELLO_IP, LIMITED_PATH,
+    LIMIT_COUNT, LIMIT_WINDOW_SECONDS, NODE_IP, NODE_NETNS, PODS, SERVERS, SPLIT_WEIGHTS,
 };
 
 /// Requests of the split step and of the rate-limit step.
@@ -75,14 +74,16 @@ pub enum DemoError {
 pub async fn run(args: &DemoArgs) -> ExitCode {
     // Listen before anything is made, so no signal finds a half-made demo
     // without its cleanup.
-    let (mut interrupt, mut terminate) =
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-            (Ok(i), Ok(t)) => (i, t),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("remora demo: listening for signals: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("remora demo: listening for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _lock = match host::lock() {
         Ok(lock) => lock,
         Err(e) => {
@@ -179,11 +180,18 @@ async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
         configs_dir: tmp.join("configs"),
     };
     let source_dir = tmp.join("objects");
-    for dir in [tmp, &host_paths.tokens_dir, &host_paths.configs_dir, &source_dir] {
+    for dir in [
+        tmp,
+        &host_paths.tokens_dir,
+        &host_paths.configs_dir,
+        &source_dir,
+    ] {
         make_dir(dir)?;
     }
 
-    step("injection: each pod through the injector's pure function (remora_injector::injected_pod)");
+    step(
+        "injection: each pod through the injector's pure function (remora_injector::injected_pod)",
+    );
     let sidecars: Vec<Sidecar> = PODS
         .iter()
         .map(|pod| objects::sidecar(pod, &host_paths))
@@ -275,7 +283,12 @@ async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
         argv.extend(s.init_args.iter().cloned());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         host::run_in(&s.pod.netns(), &argv).await?;
-        println!("pod {}: {} (namespace {})", s.pod.name, s.pod.ip, s.pod.netns());
+        println!(
+            "pod {}: {} (namespace {})",
+            s.pod.name,
+            s.pod.ip,
+            s.pod.netns()
+        );
     }
     let rules = host::run_in(&CLIENT.netns(), &["iptables-save", "-t", "nat"]).await?;
     for line in rules.lines().filter(|l| l.contains("REMORA")) {
@@ -298,17 +311,23 @@ async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
         host::spawn_in(&s.pod.netns(), &argv, &s.proxy_env, &log)?;
     }
     for s in &sidecars {
-        host::wait_ok(&s.pod.netns(), &format!("{PROXY_ADMIN}/ready"), READY_DEADLINE)
-            .await
-            .map_err(DemoError::Step)?;
-        println!("proxy in {}: ready (its certificate: {})", s.pod.name, s.pod.identity());
+        host::wait_ok(
+            &s.pod.netns(),
+            &format!("{PROXY_ADMIN}/ready"),
+            READY_DEADLINE,
+        )
+        .await
+        .map_err(DemoError::Step)?;
+        println!(
+            "proxy in {}: ready (its certificate: {})",
+            s.pod.name,
+            s.pod.identity()
+        );
     }
     let cp_metrics = metrics(NODE_NETNS, &format!("{cp_admin}/metrics")).await?;
-    print_samples(
-        "remora-cp",
-        &cp_metrics,
-        |s| s.name == "remora_cp_certificates_issued_total",
-    );
+    print_samples("remora-cp", &cp_metrics, |s| {
+        s.name == "remora_cp_certificates_issued_total"
+    });
 
     step("the apps: an HTTP server on :8080 in each hello pod");
     let remora = bin.join("remora").display().to_string();
@@ -321,14 +340,26 @@ async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
             "--listen".into(),
             format!("0.0.0.0:{}", objects::APP_PORT),
         ];
-        host::spawn_in(&pod.netns(), &argv, &[], &log_path(&format!("{}-app", pod.name)))?;
+        host::spawn_in(
+            &pod.netns(),
+            &argv,
+            &[],
+            &log_path(&format!("{}-app", pod.name)),
+        )?;
     }
     for s in sidecars.iter().filter(|s| s.app_probe.is_some()) {
         let probe = s.app_probe.as_deref().unwrap_or_default();
-        host::wait_ok(&s.pod.netns(), &format!("{PROXY_ADMIN}{probe}"), READY_DEADLINE)
-            .await
-            .map_err(DemoError::Step)?;
-        println!("app in {}: ready (the readiness probe the injector moved to :15020{probe})", s.pod.name);
+        host::wait_ok(
+            &s.pod.netns(),
+            &format!("{PROXY_ADMIN}{probe}"),
+            READY_DEADLINE,
+        )
+        .await
+        .map_err(DemoError::Step)?;
+        println!(
+            "app in {}: ready (the readiness probe the injector moved to :15020{probe})",
+            s.pod.name
+        );
     }
 
     capture_and_identity().await?;
@@ -338,18 +369,25 @@ async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
 }
 
 fn names(env: &[(String, String)]) -> String {
-    env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
+    env.iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Steps 1 and 2: one request to the cluster IP, counted by both sidecars,
 /// and the identity the server saw.
 async fn capture_and_identity() -> Result<(), DemoError> {
     let url = format!("http://{HELLO_IP}/");
-    step(&format!("1. capture: the client app calls the hello service's cluster IP: curl {url}"));
+    step(&format!(
+        "1. capture: the client app calls the hello service's cluster IP: curl {url}"
+    ));
     let (status, body) = host::curl(&CLIENT.netns(), &url, REQUEST_DEADLINE).await?;
     println!("reply: {status} {}", body.trim());
     if status != 200 {
-        return Err(DemoError::Step(format!("the first request got {status}: {body}")));
+        return Err(DemoError::Step(format!(
+            "the first request got {status}: {body}"
+        )));
     }
     let server = SERVERS
         .into_iter()
@@ -360,11 +398,16 @@ async fn capture_and_identity() -> Result<(), DemoError> {
         s.name == "remora_requests_total"
     });
     let server_metrics = proxy_metrics(&server).await?;
-    print_samples(&format!("{} sidecar (inbound)", server.name), &server_metrics, |s| {
-        s.name == "remora_requests_total"
-    });
+    print_samples(
+        &format!("{} sidecar (inbound)", server.name),
+        &server_metrics,
+        |s| s.name == "remora_requests_total",
+    );
 
-    step(&format!("2. mTLS: the identity {}'s app saw, and how its sidecar took the connection", server.name));
+    step(&format!(
+        "2. mTLS: the identity {}'s app saw, and how its sidecar took the connection",
+        server.name
+    ));
     let seen = body
         .trim()
         .split_once(": ")
@@ -405,13 +448,19 @@ async fn split() -> Result<(), DemoError> {
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
         .filter(|(_, v)| *v > 0)
         .collect();
-    println!("client sidecar, requests by backend: {}", counts_line(&delta));
+    println!(
+        "client sidecar, requests by backend: {}",
+        counts_line(&delta)
+    );
     let after_inbound = inbound_counts().await?;
     let inbound: BTreeMap<String, u32> = after_inbound
         .iter()
         .map(|(k, v)| (k.clone(), v - before_inbound.get(k).copied().unwrap_or(0)))
         .collect();
-    println!("server sidecars, inbound requests: {}", counts_line(&inbound));
+    println!(
+        "server sidecars, inbound requests: {}",
+        counts_line(&inbound)
+    );
     Ok(())
 }
 
@@ -446,7 +495,8 @@ fn counts_line(counts: &BTreeMap<String, u32>) -> String {
 fn backend_counts(samples: &[Sample]) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     for s in samples.iter().filter(|s| {
-        s.name == "remora_requests_total" && s.labels.get("direction").is_some_and(|d| d == "outbound")
+        s.name == "remora_requests_total"
+            && s.labels.get("direction").is_some_and(|d| d == "outbound")
     }) {
         let backend = s.labels.get("backend").cloned().unwrap_or_default();
         *out.entry(backend).or_default() += s.value as u32;
@@ -548,7 +598,10 @@ mod tests {
         );
         assert_eq!(samples[0].labels["direction"], "inbound");
         assert_eq!(samples[0].value, 3.0);
-        assert_eq!((samples[1].name.as_str(), samples[1].value), ("remora_up", 1.0));
+        assert_eq!(
+            (samples[1].name.as_str(), samples[1].value),
+            ("remora_up", 1.0)
+        );
         assert_eq!(
             backend_counts(&parse_metrics(
                 "remora_requests_total{backend=\"a\",direction=\"outbound\"} 2\n\

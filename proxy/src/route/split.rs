@@ -219,7 +219,9 @@ mod tests {
             .map(|_| fresh.pick().map_or("none", CompiledBackend::name))
             .collect();
         assert!(
-            picks.windows(3).all(|w| w.iter().filter(|n| **n == "canary").count() <= 1),
+            picks
+                .windows(3)
+                .all(|w| w.iter().filter(|n| **n == "canary").count() <= 1),
             "{picks:?}"
         );
     }

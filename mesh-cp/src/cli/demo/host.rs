@@ -27,9 +27,7 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Why a host step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error(
-        "another demo is running (it holds {LOCK_PATH}); wait for it to finish"
-    )]
+    #[error("another demo is running (it holds {LOCK_PATH}); wait for it to finish")]
     Busy,
     #[error("{what}: {source}")]
     Io {
@@ -115,7 +113,13 @@ pub async fn curl(netns: &str, url: &str, max: Duration) -> Result<(u16, String)
     let out = run_in(
         netns,
         &[
-            "curl", "-sS", "--max-time", &max_time, "-w", "\n%{http_code}", url,
+            "curl",
+            "-sS",
+            "--max-time",
+            &max_time,
+            "-w",
+            "\n%{http_code}",
+            url,
         ],
     )
     .await?;
@@ -135,7 +139,9 @@ pub async fn wait_ok(netns: &str, url: &str, deadline: Duration) -> Result<(), S
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!("{url} in {netns} not 200 after {deadline:?}: {last}"))
+    Err(format!(
+        "{url} in {netns} not 200 after {deadline:?}: {last}"
+    ))
 }
 
 /// Makes the node namespace with the bridge, and each pod's namespace
@@ -146,8 +152,16 @@ pub async fn make_pods(pods: &[DemoPod]) -> Result<(), HostError> {
     let bridge = format!("{NODE_IP}/{PREFIX_LEN}");
     let node_ip = NODE_IP.to_string();
     run("ip", &["netns", "add", NODE_NETNS]).await?;
-    run("ip", &["-n", NODE_NETNS, "link", "add", "br0", "type", "bridge"]).await?;
-    run("ip", &["-n", NODE_NETNS, "addr", "add", &bridge, "dev", "br0"]).await?;
+    run(
+        "ip",
+        &["-n", NODE_NETNS, "link", "add", "br0", "type", "bridge"],
+    )
+    .await?;
+    run(
+        "ip",
+        &["-n", NODE_NETNS, "addr", "add", &bridge, "dev", "br0"],
+    )
+    .await?;
     run("ip", &["-n", NODE_NETNS, "link", "set", "br0", "up"]).await?;
     run("ip", &["-n", NODE_NETNS, "link", "set", "lo", "up"]).await?;
     for pod in pods {
@@ -164,10 +178,20 @@ pub async fn make_pods(pods: &[DemoPod]) -> Result<(), HostError> {
             ],
         )
         .await?;
-        run("ip", &["-n", NODE_NETNS, "link", "set", &veth, "master", "br0", "up"]).await?;
+        run(
+            "ip",
+            &[
+                "-n", NODE_NETNS, "link", "set", &veth, "master", "br0", "up",
+            ],
+        )
+        .await?;
         run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"]).await?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"]).await?;
-        run("ip", &["-n", &ns, "route", "add", "default", "via", &node_ip]).await?;
+        run(
+            "ip",
+            &["-n", &ns, "route", "add", "default", "via", &node_ip],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -195,7 +219,10 @@ pub fn spawn_in(
         .args(["netns", "exec", netns])
         .args(argv)
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)

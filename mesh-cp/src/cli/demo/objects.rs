@@ -231,17 +231,14 @@ pub struct Sidecar {
 /// Injects `pod` with the injector's pure function and reads out what
 /// its init and proxy containers run, mapping host-specific values.
 pub fn sidecar(pod: &DemoPod, host: &HostPaths) -> Result<Sidecar, ObjectsError> {
-    let injected = remora_injector::injected_pod(
-        &pod.manifest(),
-        &namespace_labels(),
-        &injector_settings(),
-    )
-    .map_err(|e| ObjectsError::Inject {
-        pod: pod.name,
-        reason: e.to_string(),
-    })?
-    .map(|(pod, _warnings)| pod)
-    .ok_or(ObjectsError::Skipped(pod.name))?;
+    let injected =
+        remora_injector::injected_pod(&pod.manifest(), &namespace_labels(), &injector_settings())
+            .map_err(|e| ObjectsError::Inject {
+                pod: pod.name,
+                reason: e.to_string(),
+            })?
+            .map(|(pod, _warnings)| pod)
+            .ok_or(ObjectsError::Skipped(pod.name))?;
     let missing = |what: &str| ObjectsError::Missing {
         pod: pod.name,
         what: what.to_owned(),
@@ -379,12 +376,12 @@ pub fn token_file() -> String {
 pub fn source_files(sidecars: &[Sidecar]) -> Result<Vec<(String, String)>, ObjectsError> {
     let mut pods = Vec::new();
     for sidecar in sidecars {
-        pods.push(
-            serde_saphyr::to_string(&sidecar.injected).map_err(|e| ObjectsError::Render {
+        pods.push(serde_saphyr::to_string(&sidecar.injected).map_err(|e| {
+            ObjectsError::Render {
                 what: format!("pod {}", sidecar.pod.name),
                 reason: e.to_string(),
-            })?,
-        );
+            }
+        })?);
     }
     Ok(vec![
         ("00-namespace.yaml".to_owned(), namespace_yaml()),
@@ -406,8 +403,18 @@ fn services_yaml() -> String {
     let mut docs = Vec::new();
     let services: [(&str, Ipv4Addr, &[DemoPod], Option<&str>); 3] = [
         ("hello", HELLO_IP, &SERVERS, None),
-        ("hello-v1", Ipv4Addr::new(10, 96, 0, 11), &[HELLO_V1], Some("v1")),
-        ("hello-v2", Ipv4Addr::new(10, 96, 0, 12), &[HELLO_V2], Some("v2")),
+        (
+            "hello-v1",
+            Ipv4Addr::new(10, 96, 0, 11),
+            &[HELLO_V1],
+            Some("v1"),
+        ),
+        (
+            "hello-v2",
+            Ipv4Addr::new(10, 96, 0, 12),
+            &[HELLO_V2],
+            Some("v2"),
+        ),
     ];
     for (name, ip, pods, version) in services {
         let selector = match version {
@@ -481,7 +488,10 @@ spec:
 
 /// Each pod's mesh config, as translation gives it from the objects in
 /// `store` (what discovery would serve the pod): file name to JSON.
-pub fn mesh_configs(store: &Store, host: &HostPaths) -> Result<Vec<(PathBuf, String)>, ObjectsError> {
+pub fn mesh_configs(
+    store: &Store,
+    host: &HostPaths,
+) -> Result<Vec<(PathBuf, String)>, ObjectsError> {
     let translation = translate::translate(store, &options());
     if let Some(p) = translation.problems.first() {
         return Err(ObjectsError::Translation(format!(
@@ -619,14 +629,23 @@ mod tests {
             .unwrap();
         assert_eq!(hello.addresses, [std::net::IpAddr::V4(HELLO_IP)]);
         let routes = &hello.ports[0].routes;
-        let split = routes.iter().find(|r| r.name.as_deref() == Some("split")).unwrap();
+        let split = routes
+            .iter()
+            .find(|r| r.name.as_deref() == Some("split"))
+            .unwrap();
         let weights: Vec<(&str, u32)> = split
             .backend_refs
             .iter()
             .map(|b| (b.name.as_str(), b.weight))
             .collect();
-        assert_eq!(weights, [("demo/hello-v1:80", 90), ("demo/hello-v2:80", 10)]);
-        let limited = routes.iter().find(|r| r.name.as_deref() == Some("limited")).unwrap();
+        assert_eq!(
+            weights,
+            [("demo/hello-v1:80", 90), ("demo/hello-v2:80", 10)]
+        );
+        let limited = routes
+            .iter()
+            .find(|r| r.name.as_deref() == Some("limited"))
+            .unwrap();
         assert_eq!(
             limited.plugins["limit-count"],
             json!({"count": 5, "time_window": 60, "key_type": "constant",
@@ -649,6 +668,9 @@ mod tests {
              - token: demo-token-hello-v1\n    namespace: demo\n    serviceAccount: hello\n  \
              - token: demo-token-hello-v2\n    namespace: demo\n    serviceAccount: hello\n"
         );
-        assert_eq!(CLIENT.identity(), "spiffe://cluster.local/ns/demo/sa/client");
+        assert_eq!(
+            CLIENT.identity(),
+            "spiffe://cluster.local/ns/demo/sa/client"
+        );
     }
 }
