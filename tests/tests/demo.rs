@@ -215,8 +215,17 @@ impl Drop for Run {
 /// would be refused by the demo's lock).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A signal to send the demo, and when: once this holds of what was seen.
-type Interrupt = (Signal, fn(&Seen) -> bool);
+/// What to do to a running demo, once `when` holds of what was seen.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Signal(Signal),
+    /// Start a second `remora demo` and wait for it.
+    SecondDemo,
+}
+type Interrupt = (Action, fn(&Seen) -> bool);
+
+/// The second demo's exit status and stderr.
+static SECOND: Mutex<Option<(ExitStatus, String)>> = Mutex::new(None);
 
 /// Runs `remora demo`, watching its namespaces, interrupting it if asked.
 fn run_demo(interrupt: Option<Interrupt>) -> Run {
@@ -243,9 +252,26 @@ fn run_demo(interrupt: Option<Interrupt>) -> Run {
     let started = Instant::now();
     let status = loop {
         seen.look();
-        if let Some((signal, when)) = interrupt {
+        if let Some((action, when)) = interrupt {
             if when(&seen) {
-                kill(Pid::from_raw(demo.id() as i32), signal).expect("signal the demo");
+                match action {
+                    Action::Signal(signal) => {
+                        kill(Pid::from_raw(demo.id() as i32), signal).expect("signal the demo")
+                    }
+                    Action::SecondDemo => {
+                        let second = Command::new(bin_dir().join("remora"))
+                            .arg("demo")
+                            .arg("--bin-dir")
+                            .arg(bin_dir())
+                            .stdin(Stdio::null())
+                            .output()
+                            .expect("run a second remora demo");
+                        *SECOND.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                            second.status,
+                            String::from_utf8_lossy(&second.stderr).into_owned(),
+                        ));
+                    }
+                }
                 interrupt = None;
             }
         }
@@ -516,7 +542,7 @@ fn the_demo_runs_and_leaves_nothing_behind() {
 fn an_interrupted_demo_leaves_nothing_behind() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
-        let run = run_demo(Some((signal, |seen: &Seen| {
+        let run = run_demo(Some((Action::Signal(signal), |seen: &Seen| {
             seen.pods_running("remora-proxy").len() == 3
         })));
         let status = assert_nothing_left(&run);
@@ -527,4 +553,84 @@ fn an_interrupted_demo_leaves_nothing_behind() {
             run.output
         );
     }
+}
+
+/// A second demo while one runs is refused at once (the lock), touches
+/// nothing of the first, which finishes as usual.
+#[test]
+fn a_second_demo_is_refused_while_one_runs() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let run = run_demo(Some((Action::SecondDemo, |seen: &Seen| {
+        seen.pods_running("remora-proxy").len() == 3
+    })));
+    let status = assert_nothing_left(&run);
+    let (second, stderr) = SECOND
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .expect("the second demo ran");
+    assert_eq!(second.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "remora demo: another demo is running (it holds /run/remora-demo.lock); wait for it to finish\n"
+    );
+    assert!(status.success(), "the first demo failed\n{}", run.output);
+    assert!(
+        run.stdout.contains("by status: 200 5, 429 5"),
+        "{}",
+        run.output
+    );
+}
+
+/// What a demo killed with SIGKILL leaves (its namespaces, a process in
+/// one) is removed by the next demo before it starts, which then runs.
+#[test]
+fn a_demo_cleans_up_what_a_killed_one_left() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let ns = "remora-demo-client";
+    let ok = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?}: {status}");
+    };
+    ok(&["netns", "add", ns]);
+    let mut leftover = Command::new("ip")
+        .args(["netns", "exec", ns, "sleep", "300"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start a leftover process");
+    let pid = leftover.id();
+    let start = Instant::now();
+    while net_ns(pid) == net_ns(std::process::id()) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(POLL);
+    }
+    let leftover_proc = Proc {
+        pid,
+        start: stat(pid).expect("the leftover runs").1,
+    };
+    let run = {
+        // Not through run_demo: its precondition is no demo namespace.
+        let out = Command::new(bin_dir().join("remora"))
+            .arg("demo")
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run remora demo");
+        let survived = alive(&leftover_proc);
+        let namespaces = demo_namespaces();
+        let _ = leftover.kill();
+        let _ = leftover.wait();
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        (out, survived, namespaces)
+    };
+    let (run, survived, namespaces) = run;
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!survived, "the leftover still runs\n{output}");
+    assert!(run.status.success(), "{}\n{output}", run.status);
+    assert_eq!(namespaces, BTreeMap::new(), "{output}");
+    assert!(output.contains("by status: 200 5, 429 5"), "{output}");
 }
