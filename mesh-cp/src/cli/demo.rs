@@ -84,6 +84,13 @@ pub async fn run(args: &DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bin = match bin_dir(args) {
+        Ok(bin) => bin,
+        Err(e) => {
+            eprintln!("remora demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _lock = match host::lock() {
         Ok(lock) => lock,
         Err(e) => {
@@ -97,7 +104,7 @@ pub async fn run(args: &DemoArgs) -> ExitCode {
     // Dropping the steps' future at a signal stops them where they wait;
     // only then does the cleanup run, so nothing starts behind it.
     let outcome = tokio::select! {
-        result = steps(args, &tmp) => result,
+        result = steps(&bin, &tmp) => result,
         _ = interrupt.recv() => {
             eprintln!("remora demo: interrupted (SIGINT), cleaning up");
             Err(130)
@@ -119,8 +126,8 @@ pub async fn run(args: &DemoArgs) -> ExitCode {
 }
 
 /// The demo's steps; an error is printed and becomes exit code 1.
-async fn steps(args: &DemoArgs, tmp: &Path) -> Result<(), u8> {
-    match demo(args, tmp).await {
+async fn steps(bin: &Path, tmp: &Path) -> Result<(), u8> {
+    match demo(bin, tmp).await {
         Ok(()) => Ok(()),
         Err(e) => {
             eprintln!("remora demo: {e}");
@@ -170,8 +177,7 @@ fn bin_dir(args: &DemoArgs) -> Result<PathBuf, DemoError> {
     std::path::absolute(&dir).map_err(|e| DemoError::Step(format!("{}: {e}", dir.display())))
 }
 
-async fn demo(args: &DemoArgs, tmp: &Path) -> Result<(), DemoError> {
-    let bin = bin_dir(args)?;
+async fn demo(bin: &Path, tmp: &Path) -> Result<(), DemoError> {
     let _ = std::fs::remove_dir_all(tmp);
     let host_paths = HostPaths {
         ca_addr: format!("{NODE_IP}:{CP_GRPC_PORT}"),

@@ -44,9 +44,11 @@ pub enum HostError {
     },
 }
 
-/// Holds the demo lock while alive.
+/// Holds the demo lock while alive (the lock goes with the file).
 #[derive(Debug)]
-pub struct Lock(#[allow(dead_code)] File);
+pub struct Lock {
+    _file: File,
+}
 
 /// Takes the demo lock, or fails at once if another demo holds it.
 pub fn lock() -> Result<Lock, HostError> {
@@ -60,7 +62,7 @@ pub fn lock() -> Result<Lock, HostError> {
             source,
         })?;
     match file.try_lock() {
-        Ok(()) => Ok(Lock(file)),
+        Ok(()) => Ok(Lock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(HostError::Busy),
         Err(std::fs::TryLockError::Error(source)) => Err(HostError::Io {
             what: format!("locking {LOCK_PATH}"),

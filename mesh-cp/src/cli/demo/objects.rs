@@ -495,8 +495,8 @@ pub fn mesh_configs(
     let translation = translate::translate(store, &options());
     if let Some(p) = translation.problems.first() {
         return Err(ObjectsError::Translation(format!(
-            "{} {}: {}={} {}: {}",
-            p.kind, p.key, p.condition, "False", p.reason, p.message
+            "{} {}: {}=False ({}): {}",
+            p.kind, p.key, p.condition, p.reason, p.message
         )));
     }
     let mut out = Vec::new();
