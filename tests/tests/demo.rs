@@ -445,6 +445,10 @@ fn the_demo_runs_and_leaves_nothing_behind() {
         out.after(capture),
         format!("reply: 200 hello-v1 saw x-remora-client-id: {CLIENT_ID}")
     );
+    assert_eq!(
+        out.lines[out.index(capture) + 2],
+        "client pod's iptables: 1 connection(s) redirected to the sidecar's outbound port 15001"
+    );
     let client = out.metrics(capture, "client sidecar (outbound)");
     let split_v1 = [
         ("direction", "outbound"),
@@ -454,6 +458,12 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     ];
     assert_eq!(client.get(REQUESTS, &split_v1), 1.0, "{client}");
     assert_eq!(client.get(REQUESTS, OUTBOUND), 1.0, "{client}");
+    assert!(
+        out.lines.contains(
+            &"hello-v1 pod's iptables: 1 connection(s) redirected to the sidecar's inbound port 15006"
+        ),
+        "{output}"
+    );
     let server = out.metrics(capture, "hello-v1 sidecar (inbound)");
     assert_eq!(
         server.get(

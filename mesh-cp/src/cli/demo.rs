@@ -399,10 +399,19 @@ async fn capture_and_identity() -> Result<(), DemoError> {
         .into_iter()
         .find(|p| body.starts_with(p.name))
         .ok_or_else(|| DemoError::Step(format!("no hello app answered: {body}")))?;
+    println!(
+        "client pod's iptables: {} connection(s) redirected to the sidecar's outbound port 15001",
+        redirected(&CLIENT, "REMORA_REDIRECT").await?
+    );
     let client_metrics = proxy_metrics(&CLIENT).await?;
     print_samples("client sidecar (outbound)", &client_metrics, |s| {
         s.name == "remora_requests_total"
     });
+    println!(
+        "{} pod's iptables: {} connection(s) redirected to the sidecar's inbound port 15006",
+        server.name,
+        redirected(&server, "REMORA_IN_REDIRECT").await?
+    );
     let server_metrics = proxy_metrics(&server).await?;
     print_samples(
         &format!("{} sidecar (inbound)", server.name),
@@ -487,6 +496,19 @@ async fn rate_limit() -> Result<(), DemoError> {
         s.name == "remora_requests_total" && s.labels.get("route").is_some_and(|r| r == "limited")
     });
     Ok(())
+}
+
+/// The connections `chain`'s REDIRECT rule took in `pod`: the nat table
+/// counts a connection's first packet only.
+async fn redirected(pod: &DemoPod, chain: &str) -> Result<String, DemoError> {
+    let rules = host::run_in(&pod.netns(), &["iptables-save", "-t", "nat", "-c"]).await?;
+    let rule = format!("-A {chain} ");
+    Ok(rules
+        .lines()
+        .find(|l| l.contains(&rule) && l.contains("REDIRECT --to-ports"))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "?".to_owned(), |(packets, _)| packets.to_owned()))
 }
 
 fn counts_line(counts: &BTreeMap<String, u32>) -> String {
