@@ -630,7 +630,9 @@ fn a_demo_cleans_up_what_a_killed_one_left() {
         let namespaces = demo_namespaces();
         let _ = leftover.kill();
         let _ = leftover.wait();
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        if !namespaces.is_empty() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
         (out, survived, namespaces)
     };
     let (run, survived, namespaces) = run;
