@@ -169,6 +169,7 @@ impl Snapshot {
             .backends
             .keys()
             .any(|name| !self.backends.contains_key(name))
+            || !Arc::ptr_eq(&self.plugins, &previous.plugins)
     }
 
     /// Whether a metric series labelled with `service`, `route` and
@@ -182,7 +183,11 @@ impl Snapshot {
                         .iter()
                         .any(|p| p.routes.routes().iter().any(|r| &**r.label() == route))
             });
-        service_ok && (backend.is_empty() || self.backends.contains_key(backend))
+        // No service: inbound, whose routes are the inbound ports'.
+        let inbound_ok = !service.is_empty()
+            || route.is_empty()
+            || self.plugins.inbound.values().any(|p| p.has_route(route));
+        service_ok && inbound_ok && (backend.is_empty() || self.backends.contains_key(backend))
     }
 
     /// The protocol declared for an inbound port.
@@ -345,9 +350,12 @@ impl State {
                 let next = Arc::new(next);
                 self.current.store(next.clone());
                 if next.drops_resources_of(&previous) {
-                    self.metrics.retain_series(|service, route, backend| {
+                    let keep = |service: &str, route: &str, backend: &str| {
                         next.has_series(service, route, backend)
-                    });
+                    };
+                    self.metrics.retain_series(&keep);
+                    self.plugin_env
+                        .retain_series(&|service, route| keep(service, route, ""));
                 }
                 self.metrics.config_applied_in(started.elapsed());
                 self.metrics.config_update(true);
