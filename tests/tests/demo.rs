@@ -130,8 +130,8 @@ fn now_ticks() -> u64 {
 /// What the test saw of the demo while it ran.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Each process found inside a demo namespace, with its command line
-    /// and its namespace's inode.
+    /// Each process found inside a demo namespace, with its command lines
+    /// (` | `-separated, as it exec'd) and its namespace's inode.
     processes: BTreeMap<Proc, (String, u64)>,
     /// The demo's namespaces by inode.
     inodes: HashSet<u64>,
@@ -153,7 +153,15 @@ impl Seen {
         }
         for (proc, cmd) in processes_in(&self.inodes) {
             let ns = net_ns(proc.pid).unwrap_or_default();
-            self.processes.entry(proc).or_insert((cmd, ns));
+            // A process caught mid-exec (setpriv becoming remora-proxy)
+            // shows a torn command line: keep every one it had.
+            let (cmds, _) = self.processes.entry(proc).or_insert((String::new(), ns));
+            if !cmd.is_empty() && !cmds.split(" | ").any(|c| c == cmd) {
+                if !cmds.is_empty() {
+                    cmds.push_str(" | ");
+                }
+                cmds.push_str(&cmd);
+            }
         }
         self.last_seen = now_ticks();
     }
