@@ -1,12 +1,15 @@
 //! The `remora` operator CLI: manual injection (`inject`, `uninject`) of
-//! Kubernetes manifests and the offline `check` of mesh objects.
+//! Kubernetes manifests, the offline `check` of mesh objects, and the local
+//! `demo`.
 //!
 //! It owns the flags and what each subcommand prints; the work is done by
 //! `manifest` (multi-document YAML, pod templates, the injector's pure
-//! functions) and `check` (the same validation the proxy and the webhook
-//! run). It does no network I/O. The binary is `src/bin/remora.rs`.
+//! functions), `check` (the same validation the proxy and the webhook
+//! run) and `demo` (the whole mesh in network namespaces on this machine).
+//! Only `demo` does I/O beyond its files. The binary is `src/bin/remora.rs`.
 
 pub mod check;
+pub mod demo;
 pub mod manifest;
 
 use std::io::{Read, Write};
@@ -37,6 +40,13 @@ pub enum Command {
     /// Validate mesh objects offline: proxy mesh-config files and the
     /// remora.dev annotations of Kubernetes workloads. Exits 1 on an error.
     Check(CheckArgs),
+    /// Run the mesh on this machine (root): remora-cp, three pods as network
+    /// namespaces with injected sidecars, and traffic showing capture, mTLS
+    /// identities, a 90/10 split and a rate limit; then remove it all.
+    Demo(demo::DemoArgs),
+    /// The demo's server app (run by `demo` inside a pod).
+    #[command(hide = true)]
+    DemoApp(demo::DemoAppArgs),
 }
 
 /// Where a manifest comes from.

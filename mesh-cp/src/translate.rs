@@ -19,7 +19,9 @@ use remora_api::{
     InboundPort, Protocol, Route, ServicePort,
 };
 
-use crate::crds::{AuthorizationPolicy, Consumer, MeshTLSPolicy, PolicyTargetRef, TrafficPolicy};
+use crate::crds::{
+    AuthorizationPolicy, Consumer, MeshTLSPolicy, PluginPolicy, PolicyTargetRef, TrafficPolicy,
+};
 use crate::view::{Destination, Globals, MeshView, Workload};
 use gateway::HttpRoute;
 
@@ -45,6 +47,7 @@ pub struct Store {
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub mesh_tls_policies: BTreeMap<Key, MeshTLSPolicy>,
     pub traffic_policies: BTreeMap<Key, TrafficPolicy>,
+    pub plugin_policies: BTreeMap<Key, PluginPolicy>,
 }
 
 /// An object the store cannot take.
@@ -153,6 +156,10 @@ impl Store {
                 put(&mut self.mesh_tls_policies, key, value, &ns, &kind, &name)?;
                 "MeshTLSPolicy"
             }
+            ("remora.dev", "PluginPolicy") => {
+                put(&mut self.plugin_policies, key, value, &ns, &kind, &name)?;
+                "PluginPolicy"
+            }
             ("remora.dev", "TrafficPolicy") => {
                 put(&mut self.traffic_policies, key, value, &ns, &kind, &name)?;
                 "TrafficPolicy"
@@ -207,7 +214,8 @@ pub struct Translation {
 pub fn translate(store: &Store, options: &Options) -> Translation {
     let mut problems = Vec::new();
     let backends = backends(store, options);
-    let routes = attach_routes(store, &backends, &mut problems);
+    let plugins = PluginAttachments::new(store, &mut problems);
+    let routes = attach_routes(store, &backends, &plugins, &mut problems);
     let mut view = MeshView {
         globals: Globals {
             consumers: consumers(store, &mut problems),
@@ -287,7 +295,7 @@ pub fn translate(store: &Store, options: &Options) -> Translation {
                     addresses,
                     hostnames,
                     ports,
-                    plugins: BTreeMap::new(),
+                    plugins: plugins.get("Service", key),
                 },
                 backends: named,
             },
@@ -496,6 +504,71 @@ fn apply_traffic_policy(backend: &mut Backend, policy: &TrafficPolicy) {
     }
 }
 
+/// PluginPolicies by what they target: `(kind, <namespace>/<name>)` to
+/// the merged plugin configs, the oldest policy winning a plugin both name.
+/// Services and HTTPRoutes are targets; a Namespace or a port-scoped
+/// target is reported (`Accepted=False`, `Unsupported`) and left out.
+/// Plugin configs are checked by the proxy's plugin schemas when it loads
+/// them (not yet by remora-cp).
+#[derive(Debug, Default)]
+struct PluginAttachments {
+    by_target: BTreeMap<(&'static str, Key), remora_api::Plugins>,
+}
+
+impl PluginAttachments {
+    fn new(store: &Store, problems: &mut Vec<Problem>) -> Self {
+        let mut list: Vec<&PluginPolicy> = store.plugin_policies.values().collect();
+        list.sort_by_key(|p| age_key(&p.metadata));
+        let mut out = Self::default();
+        for policy in list {
+            let key = key_of(&policy.metadata);
+            let (ns, _) = split(&key);
+            for target in &policy.spec.target_refs {
+                let kind = match (target.kind.as_str(), target.port) {
+                    ("Service", None) if matches!(target.group.as_str(), "" | "core") => "Service",
+                    ("HTTPRoute", None) if target.group == "gateway.networking.k8s.io" => {
+                        "HTTPRoute"
+                    }
+                    _ => {
+                        problems.push(Problem {
+                            kind: "PluginPolicy",
+                            key: key.clone(),
+                            condition: "Accepted",
+                            reason: "Unsupported",
+                            message: format!(
+                                "targetRef {} {}{}: only whole Services and HTTPRoutes are \
+                                 supported yet",
+                                target.kind,
+                                target.name,
+                                target
+                                    .port
+                                    .map(|p| format!(" port {p}"))
+                                    .unwrap_or_default()
+                            ),
+                        });
+                        continue;
+                    }
+                };
+                let merged = out
+                    .by_target
+                    .entry((kind, format!("{ns}/{}", target.name)))
+                    .or_default();
+                for (name, config) in &policy.spec.plugins {
+                    merged.entry(name.clone()).or_insert_with(|| config.clone());
+                }
+            }
+        }
+        out
+    }
+
+    fn get(&self, kind: &'static str, key: &str) -> remora_api::Plugins {
+        self.by_target
+            .get(&(kind, key.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 /// Sorts objects the way Gateway API settles conflicts: oldest first, then
 /// by `<namespace>/<name>`.
 fn age_key(meta: &ObjectMeta) -> (Option<k8s_openapi::jiff::Timestamp>, Key) {
@@ -507,6 +580,7 @@ fn age_key(meta: &ObjectMeta) -> (Option<k8s_openapi::jiff::Timestamp>, Key) {
 fn attach_routes(
     store: &Store,
     backends: &BTreeMap<String, Backend>,
+    plugins: &PluginAttachments,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<(Key, u16), Vec<Route>> {
     let mut routes: Vec<&HttpRoute> = store.http_routes.values().collect();
@@ -586,7 +660,7 @@ fn attach_routes(
                     backend_refs: refs,
                     timeouts: rule.timeouts.unwrap_or_default(),
                     retry: rule.retry.clone(),
-                    plugins: BTreeMap::new(),
+                    plugins: plugins.get("HTTPRoute", &key),
                 };
                 for port in &ports {
                     for m in match_keys(&translated) {

@@ -264,3 +264,24 @@ fn check_bad_files_name_file_and_field_and_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).ends_with("; 11 errors\n"));
 }
+
+#[test]
+fn demo_without_its_binaries_says_which_and_exits_1_touching_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("remora-cp"), "").unwrap();
+    let out = remora(&["demo", "--bin-dir", dir.path().to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "remora demo: {}/remora-proxy is missing; build it (cargo build --bins) or pass --bin-dir\n",
+            dir.path().display()
+        )
+    );
+    // A usage error is clap's: exit 2.
+    assert_eq!(
+        remora(&["demo", "--no-such-flag"], None).status.code(),
+        Some(2)
+    );
+}

@@ -593,12 +593,7 @@ fn tcp_target(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
     if port.protocol != ApiProtocol::Tcp || port.tcp_backends.is_empty() {
         return TcpTarget::Original;
     }
-    let Some(backend_ref) = port
-        .routes
-        .routes()
-        .first()
-        .and_then(|r| r.pick_backend(&mut rand::rng()))
-    else {
+    let Some(backend_ref) = port.routes.routes().first().and_then(|r| r.pick_backend()) else {
         return TcpTarget::Unavailable("no backend with weight");
     };
     let Some(backend) = snapshot.backends.get(backend_ref.name()) else {

@@ -201,13 +201,11 @@ impl CompiledRoute {
         self.retry.as_ref()
     }
 
-    /// Chooses a backend by weight. `None` when the route has no backend
-    /// with a weight above 0: the caller answers 500, as Gateway API says.
-    pub(crate) fn pick_backend<R: rand::Rng + ?Sized>(
-        &self,
-        rng: &mut R,
-    ) -> Option<&CompiledBackend> {
-        self.backends.pick(rng)
+    /// Chooses a backend by weight, exactly (see `split`). `None` when the
+    /// route has no backend with a weight above 0: the caller answers 500,
+    /// as Gateway API says.
+    pub(crate) fn pick_backend(&self) -> Option<&CompiledBackend> {
+        self.backends.pick()
     }
 
     /// The backend at `point` of the cumulative weight line; `point` is

@@ -1,18 +1,20 @@
-//! `scripts/demo.sh`, run for real: it exits 0, prints its key results (the
-//! pod-to-pod reply, the canary, the 50 split requests and the metrics that
-//! prove which sidecar carried them), and leaves nothing behind: no process
-//! that lived in one of its namespaces, and no namespace.
+//! `remora demo`, run for real: it exits 0, prints each step with its
+//! evidence (the captured request in both sidecars' metrics, the client's
+//! SPIFFE identity as the server saw it and the mTLS connection metric, an
+//! exact 90/10 split of 100 requests by app and by metrics, a 5/5
+//! rate-limit split with APISIX's message), and leaves nothing behind: no
+//! process that lived in one of its namespaces, and no namespace.
 //!
 //! While the demo runs, the test watches its namespaces (`remora-demo-*`)
 //! and records every process inside them, by PID and start time, so that a
 //! process found later is known to be the demo's even once its namespace is
-//! deleted. The demo uses the binaries this test would (`REMORA_BIN_DIR`),
-//! so it does not build.
+//! deleted. The demo uses the binaries this test would (`--bin-dir`), so it
+//! does not build.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -21,12 +23,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use remora_e2e::http_apps::REQUESTS;
-use remora_e2e::metrics::OPENED;
 use remora_e2e::{bin_dir, Metrics, INBOUND, OUTBOUND};
 
 /// Every namespace of the demo starts with this; the harness uses `rm-`.
 const PREFIX: &str = "remora-demo-";
-/// The demo takes about 3 s; this is for a slow, busy machine.
+/// The demo takes about 10 s; this is for a slow, busy machine.
 const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 /// How often the test looks inside the demo's namespaces.
 const POLL: Duration = Duration::from_millis(50);
@@ -129,8 +130,8 @@ fn now_ticks() -> u64 {
 /// What the test saw of the demo while it ran.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Each process found inside a demo namespace, with its command line
-    /// and its namespace's inode.
+    /// Each process found inside a demo namespace, with its command lines
+    /// (` | `-separated, as it exec'd) and its namespace's inode.
     processes: BTreeMap<Proc, (String, u64)>,
     /// The demo's namespaces by inode.
     inodes: HashSet<u64>,
@@ -152,7 +153,15 @@ impl Seen {
         }
         for (proc, cmd) in processes_in(&self.inodes) {
             let ns = net_ns(proc.pid).unwrap_or_default();
-            self.processes.entry(proc).or_insert((cmd, ns));
+            // A process caught mid-exec (setpriv becoming remora-proxy)
+            // shows a torn command line: keep every one it had.
+            let (cmds, _) = self.processes.entry(proc).or_insert((String::new(), ns));
+            if !cmd.is_empty() && !cmds.split(" | ").any(|c| c == cmd) {
+                if !cmds.is_empty() {
+                    cmds.push_str(" | ");
+                }
+                cmds.push_str(&cmd);
+            }
         }
         self.last_seen = now_ticks();
     }
@@ -214,40 +223,63 @@ impl Drop for Run {
 /// would be refused by the demo's lock).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A signal to send the demo, and when: once this holds of what was seen.
-type Interrupt = (Signal, fn(&Seen) -> bool);
+/// What to do to a running demo, once `when` holds of what was seen.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Signal(Signal),
+    /// Start a second `remora demo` and wait for it.
+    SecondDemo,
+}
+type Interrupt = (Action, fn(&Seen) -> bool);
 
-/// Runs scripts/demo.sh, watching its namespaces, interrupting it if asked.
+/// The second demo's exit status and stderr.
+static SECOND: Mutex<Option<(ExitStatus, String)>> = Mutex::new(None);
+
+/// Runs `remora demo`, watching its namespaces, interrupting it if asked.
 fn run_demo(interrupt: Option<Interrupt>) -> Run {
     assert_eq!(
         demo_namespaces(),
         BTreeMap::new(),
         "demo namespaces exist before the test: is a demo running? (`ip netns list`)"
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repository");
     let out = tempdir();
     let (stdout_path, stderr_path) = (out.join("stdout"), out.join("stderr"));
-    let mut demo = Command::new("bash")
-        .arg(root.join("scripts/demo.sh"))
-        .current_dir(root)
-        .env("REMORA_BIN_DIR", bin_dir())
+    let mut demo = Command::new(bin_dir().join("remora"))
+        .arg("demo")
+        .arg("--bin-dir")
+        .arg(bin_dir())
         .stdin(Stdio::null())
         // Files, not pipes: a leaked process holding a pipe would hang us.
         .stdout(fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
-        .expect("run scripts/demo.sh");
+        .expect("run remora demo");
 
     let mut seen = Seen::default();
     let mut interrupt = interrupt;
     let started = Instant::now();
     let status = loop {
         seen.look();
-        if let Some((signal, when)) = interrupt {
+        if let Some((action, when)) = interrupt {
             if when(&seen) {
-                kill(Pid::from_raw(demo.id() as i32), signal).expect("signal the demo");
+                match action {
+                    Action::Signal(signal) => {
+                        kill(Pid::from_raw(demo.id() as i32), signal).expect("signal the demo")
+                    }
+                    Action::SecondDemo => {
+                        let second = Command::new(bin_dir().join("remora"))
+                            .arg("demo")
+                            .arg("--bin-dir")
+                            .arg(bin_dir())
+                            .stdin(Stdio::null())
+                            .output()
+                            .expect("run a second remora demo");
+                        *SECOND.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                            second.status,
+                            String::from_utf8_lossy(&second.stderr).into_owned(),
+                        ));
+                    }
+                }
                 interrupt = None;
             }
         }
@@ -310,15 +342,60 @@ fn assert_nothing_left(run: &Run) -> ExitStatus {
     );
     assert_eq!(
         run.seen.pods_running("remora-proxy"),
-        [
-            "remora-demo-client",
-            "remora-demo-server",
-            "remora-demo-server-v2"
-        ],
+        PODS,
         "a proxy seen in each pod: {:?}",
         run.seen.processes
     );
     status
+}
+
+const PODS: [&str; 3] = [
+    "remora-demo-client",
+    "remora-demo-hello-v1",
+    "remora-demo-hello-v2",
+];
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+/// The demo's output, by line.
+struct Output<'a> {
+    lines: Vec<&'a str>,
+    all: &'a str,
+}
+
+impl<'a> Output<'a> {
+    fn index(&self, line_part: &str) -> usize {
+        self.lines
+            .iter()
+            .position(|l| l.contains(line_part))
+            .unwrap_or_else(|| panic!("no line with {line_part:?}\n{}", self.all))
+    }
+
+    /// The line after the first that holds `line_part`.
+    fn after(&self, line_part: &str) -> &'a str {
+        self.lines
+            .get(self.index(line_part) + 1)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The metric lines printed under `-- WHO:` (after the step holding
+    /// `step`), parsed.
+    fn metrics(&self, step: &str, who: &str) -> Metrics {
+        let from = self.index(step);
+        let header = format!("-- {who}:");
+        let start = self.lines[from..]
+            .iter()
+            .position(|l| *l == header)
+            .unwrap_or_else(|| panic!("no {header:?} after {step:?}\n{}", self.all))
+            + from
+            + 1;
+        let body: Vec<&str> = self.lines[start..]
+            .iter()
+            .take_while(|l| l.starts_with("remora_"))
+            .copied()
+            .collect();
+        Metrics::parse(&body.join("\n"))
+    }
 }
 
 #[test]
@@ -329,69 +406,150 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     let status = assert_nothing_left(&run);
     let output = &run.output;
     assert_eq!(
-        run.seen.pods_running("http.server"),
-        ["remora-demo-server", "remora-demo-server-v2"],
+        run.seen.pods_running("demo-app"),
+        ["remora-demo-hello-v1", "remora-demo-hello-v2"],
         "an app seen in each server pod: {:?}",
         run.seen.processes
     );
+    assert_eq!(
+        run.seen.pods_running("remora-cp"),
+        ["remora-demo-node"],
+        "remora-cp seen in the node namespace: {:?}",
+        run.seen.processes
+    );
     assert!(status.success(), "the demo failed with {status}\n{output}");
-
-    let stdout = &run.stdout;
-    for pod in ["client", "server", "server-v2"] {
-        let line = format!("\nproxy in {pod}: ready\n");
-        assert!(stdout.contains(&line), "{line:?} missing\n{output}");
-    }
-    let lines: Vec<&str> = stdout.lines().collect();
-    let after = |step: &str| {
-        let i = lines
-            .iter()
-            .position(|l| l.contains(step))
-            .unwrap_or_else(|| panic!("no step {step:?}\n{output}"));
-        lines.get(i + 1).copied().unwrap_or_default()
+    let out = Output {
+        lines: run.stdout.lines().collect(),
+        all: output,
     };
-    assert_eq!(after("(pod to pod, both sidecars)"), "hello from server");
-    assert_eq!(after("(canary route)"), "hello from server-v2");
 
-    // `uniq -c` of the 50 split requests: "  39 hello from server".
-    let split: BTreeMap<&str, u32> = lines
-        .iter()
-        .filter_map(|l| {
-            let (count, reply) = l.trim().split_once(' ')?;
-            Some((reply.strip_prefix("hello from ")?, count.parse().ok()?))
-        })
-        .collect();
+    // Every sidecar got its certificate from the CA.
+    for (pod, sa) in [
+        ("client", "client"),
+        ("hello-v1", "hello"),
+        ("hello-v2", "hello"),
+    ] {
+        let line = format!(
+            "proxy in {pod}: ready (its certificate: spiffe://cluster.local/ns/demo/sa/{sa})"
+        );
+        assert!(
+            out.lines.contains(&line.as_str()),
+            "{line:?} missing\n{output}"
+        );
+    }
     assert_eq!(
-        split.values().sum::<u32>(),
-        50,
-        "the split requests by reply: {split:?}\n{output}"
+        out.after("-- remora-cp:"),
+        "remora_cp_certificates_issued_total 3"
     );
-    assert_eq!(
-        split.keys().copied().collect::<Vec<_>>(),
-        ["server", "server-v2"],
-        "both sides of the 80/20 split answered\n{output}"
-    );
+    // Config comes from files until discovery lands, and the output says so.
+    assert!(out
+        .all
+        .contains("(from files until the proxy's discovery client lands"));
 
-    // The metrics the demo printed: one connection through each sidecar,
-    // and the sidecar's request counts by route.
-    let metrics = Metrics::parse(
-        &lines
-            .iter()
-            .filter(|l| l.starts_with("remora_"))
-            .copied()
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    assert_eq!(metrics.get(OPENED, OUTBOUND), 1.0, "{metrics}");
-    assert_eq!(metrics.get(OPENED, INBOUND), 1.0, "{metrics}");
+    // 1. Capture: the first request on the split goes to v1 (the split is
+    // exact and starts at v1's range), counted by both sidecars.
+    let capture = "1. capture: the client app calls the hello service's cluster IP";
     assert_eq!(
-        metrics.get(REQUESTS, &[("route", "canary")]),
+        out.after(capture),
+        format!("reply: 200 hello-v1 saw x-remora-client-id: {CLIENT_ID}")
+    );
+    assert_eq!(
+        out.lines[out.index(capture) + 2],
+        "client pod's iptables: 1 connection(s) redirected to the sidecar's outbound port 15001"
+    );
+    let client = out.metrics(capture, "client sidecar (outbound)");
+    let split_v1 = [
+        ("direction", "outbound"),
+        ("route", "split"),
+        ("backend", "demo/hello-v1:80"),
+        ("status", "200"),
+    ];
+    assert_eq!(client.get(REQUESTS, &split_v1), 1.0, "{client}");
+    assert_eq!(client.get(REQUESTS, OUTBOUND), 1.0, "{client}");
+    assert!(
+        out.lines.contains(
+            &"hello-v1 pod's iptables: 1 connection(s) redirected to the sidecar's inbound port 15006"
+        ),
+        "{output}"
+    );
+    let server = out.metrics(capture, "hello-v1 sidecar (inbound)");
+    assert_eq!(
+        server.get(
+            REQUESTS,
+            &[
+                ("direction", "inbound"),
+                ("client_id", CLIENT_ID),
+                ("status", "200")
+            ]
+        ),
         1.0,
-        "{metrics}"
+        "{server}"
+    );
+    assert_eq!(server.get(REQUESTS, INBOUND), 1.0, "{server}");
+
+    // 2. mTLS: the identity the app saw, one mTLS connection accepted.
+    let mtls = "2. mTLS: the identity hello-v1's app saw";
+    assert_eq!(
+        out.after(mtls),
+        format!("hello-v1's app saw x-remora-client-id: {CLIENT_ID}")
+    );
+    let server = out.metrics(mtls, "hello-v1 sidecar");
+    let connections = "remora_inbound_connections_total";
+    assert_eq!(
+        server.get(connections, &[("security", "mtls"), ("result", "accepted")]),
+        1.0,
+        "{server}"
     );
     assert_eq!(
-        metrics.get(REQUESTS, &[("route", "split")]),
-        50.0,
-        "{metrics}"
+        server.get(connections, &[("security", "plaintext")]),
+        0.0,
+        "{server}"
+    );
+    assert_eq!(
+        server.get(
+            "remora_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")]
+        ),
+        1.0,
+        "{server}"
+    );
+
+    // 3. The split: exactly 90/10 by the apps, the client's and the
+    // servers' sidecars.
+    assert!(out
+        .all
+        .contains("3. traffic split: 100 requests to http://10.96.0.10/"));
+    assert_eq!(
+        out.after("3. traffic split"),
+        "replies by app: hello-v1 90, hello-v2 10"
+    );
+    assert!(out.lines.contains(
+        &"client sidecar, requests by backend: demo/hello-v1:80 90, demo/hello-v2:80 10"
+    ));
+    assert!(out
+        .lines
+        .contains(&"server sidecars, inbound requests: hello-v1 90, hello-v2 10"));
+
+    // 4. The rate limit: the first 5 admitted, the next 5 refused with
+    // limit-count's 429 and APISIX's message, never reaching the app.
+    let limit = "4. rate limit: 10 requests to http://10.96.0.10/limited";
+    let start = out.index(limit) + 1;
+    let replies: Vec<&str> = out.lines[start..start + 10].to_vec();
+    let mut want: Vec<String> = (1..=5)
+        .map(|i| format!("request {i}: 200 hello-v1 saw x-remora-client-id: {CLIENT_ID}"))
+        .collect();
+    want.extend(
+        (6..=10).map(|i| format!(r#"request {i}: 429 {{"error_msg":"Too many requests"}}"#)),
+    );
+    assert_eq!(replies, want, "{output}");
+    assert_eq!(out.lines[start + 10], "by status: 200 5, 429 5");
+    let client = out.metrics(limit, "client sidecar");
+    let limited = |status| [("route", "limited"), ("status", status)];
+    assert_eq!(client.get(REQUESTS, &limited("200")), 5.0, "{client}");
+    assert_eq!(client.get(REQUESTS, &limited("429")), 5.0, "{client}");
+    assert!(
+        out.lines.last().is_some_and(|l| l.starts_with("== done")),
+        "{output}"
     );
 }
 
@@ -402,15 +560,97 @@ fn the_demo_runs_and_leaves_nothing_behind() {
 fn an_interrupted_demo_leaves_nothing_behind() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
-        let run = run_demo(Some((signal, |seen: &Seen| {
+        let run = run_demo(Some((Action::Signal(signal), |seen: &Seen| {
             seen.pods_running("remora-proxy").len() == 3
         })));
         let status = assert_nothing_left(&run);
         assert_eq!(status.code(), Some(code), "after {signal}\n{}", run.output);
         assert!(
-            !run.stdout.contains("request metrics, by route and backend"),
+            !run.stdout.contains("by status:") && !run.stdout.contains("== done"),
             "the demo stopped before its last steps\n{}",
             run.output
         );
     }
+}
+
+/// A second demo while one runs is refused at once (the lock), touches
+/// nothing of the first, which finishes as usual.
+#[test]
+fn a_second_demo_is_refused_while_one_runs() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let run = run_demo(Some((Action::SecondDemo, |seen: &Seen| {
+        seen.pods_running("remora-proxy").len() == 3
+    })));
+    let status = assert_nothing_left(&run);
+    let (second, stderr) = SECOND
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .expect("the second demo ran");
+    assert_eq!(second.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "remora demo: another demo is running (it holds /run/remora-demo.lock); wait for it to finish\n"
+    );
+    assert!(status.success(), "the first demo failed\n{}", run.output);
+    assert!(
+        run.stdout.contains("by status: 200 5, 429 5"),
+        "{}",
+        run.output
+    );
+}
+
+/// What a demo killed with SIGKILL leaves (its namespaces, a process in
+/// one) is removed by the next demo before it starts, which then runs.
+#[test]
+fn a_demo_cleans_up_what_a_killed_one_left() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let ns = "remora-demo-client";
+    let ok = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?}: {status}");
+    };
+    ok(&["netns", "add", ns]);
+    let mut leftover = Command::new("ip")
+        .args(["netns", "exec", ns, "sleep", "300"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start a leftover process");
+    let pid = leftover.id();
+    let start = Instant::now();
+    while net_ns(pid) == net_ns(std::process::id()) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(POLL);
+    }
+    let leftover_proc = Proc {
+        pid,
+        start: stat(pid).expect("the leftover runs").1,
+    };
+    let run = {
+        // Not through run_demo: its precondition is no demo namespace.
+        let out = Command::new(bin_dir().join("remora"))
+            .arg("demo")
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run remora demo");
+        let survived = alive(&leftover_proc);
+        let namespaces = demo_namespaces();
+        let _ = leftover.kill();
+        let _ = leftover.wait();
+        if !namespaces.is_empty() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        (out, survived, namespaces)
+    };
+    let (run, survived, namespaces) = run;
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!survived, "the leftover still runs\n{output}");
+    assert!(run.status.success(), "{}\n{output}", run.status);
+    assert_eq!(namespaces, BTreeMap::new(), "{output}");
+    assert!(output.contains("by status: 200 5, 429 5"), "{output}");
 }

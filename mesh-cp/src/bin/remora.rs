@@ -1,6 +1,6 @@
 //! `remora`, the operator CLI: parse the flags and run the subcommand
 //! (the work is in remora_cp::cli). Exit 0 on success, 1 on an error in the
-//! input, 2 on a usage error (clap's).
+//! input, 2 on a usage error (clap's); `demo` 130 or 143 when interrupted.
 
 use std::process::ExitCode;
 
@@ -24,7 +24,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Demo(args) => match runtime() {
+            Ok(rt) => rt.block_on(cli::demo::run(&args)),
+            Err(code) => code,
+        },
+        Command::DemoApp(args) => match runtime() {
+            Ok(rt) => match rt.block_on(cli::demo::app::serve(args.name, args.listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("remora demo-app: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(code) => code,
+        },
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("remora: starting the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn manifest(file: &std::path::Path, settings: Option<&remora_injector::Settings>) -> ExitCode {

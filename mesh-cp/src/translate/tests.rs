@@ -487,3 +487,70 @@ spec:
     let other = &t.view.destinations["shop/reviews-v2"].backends["shop/reviews-v2:9080"];
     assert_eq!(other.load_balancer, remora_api::LoadBalancer::LeastRequest);
 }
+
+#[test]
+fn plugin_policies_attach_to_services_and_routes_and_the_oldest_wins() {
+    let t = run(&format!(
+        "{SPLIT}{}",
+        r#"
+---
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: old, namespace: shop, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: split}
+    - {kind: Service, name: reviews}
+  plugins:
+    limit-count: {count: 5, time_window: 60, rejected_code: 429}
+---
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: young, namespace: shop, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: split}
+    - {kind: Namespace, name: shop}
+    - {kind: Service, name: reviews, port: 9080}
+  plugins:
+    limit-count: {count: 1, time_window: 1}
+    cors: {}
+"#
+    ));
+    let r = routes(&t);
+    assert_eq!(
+        serde_json::to_value(&r[0].plugins).unwrap(),
+        serde_json::json!({
+            "limit-count": {"count": 5, "time_window": 60, "rejected_code": 429},
+            "cors": {},
+        })
+    );
+    let service = &t.view.destinations["shop/reviews"].service;
+    assert_eq!(
+        serde_json::to_value(&service.plugins).unwrap(),
+        serde_json::json!({"limit-count": {"count": 5, "time_window": 60, "rejected_code": 429}})
+    );
+    assert_eq!(
+        t.view.destinations["shop/reviews-v2"].service.plugins,
+        BTreeMap::new()
+    );
+    let unsupported: Vec<(&str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(
+        unsupported,
+        [
+            (
+                "Unsupported",
+                "targetRef Namespace shop: only whole Services and HTTPRoutes are supported yet"
+            ),
+            (
+                "Unsupported",
+                "targetRef Service reviews port 9080: only whole Services and HTTPRoutes are \
+                 supported yet"
+            ),
+        ]
+    );
+}

@@ -114,7 +114,7 @@ impl HttpProxy {
         let split_to = plugins.upstream.take();
         let backend_ref = match &split_to {
             Some(_) => None,
-            None => match route.pick_backend(&mut rand::rng()) {
+            None => match route.pick_backend() {
                 Some(backend_ref) => Some(backend_ref),
                 None => {
                     return (

@@ -1,9 +1,17 @@
 //! Weighted choice of a route's backend (Gateway API traffic split).
 //!
 //! This module owns the backends of one route, their compiled filters, and a
-//! cumulative weight table that turns a random point into a backend in
-//! O(log n). It does not own choosing an endpoint within a backend; that is
-//! the balancer's job.
+//! cumulative weight table that turns a point into a backend in O(log n).
+//! It does not own choosing an endpoint within a backend; that is the
+//! balancer's job.
+//!
+//! The split is exact, not random: the n-th request of a route takes the
+//! point `n * stride mod total` (total = the sum of the weights, stride
+//! coprime to it), so every `total` consecutive requests visit each point
+//! once and a 90/10 split sends exactly 90 of every 100 requests one way,
+//! interleaved rather than in runs (stride is near total/phi).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use remora_api::BackendRef;
 
@@ -41,6 +49,10 @@ pub(crate) struct Split {
     /// (end of the backend's range on the weight line, index in
     /// `backends`), for weights above 0 only, ascending.
     cumulative: Vec<(u64, usize)>,
+    /// Coprime to the total weight, so that `n * stride` visits every point.
+    stride: u64,
+    /// Requests this split has placed.
+    next: AtomicU64,
 }
 
 impl Split {
@@ -85,6 +97,8 @@ impl Split {
         Self {
             backends,
             cumulative,
+            stride: stride(total),
+            next: AtomicU64::new(0),
         }
     }
 
@@ -97,12 +111,17 @@ impl Split {
         self.cumulative.last().map_or(0, |(end, _)| *end)
     }
 
-    pub(super) fn pick<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Option<&CompiledBackend> {
+    /// The next request's backend: over every `total` consecutive calls
+    /// each backend is picked exactly `weight` times.
+    pub(super) fn pick(&self) -> Option<&CompiledBackend> {
         let total = self.total_weight();
         if total == 0 {
             return None;
         }
-        self.at(rng.random_range(0..total))
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % total;
+        // Below total² ≤ 2^128: no overflow in u128.
+        let point = (u128::from(n) * u128::from(self.stride) % u128::from(total)) as u64;
+        self.at(point)
     }
 
     /// The backend whose range holds `point % total`.
@@ -118,11 +137,30 @@ impl Split {
     }
 }
 
+/// A step through `0..total` that visits every point once per `total`
+/// steps (coprime to `total`) and spreads neighbours apart: the first
+/// coprime at or above `total / phi`.
+fn stride(total: u64) -> u64 {
+    if total <= 2 {
+        return 1;
+    }
+    let mut stride = ((total as f64) * 0.618_033_988_75) as u64;
+    stride = stride.clamp(1, total - 1);
+    while gcd(stride, total) != 1 {
+        stride += 1;
+    }
+    stride
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
     use super::*;
 
     fn split(weights: &[(&str, u32)]) -> Split {
@@ -158,14 +196,13 @@ mod tests {
 
     #[test]
     fn no_weight_means_no_backend() {
-        let mut rng = StdRng::seed_from_u64(1);
         for s in [split(&[]), split(&[("a", 0), ("b", 0)])] {
             assert_eq!(s.total_weight(), 0);
             assert!(s.at(0).is_none());
-            assert!(s.pick(&mut rng).is_none());
+            assert!(s.pick().is_none());
         }
         let one = split(&[("zero", 0), ("only", 1)]);
-        assert!((0..100).all(|_| one.pick(&mut rng).map(CompiledBackend::name) == Some("only")));
+        assert!((0..100).all(|_| one.pick().map(CompiledBackend::name) == Some("only")));
     }
 
     #[test]
@@ -177,15 +214,68 @@ mod tests {
         assert_eq!(name_at(&s, s.total_weight() - 1), Some("c"));
     }
 
+    /// Picks of `n` requests, by backend name.
+    fn counts(s: &Split, n: usize) -> std::collections::BTreeMap<&str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            *out.entry(s.pick().map_or("none", CompiledBackend::name))
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
     #[test]
-    fn ninety_ten_split_lands_within_two_points() {
+    fn ninety_ten_is_exact_over_any_hundred_requests_and_interleaved() {
         let s = split(&[("stable", 90), ("canary", 10)]);
-        let mut rng = StdRng::seed_from_u64(0x5eed);
-        let picks = 10_000;
-        let canary = (0..picks)
-            .filter(|_| s.pick(&mut rng).map(CompiledBackend::name) == Some("canary"))
-            .count();
-        let share = canary as f64 * 100.0 / f64::from(picks);
-        assert!((8.0..=12.0).contains(&share), "canary got {share}%");
+        // From a fresh split, and from any later start: each window of 100
+        // consecutive requests is exactly 90/10.
+        for _ in 0..7 {
+            let window = counts(&s, 100);
+            assert_eq!(window, [("canary", 10), ("stable", 90)].into());
+            s.pick();
+        }
+        // Interleaved: the canary never takes two of three requests in a row.
+        let fresh = split(&[("stable", 90), ("canary", 10)]);
+        let picks: Vec<&str> = (0..100)
+            .map(|_| fresh.pick().map_or("none", CompiledBackend::name))
+            .collect();
+        assert!(
+            picks
+                .windows(3)
+                .all(|w| w.iter().filter(|n| **n == "canary").count() <= 1),
+            "{picks:?}"
+        );
+    }
+
+    #[test]
+    fn every_total_picks_give_each_backend_its_weight() {
+        for weights in [
+            vec![("a", 1), ("b", 1)],
+            vec![("a", 1), ("zero", 0), ("c", 3), ("d", 2)],
+            vec![("a", 80), ("b", 20)],
+            vec![("a", 7), ("b", 11), ("c", 13)],
+            vec![("a", 1)],
+        ] {
+            let s = split(&weights);
+            let total = s.total_weight() as usize;
+            let got = counts(&s, total * 3);
+            let want: std::collections::BTreeMap<&str, usize> = weights
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(n, w)| (*n, *w as usize * 3))
+                .collect();
+            assert_eq!(got, want, "{weights:?}");
+        }
+    }
+
+    #[test]
+    fn strides_are_coprime_even_for_huge_totals() {
+        for total in [1, 2, 3, 4, 100, 1 << 20, u64::from(u32::MAX) * 3, u64::MAX] {
+            let s = stride(total);
+            assert!(s >= 1 && (total < 2 || s < total), "{total}: {s}");
+            assert_eq!(gcd(s, total.max(1)), 1, "{total}: {s}");
+        }
+        let s = split(&[("a", u32::MAX), ("b", u32::MAX), ("c", 1)]);
+        assert!((0..1000).all(|_| s.pick().is_some()));
     }
 }
