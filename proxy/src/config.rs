@@ -746,6 +746,91 @@ mod tests {
     }
 
     #[test]
+    fn discovery_flags_hang_on_discovery_addr_and_exclude_config() {
+        assert_eq!(parse(&[]).expect("defaults").discovery, None);
+        let base = [
+            "--ca-roots",
+            "/r.pem",
+            "--pod-name",
+            "web-1",
+            "--pod-namespace",
+            "shop",
+        ];
+        let with = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            parse(&argv)
+        };
+        let d = with(&["--discovery-addr", "cp-a:15012,[::1]:15013"])
+            .expect("valid")
+            .discovery
+            .expect("discovery configured");
+        assert_eq!(
+            d.addrs,
+            [("cp-a".to_owned(), 15012), ("::1".to_owned(), 15013)]
+        );
+        assert_eq!(d.server_name, "remora-cp.remora-system.svc");
+        assert_eq!((d.pod_name.as_str(), d.pod_namespace.as_str()), ("web-1", "shop"));
+        assert_eq!(d.wait, Duration::from_secs(2));
+        assert_eq!(d.max_destinations, 1024);
+        let d = with(&[
+            "--discovery-addr=cp:1",
+            "--discovery-wait=10ms",
+            "--discovery-max-destinations=65536",
+        ])
+        .expect("valid")
+        .discovery
+        .expect("discovery configured");
+        assert_eq!(d.wait, Duration::from_millis(10));
+        assert_eq!(d.max_destinations, 65536);
+        assert!(with(&["--discovery-addr=cp:1", "--discovery-wait=30s"]).is_ok());
+        let sixteen = vec!["cp:1"; 16].join(",");
+        assert!(with(&["--discovery-addr", &sixteen]).is_ok());
+        let seventeen = vec!["cp:1"; 17].join(",");
+        for (extra, message) in [
+            (
+                &["--discovery-addr", "cp:1", "--config", "/m.yaml"][..],
+                "--discovery-addr: excludes --config: the mesh config comes either from remora-cp or from a file",
+            ),
+            (&["--discovery-addr", "cp"], "--discovery-addr: \"cp\" is not HOST:PORT"),
+            (
+                &["--discovery-addr", "cp:1,cp:0"],
+                "--discovery-addr: \"cp:0\": the port must be 1 to 65535",
+            ),
+            (
+                &["--discovery-addr", &seventeen],
+                "--discovery-addr: 17 addresses; at most 16",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-wait=9ms"],
+                "--discovery-wait: must be 10ms to 30s, not 9ms",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-wait=31s"],
+                "--discovery-wait: must be 10ms to 30s, not 31s",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-max-destinations=0"],
+                "--discovery-max-destinations: must be 1 to 65536, not 0",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-max-destinations=65537"],
+                "--discovery-max-destinations: must be 1 to 65536, not 65537",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--pod-name=Web_1"],
+                "--pod-name: \"Web_1\": required with --discovery-addr, a Kubernetes name of 1 to 253 lowercase letters, digits, '-' and '.'",
+            ),
+        ] {
+            assert_eq!(with(extra).unwrap_err(), message, "{extra:?}");
+        }
+        let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r"]).unwrap_err();
+        assert!(err.starts_with("--pod-name: \"\": required with --discovery-addr"), "{err}");
+        let err = parse(&["--discovery-addr=cp:1"]).unwrap_err();
+        assert!(err.starts_with("--ca-roots: is required with --discovery-addr"), "{err}");
+    }
+
+    #[test]
     fn opaque_ports_are_a_list() {
         let config = parse(&["--opaque-ports", "1,2,3"]).expect("valid");
         assert_eq!(
