@@ -286,7 +286,11 @@ pub(crate) fn spawn(
     };
     std::thread::Builder::new()
         .name("remora-discovery".into())
-        .spawn(move || runtime.block_on(client.run()))
+        .spawn(move || {
+            // `/ready` tells if this thread ever ends (a panic included).
+            let _stopped = crate::source::StoppedOnDrop(client.state.clone());
+            runtime.block_on(client.run())
+        })
         .map_err(StartError::Thread)?;
     Ok(())
 }

@@ -8,8 +8,10 @@
 //! Only destinations the config does not know come here: a known one is a
 //! hash lookup in the snapshot, as before, and never takes this lock. The
 //! number of destinations is bounded (`--discovery-max-destinations`); past
-//! it a new destination passes through at once. Subscriptions are kept
-//! while the proxy runs (not dropped when unused).
+//! it a new destination passes through at once. A destination waits once:
+//! when remora-cp does not answer in time, later connections pass through
+//! at once until it does. Subscriptions are kept while the proxy runs (not
+//! dropped when unused).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -115,7 +117,7 @@ impl OnDemand {
                         return Asked::Full;
                     }
                     let (tx, rx) = watch::channel(false);
-                    entries.insert(dest, tx);
+                    entries.insert(dest.clone(), tx);
                     rx
                 }
             }
@@ -124,7 +126,13 @@ impl OnDemand {
         let wait = async { answered.wait_for(|a| *a).await.is_ok() };
         match tokio::time::timeout(self.wait, wait).await {
             Ok(_) => Asked::Answered,
-            Err(_) => Asked::TimedOut,
+            Err(_) => {
+                // One wait per destination: until remora-cp answers (the
+                // subscription stays, and is sent again on every new
+                // stream), later connections pass through at once.
+                self.answered(&dest);
+                Asked::TimedOut
+            }
         }
     }
 
@@ -205,6 +213,9 @@ mod tests {
         let other = addr("10.96.0.11:80");
         let started = tokio::time::Instant::now();
         assert_eq!(od.ask(other.clone()).await, Asked::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // One wait per destination: the next connection does not wait.
+        assert_eq!(od.ask(other.clone()).await, Asked::Answered);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         // The limit: a third destination is not asked for.
         assert_eq!(od.ask(addr("10.96.0.12:80")).await, Asked::Full);
