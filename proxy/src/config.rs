@@ -770,7 +770,10 @@ mod tests {
             [("cp-a".to_owned(), 15012), ("::1".to_owned(), 15013)]
         );
         assert_eq!(d.server_name, "remora-cp.remora-system.svc");
-        assert_eq!((d.pod_name.as_str(), d.pod_namespace.as_str()), ("web-1", "shop"));
+        assert_eq!(
+            (d.pod_name.as_str(), d.pod_namespace.as_str()),
+            ("web-1", "shop")
+        );
         assert_eq!(d.wait, Duration::from_secs(2));
         assert_eq!(d.max_destinations, 1024);
         let d = with(&[
@@ -825,9 +828,15 @@ mod tests {
             assert_eq!(with(extra).unwrap_err(), message, "{extra:?}");
         }
         let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r"]).unwrap_err();
-        assert!(err.starts_with("--pod-name: \"\": required with --discovery-addr"), "{err}");
+        assert!(
+            err.starts_with("--pod-name: \"\": required with --discovery-addr"),
+            "{err}"
+        );
         let err = parse(&["--discovery-addr=cp:1"]).unwrap_err();
-        assert!(err.starts_with("--ca-roots: is required with --discovery-addr"), "{err}");
+        assert!(
+            err.starts_with("--ca-roots: is required with --discovery-addr"),
+            "{err}"
+        );
     }
 
     #[test]

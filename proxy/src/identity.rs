@@ -39,9 +39,9 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub(crate) use self::client::Http2;
 use self::client::{CaClient, RequestError};
 use self::metrics::IdentityMetrics;
-pub(crate) use self::client::Http2;
 pub(crate) use self::schedule::{draw_jitter, Backoff};
 use crate::config::IdentityConfig;
 
@@ -140,7 +140,9 @@ pub(crate) enum IdentityError {
 }
 
 /// The certificates of a PEM file (other blocks are ignored).
-pub(crate) fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(crate) fn read_roots(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let io = |source| IdentityError::CaRoots {
         path: path.to_owned(),
         source,

@@ -29,8 +29,8 @@ use crate::metrics::Metrics;
 use crate::plugins::{self, Chain, PluginError};
 use crate::pool::{Pool, PoolSettings};
 use crate::resilience::{CircuitBreaker, RetryBudget};
-use crate::source::discovery::Discovery;
 use crate::route::{RouteError, RouteTable};
+use crate::source::discovery::Discovery;
 use crate::transport::Connector;
 use tokio_util::task::AbortOnDropHandle;
 

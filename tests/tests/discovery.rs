@@ -237,14 +237,18 @@ async fn version(proxy: &ProxyHandle, subscription: &str) -> u64 {
 
 /// Waits until `subscription` has been pushed a version past `after`.
 async fn pushed_after(proxy: &ProxyHandle, subscription: &str, after: u64) {
-    eventually(PROPAGATION, &format!("a push of {subscription} after version {after}"), || async {
-        let now = version(proxy, subscription).await;
-        if now > after {
-            Ok(())
-        } else {
-            Err(format!("version {now}"))
-        }
-    })
+    eventually(
+        PROPAGATION,
+        &format!("a push of {subscription} after version {after}"),
+        || async {
+            let now = version(proxy, subscription).await;
+            if now > after {
+                Ok(())
+            } else {
+                Err(format!("version {now}"))
+            }
+        },
+    )
     .await
 }
 
@@ -267,7 +271,10 @@ async fn a_vip_routes_to_its_endpoint_slice_and_routes_and_endpoints_change_live
     assert_eq!(got, counts(&[("a", 10), ("b", 10)]));
     let d = dump(&proxy).await;
     assert_eq!(d["discovery"]["controlPlane"], cp.ca_addr().as_str());
-    assert_eq!(d["counts"]["services"], 1, "only what the client talked to: {d}");
+    assert_eq!(
+        d["counts"]["services"], 1,
+        "only what the client talked to: {d}"
+    );
 
     // b) An HTTPRoute sends flagged requests to web-v2, without a restart.
     let before = version(&proxy, WEB_SUB).await;
@@ -276,7 +283,11 @@ async fn a_vip_routes_to_its_endpoint_slice_and_routes_and_endpoints_change_live
     let got = tally(
         send_many(&m.client, web(), 20, 1, |i| {
             let req = Req::get("/");
-            if i % 2 == 0 { req.header("x-canary", "1") } else { req }
+            if i % 2 == 0 {
+                req.header("x-canary", "1")
+            } else {
+                req
+            }
         })
         .await,
     );
@@ -317,14 +328,23 @@ async fn a_nacked_object_leaves_traffic_alone_and_is_counted_once() {
     );
     proxy
         .wait_metrics("the globals push rejected", |m| {
-            m.since(&before, "remora_discovery_pushes_total", &[("result", "rejected")]) == 1.0
+            m.since(
+                &before,
+                "remora_discovery_pushes_total",
+                &[("result", "rejected")],
+            ) == 1.0
         })
         .await;
     let nacks = eventually(PROPAGATION, "remora-cp counted the NACK", || async {
-        let n = cp_metrics(&m.cp_pod)
-            .await
-            .get("remora_cp_discovery_nacks_total", &[("resource", "globals")]);
-        if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
+        let n = cp_metrics(&m.cp_pod).await.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "globals")],
+        );
+        if n >= 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     assert_eq!(nacks, 1.0);
@@ -336,11 +356,17 @@ async fn a_nacked_object_leaves_traffic_alone_and_is_counted_once() {
     assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
     let cp_m = cp_metrics(&m.cp_pod).await;
     assert_eq!(
-        cp_m.get("remora_cp_discovery_nacks_total", &[("resource", "globals")]),
+        cp_m.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "globals")]
+        ),
         1.0
     );
     assert_eq!(
-        cp_m.get("remora_cp_discovery_nacks_total", &[("resource", "destination")]),
+        cp_m.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "destination")]
+        ),
         0.0
     );
 }
@@ -360,25 +386,44 @@ async fn traffic_survives_a_dead_control_plane_and_a_restart_resyncs() {
         })
         .await;
     let got = tally(send_many(&m.client, web(), 20, 4, |_| Req::get("/")).await);
-    assert_eq!(got, counts(&[("a", 10), ("b", 10)]), "20 of 20 while remora-cp is down");
-    assert_eq!(proxy.ready_status().await, 200, "the last good config keeps it ready");
+    assert_eq!(
+        got,
+        counts(&[("a", 10), ("b", 10)]),
+        "20 of 20 while remora-cp is down"
+    );
+    assert_eq!(
+        proxy.ready_status().await,
+        200,
+        "the last good config keeps it ready"
+    );
 
     // Changed while it was down: the restarted remora-cp pushes it.
     m.dir.write("route", CANARY_ROUTE);
     cp.start().await;
-    let got = eventually(PROPAGATION, "the canary route after the restart", || async {
-        let reply = remora_e2e::http_apps::HttpClient::new(&m.client, web())
-            .send(&Req::get("/").header("x-canary", "1"))
-            .await
-            .map_err(|e| e.to_string())?;
-        if reply.body == "v2" { Ok(reply.status) } else { Err(reply.body) }
-    })
+    let got = eventually(
+        PROPAGATION,
+        "the canary route after the restart",
+        || async {
+            let reply = remora_e2e::http_apps::HttpClient::new(&m.client, web())
+                .send(&Req::get("/").header("x-canary", "1"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply.body == "v2" {
+                Ok(reply.status)
+            } else {
+                Err(reply.body)
+            }
+        },
+    )
     .await;
     assert_eq!(got, 200);
     let metrics = proxy.metrics().await;
     assert_eq!(metrics.get("remora_discovery_connected", &[]), 1.0);
     let got = tally(
-        send_many(&m.client, web(), 10, 1, |_| Req::get("/").header("x-canary", "1")).await,
+        send_many(&m.client, web(), 10, 1, |_| {
+            Req::get("/").header("x-canary", "1")
+        })
+        .await,
     );
     assert_eq!(got, counts(&[("v2", 10)]));
 }
@@ -390,7 +435,10 @@ async fn killing_the_replica_in_use_moves_the_proxy_to_the_other() {
     let mut cps = [m.start_cp(&m.cp_pod).await, m.start_cp(&cp2_pod).await];
     // Each replica has its own root here; the proxy trusts both.
     let roots = cps[0].scratch("both-roots.pem");
-    write_readable(&roots, &format!("{}{}", cps[0].root_pem(), cps[1].root_pem()));
+    write_readable(
+        &roots,
+        &format!("{}{}", cps[0].root_pem(), cps[1].root_pem()),
+    );
     let addrs = format!("{},{}", cps[0].ca_addr(), cps[1].ca_addr());
     let proxy = m.mesh_client(&addrs, &roots).await;
     let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
@@ -403,7 +451,11 @@ async fn killing_the_replica_in_use_moves_the_proxy_to_the_other() {
     let second = cps[1].ca_addr();
     eventually(PROPAGATION, "the proxy on the other replica", || async {
         let now = dump(&proxy).await["discovery"]["controlPlane"].clone();
-        if now == second.as_str() { Ok(()) } else { Err(now.to_string()) }
+        if now == second.as_str() {
+            Ok(())
+        } else {
+            Err(now.to_string())
+        }
     })
     .await;
     let before = version(&proxy, WEB_SUB).await;
@@ -425,7 +477,9 @@ fn hostile_servers(pod: &Pod) -> Vec<remora_e2e::apps::App> {
             drop(stream);
         }),
         pod.spawn_server(15101, |mut stream| async move {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n\x00\x01garbage").await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\n\x00\x01garbage")
+                .await;
             tokio::time::sleep(Duration::from_secs(60)).await;
         }),
     ]
@@ -471,7 +525,11 @@ async fn an_unknown_destination_passes_through_after_the_bounded_wait() {
     m.client.run_init(remora_e2e::proxy::DEFAULT_INIT_ARGS);
     let roots = m.dir.0.join("no-roots.pem");
     write_readable(&roots, UNUSED_ROOT);
-    let mut args = discovery_args(&format!("{ip}:15100"), &roots.display().to_string(), "client");
+    let mut args = discovery_args(
+        &format!("{ip}:15100"),
+        &roots.display().to_string(),
+        "client",
+    );
     args.extend(["--discovery-wait".to_owned(), "300ms".to_owned()]);
     let proxy = m.client.spawn_proxy(&args.strs());
     let ready = eventually(PROPAGATION, "the admin port", || async {
@@ -528,7 +586,11 @@ async fn a_strict_mesh_tls_policy_from_the_control_plane_refuses_plaintext() {
     assert_eq!(
         metrics.get(
             "remora_inbound_connections_total",
-            &[("security", "plaintext"), ("port", "other"), ("result", "refused")]
+            &[
+                ("security", "plaintext"),
+                ("port", "other"),
+                ("result", "refused")
+            ]
         ),
         1.0,
         "{metrics}"

@@ -92,7 +92,10 @@ impl Discovery {
 
     /// A copy of the status.
     pub(crate) fn snapshot(&self) -> Status {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `Some(detail)` until the first globals and inbound config arrived.

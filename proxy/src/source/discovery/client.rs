@@ -384,13 +384,18 @@ impl Client {
                 }
             }
             Err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the name resolves to no address",
+                )
             }))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(failed(e.to_string())),
-            Err(_) => Err(failed(format!("no TLS connection within {CONNECT_TIMEOUT:?}"))),
+            Err(_) => Err(failed(format!(
+                "no TLS connection within {CONNECT_TIMEOUT:?}"
+            ))),
         }
     }
 
@@ -453,7 +458,11 @@ impl Client {
                 addr: addr.to_owned(),
                 timeout: FIRST_PUSH_TIMEOUT,
             })?;
-        info!(control_plane = addr, resubscribed = held.len(), "discovery stream open");
+        info!(
+            control_plane = addr,
+            resubscribed = held.len(),
+            "discovery stream open"
+        );
         self.metrics.connected.set(1);
         self.shared.status(|s| {
             s.control_plane = Some(addr.to_owned());

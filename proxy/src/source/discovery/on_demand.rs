@@ -164,10 +164,16 @@ mod tests {
     #[test]
     fn host_names_are_checked_before_they_are_sent() {
         let host = |h: &str| Dest::Host(h.to_owned(), 80);
-        assert_eq!(host_dest("Reviews.Shop:8080", 80), Some(host("reviews.shop")));
+        assert_eq!(
+            host_dest("Reviews.Shop:8080", 80),
+            Some(host("reviews.shop"))
+        );
         assert_eq!(host_dest("reviews.shop.", 80), Some(host("reviews.shop")));
         assert_eq!(host_dest("a", 80), Some(host("a")));
-        assert_eq!(host_dest(&"a".repeat(253), 80), Some(host(&"a".repeat(253))));
+        assert_eq!(
+            host_dest(&"a".repeat(253), 80),
+            Some(host(&"a".repeat(253)))
+        );
         for bad in [
             "",
             ":80",
