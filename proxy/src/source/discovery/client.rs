@@ -48,6 +48,8 @@ const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings find a remora-cp that vanished without closing.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first stream waits at most this long for the workload certificate.
+const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 /// remora-cp keeps this much of a NACK's message; so do we.
 pub(crate) const MAX_NACK_MESSAGE: usize = 4096;
 /// remora-cp sends pushes up to this size.
@@ -297,6 +299,17 @@ pub(crate) fn spawn(
 
 impl Client {
     async fn run(mut self) {
+        // With `--ca-addr`, the first stream waits a little for the first
+        // certificate, so that remora-cp learns the identity from it.
+        if let Some(identity) = &mut self.identity {
+            let first = identity.wait_for(|s| s.credentials.is_some());
+            if tokio::time::timeout(FIRST_CERTIFICATE_WAIT, first)
+                .await
+                .is_err()
+            {
+                info!("no workload certificate yet; connecting to remora-cp without one");
+            }
+        }
         let mut failover = Failover::new(self.config.addrs.len());
         let mut backoff = Backoff::between(BACKOFF_START, BACKOFF_MAX);
         loop {
