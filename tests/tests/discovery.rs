@@ -513,6 +513,24 @@ async fn a_silent_and_a_garbage_control_plane_do_not_block_failover() {
         d["discovery"]["versions"][format!("address {direct}")].is_u64(),
         "the not-found answer is recorded: {d}"
     );
+
+    // An unknown address whose requests name a host the config does not
+    // know (web-v2 was never talked to): asked for by `Host`, then routed to
+    // that service's endpoints.
+    let unknown = SocketAddr::from(([10, 96, 0, 99], 80));
+    let got = tally(
+        send_many(&m.client, unknown, 4, 1, |_| {
+            Req::get("/").host("web-v2.default.svc.cluster.local")
+        })
+        .await,
+    );
+    assert_eq!(got, counts(&[("v2", 4)]));
+    let d = dump(&proxy).await;
+    assert!(
+        d["discovery"]["versions"]["host web-v2.default.svc.cluster.local:80"].is_u64(),
+        "{d}"
+    );
+    assert_eq!(d["counts"]["services"], 2, "web and web-v2: {d}");
 }
 
 #[tokio::test]
