@@ -820,13 +820,25 @@ mod tests {
                 &["--discovery-addr=cp:1", "--discovery-max-destinations=65537"],
                 "--discovery-max-destinations: must be 1 to 65536, not 65537",
             ),
-            (
-                &["--discovery-addr=cp:1", "--pod-name=Web_1"],
-                "--pod-name: \"Web_1\": required with --discovery-addr, a Kubernetes name of 1 to 253 lowercase letters, digits, '-' and '.'",
-            ),
         ] {
             assert_eq!(with(extra).unwrap_err(), message, "{extra:?}");
         }
+        let err = parse(&[
+            "--discovery-addr=cp:1",
+            "--ca-roots=/r",
+            "--pod-name=Web_1",
+            "--pod-namespace=shop",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "--pod-name: \"Web_1\": required with --discovery-addr, a Kubernetes name of 1 to 253 lowercase letters, digits, '-' and '.'"
+        );
+        let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r", "--pod-name=w"]).unwrap_err();
+        assert!(
+            err.starts_with("--pod-namespace: \"\": required with --discovery-addr"),
+            "{err}"
+        );
         let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r"]).unwrap_err();
         assert!(
             err.starts_with("--pod-name: \"\": required with --discovery-addr"),
