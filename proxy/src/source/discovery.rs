@@ -228,6 +228,24 @@ impl Assembly {
 mod tests {
     use super::*;
 
+    #[test]
+    fn ready_waits_for_the_globals_and_the_inbound_config() {
+        let (d, _requests) = Discovery::new(Duration::from_secs(1), 1);
+        assert_eq!(
+            d.waiting().as_deref(),
+            Some("discovery: waiting for the first config from remora-cp")
+        );
+        d.status(|s| s.last_error = Some("connecting to cp:15012: refused".into()));
+        assert_eq!(
+            d.waiting().as_deref(),
+            Some("discovery: no config from remora-cp yet: connecting to cp:15012: refused")
+        );
+        d.status(|s| s.globals = true);
+        assert!(d.waiting().is_some(), "the inbound config is still missing");
+        d.status(|s| s.inbound = true);
+        assert_eq!(d.waiting(), None);
+    }
+
     fn dest(key: &str, vip: &str, backend: &str, endpoint: &str) -> String {
         let (_, name) = key.split_once('/').unwrap();
         json!({

@@ -544,6 +544,12 @@ impl Client {
     fn apply(&mut self, push: &pb::Push) -> Result<(), String> {
         let (part, dest) = part_of(push.resource.as_ref())
             .ok_or_else(|| "the push names no resource the proxy knows".to_owned())?;
+        // Only what was asked for: memory follows what the app talks to.
+        if let Some(dest) = &dest {
+            if !self.shared.on_demand.holds(dest) {
+                return Err(format!("{dest}: not subscribed"));
+            }
+        }
         let result = self.apply_part(part.clone(), push);
         // Answered either way: the waiters stop waiting.
         if let Some(dest) = &dest {

@@ -144,6 +144,11 @@ impl OnDemand {
         }
     }
 
+    /// Whether `dest` was asked for.
+    pub(crate) fn holds(&self, dest: &Dest) -> bool {
+        self.lock().contains_key(dest)
+    }
+
     /// Every destination asked for, in order: what a new stream subscribes
     /// to again.
     pub(crate) fn destinations(&self) -> Vec<Dest> {
@@ -225,6 +230,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         // The limit: a third destination is not asked for.
         assert_eq!(od.ask(addr("10.96.0.12:80")).await, Asked::Full);
+        assert!(od.holds(&other) && !od.holds(&addr("10.96.0.12:80")));
         assert_eq!(od.destinations(), vec![dest, other]);
     }
 }
