@@ -136,12 +136,14 @@ impl HttpProxy {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let proxy = handler.clone();
             let conn = conn.clone();
-            async move {
+            // Boxed: the request's future is several KiB, and HTTP/2 spawns
+            // it as a task, which moves it at spawn and at each stage.
+            Box::pin(async move {
                 proxy
                     .handle(&conn, req)
                     .await
                     .map_err(|Refuse| h2::Error::from(h2::Reason::REFUSED_STREAM))
-            }
+            })
         });
         let io = TokioIo::new(io);
         let started = drain.started();
@@ -351,6 +353,10 @@ pub(crate) async fn forward(
     prepare_uri(&mut req, upstream, authority)?;
 
     let mut response = pool.send(endpoint, upstream, req).await?;
+    // Loggers say which endpoint answered.
+    response
+        .extensions_mut()
+        .insert(crate::plugins::UpstreamAddr(endpoint.addr));
 
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
         (downstream_upgrade, response.status())

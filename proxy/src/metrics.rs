@@ -374,54 +374,11 @@ impl Metrics {
     /// `backend` label names something `keep` says is gone, so that removed
     /// resources do not linger in `/metrics`. Walks every series: call it
     /// off the data path, when a config removed something.
-    pub(crate) fn retain_series(&self, keep: impl Fn(&str, &str, &str) -> bool) {
-        use prometheus::core::Collector;
-        let label = |metric: &prometheus::proto::Metric, name: &str| {
-            metric
-                .get_label()
-                .iter()
-                .find(|l| l.name() == name)
-                .map(|l| l.value().to_owned())
-                .unwrap_or_default()
-        };
-        let mut doomed: Vec<(usize, Vec<(String, String)>)> = Vec::new();
-        let families: [&dyn Collector; 4] = [
-            &self.requests,
-            &self.request_duration,
-            &self.retries,
-            &self.ejections,
-        ];
-        for (index, collector) in families.iter().enumerate() {
-            for family in collector.collect() {
-                for metric in family.get_metric() {
-                    let (service, route, backend) = (
-                        label(metric, "service"),
-                        label(metric, "route"),
-                        label(metric, "backend"),
-                    );
-                    if !keep(&service, &route, &backend) {
-                        let labels = metric
-                            .get_label()
-                            .iter()
-                            .map(|l| (l.name().to_owned(), l.value().to_owned()))
-                            .collect();
-                        doomed.push((index, labels));
-                    }
-                }
-            }
-        }
-        for (index, labels) in doomed {
-            let labels: std::collections::HashMap<&str, &str> = labels
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            let _ = match index {
-                0 => self.requests.remove(&labels),
-                1 => self.request_duration.remove(&labels),
-                2 => self.retries.remove(&labels),
-                _ => self.ejections.remove(&labels),
-            };
-        }
+    pub(crate) fn retain_series(&self, keep: &dyn Fn(&str, &str, &str) -> bool) {
+        retain_in(&self.requests, keep);
+        retain_in(&self.request_duration, keep);
+        retain_in(&self.retries, keep);
+        retain_in(&self.ejections, keep);
     }
 
     /// The registry, for metrics defined elsewhere (`identity`, and
@@ -462,6 +419,49 @@ impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
         self.active.dec();
         self.closed.inc();
+    }
+}
+
+/// Drops the series of `vec` whose `service`, `route` and `backend`
+/// labels (empty when it has none) `keep` refuses.
+pub(crate) fn retain_in<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    keep: &dyn Fn(&str, &str, &str) -> bool,
+) {
+    use prometheus::core::Collector;
+    let label = |metric: &prometheus::proto::Metric, name: &str| {
+        metric
+            .get_label()
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let mut doomed: Vec<Vec<(String, String)>> = Vec::new();
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let (service, route, backend) = (
+                label(metric, "service"),
+                label(metric, "route"),
+                label(metric, "backend"),
+            );
+            if !keep(&service, &route, &backend) {
+                doomed.push(
+                    metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                        .collect(),
+                );
+            }
+        }
+    }
+    for labels in doomed {
+        let labels: std::collections::HashMap<&str, &str> = labels
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let _ = vec.remove(&labels);
     }
 }
 

@@ -16,14 +16,18 @@
 //! Phases are plain method calls; a plugin that must wait returns
 //! [`Flow::Wait`], so only waiting plugins pay for a boxed future.
 
+mod access_log;
 mod api_breaker;
 mod basic_auth;
+mod batch;
 mod consumer_restriction;
 mod cors;
 mod edits;
 mod expr;
 mod fault_injection;
+mod file_logger;
 mod hmac_auth;
+mod http_logger;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
@@ -31,6 +35,7 @@ mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod limits;
+mod opentelemetry;
 mod prometheus;
 mod proxy_rewrite;
 mod request_id;
@@ -39,6 +44,16 @@ mod response_rewrite;
 mod testing;
 mod uri_blocker;
 mod vars;
+
+// The second set of security and traffic plugins.
+mod anonymous;
+mod csrf;
+mod proxy_mirror;
+mod referer_restriction;
+mod traffic_split;
+mod ua_restriction;
+
+pub(crate) use proxy_mirror::MirrorTarget;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -110,22 +125,33 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
         body
     }
     /// Once the response is ready, for every request. Must not block.
-    fn log(&self, _ctx: &Ctx<'_>, _entry: &LogEntry) {}
+    fn log(&self, _ctx: &Ctx<'_>, _entry: &LogEntry<'_>) {}
 }
 
 /// What `log` learns about the finished exchange.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LogEntry {
+pub(crate) struct LogEntry<'a> {
     pub(crate) status: StatusCode,
     /// From the request's arrival to its response head.
     pub(crate) latency: Duration,
+    /// The response's headers, as the client gets them.
+    pub(crate) headers: &'a http::HeaderMap,
+    /// The endpoint that answered, when one did.
+    pub(crate) upstream: Option<SocketAddr>,
 }
+
+/// The endpoint that answered a request, put on the response by the
+/// forwarder, for `log`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamAddr(pub(crate) SocketAddr);
 
 /// One plugin of a chain, with what the registry knows about it.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) name: &'static str,
     pub(crate) priority: i32,
+    /// Its `log` needs the request as it arrived ([`Ctx::request`]).
+    records: bool,
     plugin: Arc<dyn Plugin>,
 }
 
@@ -136,6 +162,11 @@ pub(crate) struct Chain(Arc<[Entry]>);
 impl Chain {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether a plugin of the chain logs the request as it arrived.
+    fn records(&self) -> bool {
+        self.0.iter().any(|e| e.records)
     }
 
     #[cfg(test)]
@@ -169,6 +200,8 @@ pub(crate) struct Consumer {
 /// Every consumer, and the credential tables the auth plugins look in.
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
+    /// By username, for `anonymous_consumer`.
+    pub(crate) by_name: HashMap<Arc<str>, Arc<Consumer>>,
     pub(crate) key_auth: HashMap<String, Arc<Consumer>>,
     pub(crate) basic_auth: basic_auth::Users,
     pub(crate) jwt: jwt_auth::Keys,
@@ -186,6 +219,11 @@ pub(crate) struct InboundPlugins {
 }
 
 impl InboundPlugins {
+    /// Whether `label` names one of this port's routes.
+    pub(crate) fn has_route(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| !l.is_empty() && &**l == label)
+    }
+
     /// The chain for a request to this port, and the route's label.
     pub(crate) fn select(&self, req: &request::Parts) -> (&Chain, Arc<str>) {
         let index = self
@@ -220,6 +258,34 @@ pub(crate) struct Env {
     /// `remora_plugin_degraded_total{plugin}`: requests a plugin let
     /// through (or refused) because what it depends on did not answer.
     degraded: ::prometheus::IntCounterVec,
+    /// `remora_plugin_dropped_total{plugin, reason}`: log entries and spans
+    /// a plugin gave up on (its queue full, its endpoint down).
+    dropped: ::prometheus::IntCounterVec,
+    /// The config's backend and consumer names, for plugins that refer to
+    /// them (traffic-split's `upstream_id`, `anonymous_consumer`).
+    names: Arc<Names>,
+    /// `remora_plugin_body_skipped_total{plugin,reason}`.
+    body_skipped: ::prometheus::IntCounterVec,
+}
+
+/// Names a config defines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Names {
+    backends: std::collections::BTreeSet<String>,
+    consumers: std::collections::BTreeSet<String>,
+}
+
+impl Names {
+    pub(crate) fn of(config: &MeshConfig) -> Self {
+        Names {
+            backends: config.backends.keys().cloned().collect(),
+            consumers: config
+                .consumers
+                .iter()
+                .map(|c| c.username.clone())
+                .collect(),
+        }
+    }
 }
 
 impl Env {
@@ -228,7 +294,32 @@ impl Env {
         Env {
             apisix: prometheus::ApisixMetrics::register(metrics),
             degraded: prometheus::degraded(metrics),
+            dropped: prometheus::dropped(metrics),
+            names: Arc::default(),
+            body_skipped: response_rewrite::body_skipped(metrics),
         }
+    }
+
+    /// This environment for compiling `config`, which defines `names`.
+    pub(crate) fn with_names(&self, names: Names) -> Self {
+        Env {
+            names: Arc::new(names),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn has_consumer(&self, name: &str) -> bool {
+        self.names.consumers.contains(name)
+    }
+
+    pub(crate) fn has_backend(&self, name: &str) -> bool {
+        self.names.backends.contains(name)
+    }
+
+    /// Drops APISIX's series of the services and routes
+    /// `keep(service, route)` says are gone.
+    pub(crate) fn retain_series(&self, keep: &dyn Fn(&str, &str) -> bool) {
+        self.apisix.retain(keep);
     }
 }
 
@@ -329,6 +420,8 @@ pub(crate) struct Descriptor {
     compile: CompileFn,
     /// Auth plugins: the consumer side (`consumers[].plugins.<name>`).
     credential: Option<(CredentialFn, fn() -> serde_json::Value)>,
+    /// Loggers: the runtime keeps the request as it arrived for `log`.
+    records: bool,
 }
 
 impl Descriptor {
@@ -345,6 +438,15 @@ impl Descriptor {
             schema,
             compile,
             credential: None,
+            records: false,
+        }
+    }
+
+    /// A logger: `log` sees the request as it arrived ([`Ctx::request`]).
+    const fn recording(self) -> Self {
+        Descriptor {
+            records: true,
+            ..self
         }
     }
 
@@ -390,6 +492,16 @@ pub(crate) const REGISTRY: &[Descriptor] = &[
     limit_req::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
     prometheus::DESCRIPTOR,
+    // Observability: traces and access logs.
+    opentelemetry::DESCRIPTOR,
+    http_logger::DESCRIPTOR,
+    file_logger::DESCRIPTOR,
+    // The second set of security and traffic plugins.
+    ua_restriction::DESCRIPTOR,
+    referer_restriction::DESCRIPTOR,
+    csrf::DESCRIPTOR,
+    proxy_mirror::DESCRIPTOR,
+    traffic_split::DESCRIPTOR,
 ];
 
 fn descriptor(name: &str) -> Option<&'static Descriptor> {
@@ -425,6 +537,7 @@ pub(crate) fn compile_layer(
         entries.push(Entry {
             name: d.name,
             priority: d.priority,
+            records: d.records,
             plugin,
         });
     }
@@ -438,6 +551,7 @@ pub(crate) fn chain_of(base: &[Entry], over: &[Entry]) -> Chain {
 
 /// Compiles global rules, consumers and inbound ports.
 pub(crate) fn compile(config: &MeshConfig, env: &Env) -> Result<Compiled, PluginError> {
+    let env = &env.with_names(Names::of(config));
     let mut global = Vec::new();
     for (i, rule) in config.global_rules.iter().enumerate() {
         let layer = compile_layer(&format!("globalRules[{i}].plugins"), &rule.plugins, env)?;
@@ -507,6 +621,9 @@ fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, Plugin
             header,
             plugins,
         });
+        consumers
+            .by_name
+            .insert(consumer.name.clone(), consumer.clone());
         for (d, file, value) in credentials {
             file(value, &consumer, &mut consumers).map_err(|f| PluginError::Field {
                 at: at.clone(),
@@ -547,6 +664,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) route: Arc<str>,
     /// Who authenticated, once an auth plugin said so.
     pub(crate) consumer: Option<Arc<Consumer>>,
+    /// Outbound: the backend traffic-split chose instead of the route's.
+    pub(crate) upstream: Option<Arc<str>>,
+    /// Outbound: where proxy-mirror sends a copy.
+    pub(crate) mirror: Option<Arc<MirrorTarget>>,
     compiled: &'a Compiled,
     /// The service/port + route chain (consumer-merged after `rewrite`).
     chain: Chain,
@@ -560,6 +681,10 @@ pub(crate) struct Ctx<'a> {
     /// What plugins hold until the request is over, finished or dropped
     /// (a limit-conn slot).
     held: Vec<Held>,
+    /// The request as it arrived, kept only when a logger is on its path.
+    pub(crate) request: Option<Box<access_log::Request>>,
+    /// This hop's W3C trace context, once opentelemetry set it.
+    pub(crate) trace: Option<opentelemetry::Hop>,
 }
 
 /// Something a plugin holds for the rest of a request; dropped with it.
@@ -583,12 +708,16 @@ impl<'a> Ctx<'a> {
             service: Arc::default(),
             route: Arc::default(),
             consumer: None,
+            upstream: None,
+            mirror: None,
             compiled,
             chain: Chain::default(),
             response_headers: Vec::new(),
             started: Instant::now(),
             marks: Vec::new(),
             held: Vec::new(),
+            request: None,
+            trace: None,
         }
     }
 
@@ -627,6 +756,13 @@ impl<'a> Ctx<'a> {
         self.marks.contains(&mark)
     }
 
+    /// Keeps the request as it is now for the loggers, once.
+    fn record(&mut self, req: &request::Parts) {
+        if self.request.is_none() {
+            self.request = Some(Box::new(access_log::Request::of(req)));
+        }
+    }
+
     /// Whether any plugin would run for this request.
     fn idle(&self) -> bool {
         self.compiled.global.is_empty() && self.chain.is_empty()
@@ -644,6 +780,9 @@ impl<'a> Ctx<'a> {
             return None;
         }
         let global = self.compiled.global.clone();
+        if global.records() || self.chain.records() {
+            self.record(req);
+        }
         if let Some(r) = self.run(&global, req, Phase::Rewrite).await {
             return Some(r);
         }
@@ -661,6 +800,9 @@ impl<'a> Ctx<'a> {
                     return Some(r);
                 }
                 self.chain = Chain::merged(&self.chain.0, &consumer.plugins);
+                if self.chain.records() {
+                    self.record(req);
+                }
             }
         }
         self.run_all(req, Phase::Access).await
@@ -752,6 +894,8 @@ impl<'a> Ctx<'a> {
         let log = LogEntry {
             status: head.status,
             latency: self.started.elapsed(),
+            headers: &head.headers,
+            upstream: head.extensions.get::<UpstreamAddr>().map(|u| u.0),
         };
         for entry in global.0.iter().chain(chain.0.iter()) {
             entry.plugin.log(self, &log);

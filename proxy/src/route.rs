@@ -30,10 +30,9 @@ pub(crate) use filters::{
     apply_request_filters, apply_response_filters, FilterError, FilterOutcome, Filters, Mirror,
 };
 pub(crate) use select::Selected;
-pub(crate) use split::CompiledBackend;
+pub(crate) use split::{CompiledBackend, Split};
 
 use select::MatchEntry;
-use split::Split;
 
 /// One service port's routes, compiled and sorted by precedence.
 #[derive(Debug)]

@@ -170,6 +170,7 @@ impl Snapshot {
             .backends
             .keys()
             .any(|name| !self.backends.contains_key(name))
+            || !Arc::ptr_eq(&self.plugins, &previous.plugins)
     }
 
     /// Whether a metric series labelled with `service`, `route` and
@@ -183,7 +184,11 @@ impl Snapshot {
                         .iter()
                         .any(|p| p.routes.routes().iter().any(|r| &**r.label() == route))
             });
-        service_ok && (backend.is_empty() || self.backends.contains_key(backend))
+        // No service: inbound, whose routes are the inbound ports'.
+        let inbound_ok = !service.is_empty()
+            || route.is_empty()
+            || self.plugins.inbound.values().any(|p| p.has_route(route));
+        service_ok && inbound_ok && (backend.is_empty() || self.backends.contains_key(backend))
     }
 
     /// The protocol declared for an inbound port.
@@ -363,9 +368,12 @@ impl State {
                 let next = Arc::new(next);
                 self.current.store(next.clone());
                 if next.drops_resources_of(&previous) {
-                    self.metrics.retain_series(|service, route, backend| {
+                    let keep = |service: &str, route: &str, backend: &str| {
                         next.has_series(service, route, backend)
-                    });
+                    };
+                    self.metrics.retain_series(&keep);
+                    self.plugin_env
+                        .retain_series(&|service, route| keep(service, route, ""));
                 }
                 self.metrics.config_applied_in(started.elapsed());
                 self.metrics.config_update(true);
@@ -402,14 +410,23 @@ impl State {
             }
             _ => Arc::new(plugins::compile(&config, &self.plugin_env)?),
         };
+        // Plugins may name backends and consumers (traffic-split,
+        // anonymous_consumer): a service is only kept while those are too.
+        let names = plugins::Names::of(&config);
+        let same_names = previous
+            .config
+            .as_deref()
+            .is_some_and(|old| plugins::Names::of(old) == names);
+        let env = self.plugin_env.with_names(names);
         let mut services = HashMap::with_capacity(config.outbound.services.len());
         for (si, service) in config.outbound.services.iter().enumerate() {
-            let unchanged = previous_configs
-                .get(service.name.as_str())
-                .is_some_and(|old| *old == service);
+            let unchanged = same_names
+                && previous_configs
+                    .get(service.name.as_str())
+                    .is_some_and(|old| *old == service);
             let ports = match previous.services.get(&service.name) {
                 Some(ports) if unchanged => ports.clone(),
-                _ => compile_service(si, service, &self.plugin_env)?,
+                _ => compile_service(si, service, &env)?,
             };
             services.insert(service.name.clone(), ports);
         }

@@ -18,7 +18,7 @@ use crate::balance::{hash_key, Outcome};
 use crate::body::{Replay, MAX_REPLAY_BODY};
 use crate::error::Retry;
 use crate::metrics::RequestLabels;
-use crate::plugins::{Chain, Ctx};
+use crate::plugins::{Chain, Ctx, MirrorTarget};
 use crate::resilience::{backoff, is_retryable, RequestBody};
 use crate::route::{
     apply_request_filters, apply_response_filters, CompiledRoute, FilterOutcome, Mirror,
@@ -126,27 +126,44 @@ impl HttpProxy {
             }
             Err(e) => return (Err(filter_error(&e)), labels),
         }
-        let Some(backend_ref) = route.pick_backend(&mut rand::rng()) else {
-            return (
-                Err(ProxyError::new(
-                    ErrorKind::NoBackend,
-                    format!("route of {} has no backend with weight", port.service),
-                )),
-                labels,
-            );
+        // traffic-split may have chosen the backend; the route's split
+        // chooses otherwise, and only its choice has filters of its own.
+        let split_to = plugins.upstream.take();
+        let backend_ref = match &split_to {
+            Some(_) => None,
+            None => match route.pick_backend(&mut rand::rng()) {
+                Some(backend_ref) => Some(backend_ref),
+                None => {
+                    return (
+                        Err(ProxyError::new(
+                            ErrorKind::NoBackend,
+                            format!("route of {} has no backend with weight", port.service),
+                        )),
+                        labels,
+                    )
+                }
+            },
         };
-        match apply_request_filters(backend_ref.filters(), &mut parts, selected.matched_prefix) {
-            Ok(FilterOutcome::Continue) => {}
-            Ok(FilterOutcome::Redirect(redirect)) => {
-                return (Ok(redirect.map(|()| empty())), labels)
+        if let Some(backend_ref) = backend_ref {
+            match apply_request_filters(backend_ref.filters(), &mut parts, selected.matched_prefix)
+            {
+                Ok(FilterOutcome::Continue) => {}
+                Ok(FilterOutcome::Redirect(redirect)) => {
+                    return (Ok(redirect.map(|()| empty())), labels)
+                }
+                Err(e) => return (Err(filter_error(&e)), labels),
             }
-            Err(e) => return (Err(filter_error(&e)), labels),
         }
-        let Some(backend) = snapshot.backends.get(backend_ref.name()).cloned() else {
+        let backend_name = match (&split_to, backend_ref) {
+            (Some(name), _) => &**name,
+            (None, Some(backend_ref)) => backend_ref.name(),
+            (None, None) => "",
+        };
+        let Some(backend) = snapshot.backends.get(backend_name).cloned() else {
             return (
                 Err(ProxyError::new(
                     ErrorKind::NoBackend,
-                    format!("backend {} is not in the mesh config", backend_ref.name()),
+                    format!("backend {backend_name} is not in the mesh config"),
                 )),
                 labels,
             );
@@ -156,8 +173,8 @@ impl HttpProxy {
             service = %port.service,
             route = route.name().unwrap_or_default(),
             route_index = selected.route_index,
-            backend = backend_ref.name(),
-            weight = backend_ref.weight(),
+            backend = backend_name,
+            weight = backend_ref.map_or(0, |b| b.weight()),
             "request routed"
         );
 
@@ -174,20 +191,25 @@ impl HttpProxy {
                 .filters()
                 .mirrors()
                 .iter()
-                .chain(backend_ref.filters().mirrors())
+                .chain(backend_ref.into_iter().flat_map(|b| b.filters().mirrors()))
                 .filter(|m| m.sample(&mut rng))
                 .collect()
         };
+        let plugin_mirror = plugins.mirror.take().filter(|m| m.sample());
+        let mirrored = !mirrors.is_empty() || plugin_mirror.is_some();
         // A retry or a mirror needs the body again: it streams to the first
         // attempt at once while a bounded copy is kept.
         // A meshed backend may refuse a stream its app never saw, which is
         // retried elsewhere: it needs the body again too.
-        let body = if route.retry().is_some() || !mirrors.is_empty() || backend.meshed {
+        let body = if route.retry().is_some() || mirrored || backend.meshed {
             let replay = Replay::new(body, MAX_REPLAY_BODY);
-            if !mirrors.is_empty() && !replay.exceeds_cap() {
+            if mirrored && !replay.exceeds_cap() {
                 let template = Arc::new(Template::of(&parts));
                 for mirror in mirrors {
                     self.mirror(&snapshot, mirror, &template, &replay, upstream, &authority);
+                }
+                if let Some(target) = plugin_mirror {
+                    self.mirror_to(&target, &template, &replay, &authority);
                 }
             }
             Outgoing::Replay(replay)
@@ -210,7 +232,8 @@ impl HttpProxy {
         let result = self.send(&target, route, parts, body, &labels).await;
         let result = result.map(|response| {
             let (mut head, body) = response.into_parts();
-            for filters in [route.filters(), backend_ref.filters()] {
+            let own = backend_ref.map(|b| b.filters());
+            for filters in std::iter::once(route.filters()).chain(own) {
                 if let Err(e) = apply_response_filters(filters, &mut head) {
                     tracing::debug!(error = %e, "response filter skipped");
                 }
@@ -411,24 +434,65 @@ impl HttpProxy {
         let Some(body) = replay.mirror() else {
             return;
         };
-        let template = template.clone();
+        let Some(endpoint) = backend.balancer.pick(None) else {
+            return;
+        };
+        let req = template.request(body);
+        self.spawn_mirror(
+            backend.pool.clone(),
+            endpoint.peer(),
+            upstream,
+            authority,
+            req,
+        );
+    }
+
+    /// Sends a copy of a request where proxy-mirror says, in plaintext
+    /// HTTP/1.1, and drops the answer.
+    fn mirror_to(
+        &self,
+        target: &MirrorTarget,
+        template: &Template,
+        replay: &Replay,
+        authority: &str,
+    ) {
+        let Some(body) = replay.mirror() else {
+            return;
+        };
+        let mut req = template.request(body);
+        *req.uri_mut() = target.uri(req.uri());
+        *req.version_mut() = Version::HTTP_11;
+        let peer = Peer::plaintext(target.addr());
+        self.spawn_mirror(
+            self.passthrough.clone(),
+            peer,
+            Upstream::Http1,
+            authority,
+            req,
+        );
+    }
+
+    /// Sends `req` in a task of its own, within [`MIRROR_TIMEOUT`], reading
+    /// and dropping the answer: the request it copies never waits for it.
+    fn spawn_mirror(
+        &self,
+        pool: Arc<crate::pool::Pool>,
+        peer: Peer,
+        upstream: Upstream,
+        authority: &str,
+        req: Request<Body>,
+    ) {
         let drain = self.drain.clone();
         let authority = authority.to_owned();
         tokio::spawn(async move {
-            let Some(endpoint) = backend.balancer.pick(None) else {
-                return;
-            };
-            let req = template.request(body);
-            let peer = endpoint.peer();
             let exchange = async {
-                let response =
-                    forward(&drain, &backend.pool, &peer, upstream, &authority, req).await?;
+                let response = forward(&drain, &pool, &peer, upstream, &authority, req).await?;
                 // Read the answer so the connection can be reused.
                 let _ = response.into_body().collect().await;
                 Ok::<_, ProxyError>(())
             };
             if let Err(e) = tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
-                tracing::debug!(backend = %backend.name, error = %e, "mirrored request timed out");
+                tracing::debug!(peer = %peer, error = %e, "mirrored request timed out");
             }
         });
     }

@@ -211,7 +211,7 @@ impl Plugin for ApiBreaker {
         Flow::Respond(r)
     }
 
-    fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry) {
+    fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
         if !ctx.marked(BROKE) {
             self.observe(entry.status.as_u16(), Instant::now());
         }
@@ -299,6 +299,8 @@ mod tests {
             &LogEntry {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 latency: Duration::ZERO,
+                headers: &http::HeaderMap::new(),
+                upstream: None,
             },
         );
         assert_eq!(p.lock().unhealthy, 1);

@@ -17,6 +17,7 @@ use http::{header, request, HeaderValue, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::anonymous::Anonymous;
 use super::{parse, reject, Consumer, Consumers, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
 pub(super) const DESCRIPTOR: Descriptor =
@@ -29,6 +30,10 @@ pub(crate) struct Config {
     /// Remove `Authorization` before the request goes on.
     #[serde(default)]
     hide_credentials: bool,
+    /// The consumer (a `consumers[].username`) a request without a valid
+    /// credential runs as; unset, it gets 401.
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 /// The consumer side: `consumers[].plugins.basic-auth`.
@@ -47,12 +52,14 @@ pub(crate) type Users = std::collections::HashMap<String, (String, Arc<Consumer>
 #[derive(Debug)]
 struct BasicAuth {
     hide_credentials: bool,
+    anonymous: Anonymous,
 }
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     Ok(Arc::new(BasicAuth {
         hide_credentials: config.hide_credentials,
+        anonymous: Anonymous::compile(config.anonymous_consumer, env)?,
     }))
 }
 
@@ -107,10 +114,12 @@ impl Plugin for BasicAuth {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm='.'"),
             );
-            return Flow::Respond(r);
+            return self.anonymous.or_refuse(ctx, r);
         };
         let Some((user, password)) = credentials(value) else {
-            return Flow::Respond(reject(StatusCode::UNAUTHORIZED, MALFORMED));
+            return self
+                .anonymous
+                .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, MALFORMED));
         };
         let consumer = match ctx.consumers().basic_auth.get(&user) {
             // Constant time: how long a wrong password takes says nothing
@@ -123,7 +132,11 @@ impl Plugin for BasicAuth {
             {
                 consumer.clone()
             }
-            _ => return Flow::Respond(reject(StatusCode::UNAUTHORIZED, INVALID)),
+            _ => {
+                return self
+                    .anonymous
+                    .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, INVALID))
+            }
         };
         ctx.consumer = Some(consumer);
         if self.hide_credentials {

@@ -23,6 +23,7 @@ use ring::hmac;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::anonymous::Anonymous;
 use super::{
     in_range, parse, reject, Consumer, Consumers, Ctx, Descriptor, Env, Fault, Flow, Plugin,
 };
@@ -88,6 +89,10 @@ pub(crate) struct Config {
     /// Remove `Authorization` before the request goes on.
     #[serde(default)]
     hide_credentials: bool,
+    /// The consumer (a `consumers[].username`) a request without a valid
+    /// credential runs as; unset, it gets 401.
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 fn all_algorithms() -> Vec<Algorithm> {
@@ -118,9 +123,10 @@ struct HmacAuth {
     /// Lowercase.
     signed_headers: Vec<String>,
     hide_credentials: bool,
+    anonymous: Anonymous,
 }
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     if config.allowed_algorithms.is_empty() {
         return Err(Fault::new("allowed_algorithms", "must name at least one"));
@@ -151,6 +157,7 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
         clock_skew: Duration::from_secs(config.clock_skew),
         signed_headers,
         hide_credentials: config.hide_credentials,
+        anonymous: Anonymous::compile(config.anonymous_consumer, env)?,
     }))
 }
 
@@ -306,7 +313,8 @@ impl Plugin for HmacAuth {
             }
             Err(reason) => {
                 tracing::info!(reason, "hmac-auth: client request can't be validated");
-                Flow::Respond(reject(StatusCode::UNAUTHORIZED, REFUSED))
+                self.anonymous
+                    .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, REFUSED))
             }
         }
     }
@@ -470,6 +478,7 @@ mod tests {
             clock_skew: Duration::from_secs(10),
             signed_headers: Vec::new(),
             hide_credentials: false,
+            anonymous: Anonymous::default(),
         };
         let t = table();
         let sent = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);

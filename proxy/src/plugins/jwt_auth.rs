@@ -27,6 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::anonymous::Anonymous;
 use super::vars::{query_arg, remove_query_arg};
 use super::{
     header_name, in_range, parse, reject, Consumer, Consumers, Ctx, Descriptor, Env, Fault, Flow,
@@ -49,6 +50,10 @@ pub(crate) struct Config {
     /// Remove the token from the request before it goes on.
     #[serde(default)]
     hide_credentials: bool,
+    /// The consumer (a `consumers[].username`) a request without a valid
+    /// credential runs as; unset, it gets 401.
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
     /// The claim that names the consumer's credential.
     #[serde(default = "default_claim")]
     key_claim_name: String,
@@ -229,10 +234,11 @@ struct JwtAuth {
     query: String,
     cookie: String,
     hide_credentials: bool,
+    anonymous: Anonymous,
     claim: Arc<str>,
 }
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     for (field, text) in [
         ("query", &config.query),
@@ -248,6 +254,7 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
         query: config.query,
         cookie: config.cookie,
         hide_credentials: config.hide_credentials,
+        anonymous: Anonymous::compile(config.anonymous_consumer, env)?,
         claim: Arc::from(config.key_claim_name),
     }))
 }
@@ -264,19 +271,6 @@ enum Source {
     Header,
     Query,
     Cookie,
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'r>(req: &'r request::Parts, name: &str) -> Option<&'r str> {
-    req.headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 fn remove_cookie(req: &mut request::Parts, name: &str) {
@@ -337,7 +331,7 @@ impl JwtAuth {
         if let Some(token) = query_arg(&req.uri, &self.query) {
             return Some((token, Source::Query));
         }
-        cookie(req, &self.cookie).map(|t| (t.into(), Source::Cookie))
+        super::vars::cookie(req, &self.cookie).map(|t| (t.into(), Source::Cookie))
     }
 
     /// The consumer `token` authenticates, or APISIX's message why not.
@@ -390,11 +384,17 @@ impl JwtAuth {
 impl Plugin for JwtAuth {
     fn rewrite(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let Some((token, source)) = self.token(req) else {
-            return Flow::Respond(reject(StatusCode::UNAUTHORIZED, MISSING));
+            return self
+                .anonymous
+                .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, MISSING));
         };
         let consumer = match self.verify(&ctx.consumers().jwt, &token) {
             Ok(consumer) => consumer,
-            Err(message) => return Flow::Respond(reject(StatusCode::UNAUTHORIZED, message)),
+            Err(message) => {
+                return self
+                    .anonymous
+                    .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, message))
+            }
         };
         ctx.consumer = Some(consumer);
         if self.hide_credentials {
@@ -583,6 +583,7 @@ mod tests {
             query: "jwt".into(),
             cookie: "jwt".into(),
             hide_credentials: false,
+            anonymous: Anonymous::default(),
             claim: Arc::from("key"),
         };
         let keys = &compiled.consumers.jwt;

@@ -14,6 +14,7 @@ use http::{request, HeaderName, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::anonymous::Anonymous;
 use super::{
     header_name, parse, reject, Consumer, Consumers, Ctx, Descriptor, Env, Fault, Flow, Plugin,
 };
@@ -35,6 +36,10 @@ pub(crate) struct Config {
     /// Remove the key from the request before it goes on.
     #[serde(default)]
     hide_credentials: bool,
+    /// The consumer (a `consumers[].username`) a request without a valid
+    /// credential runs as; unset, it gets 401.
+    #[serde(default)]
+    anonymous_consumer: Option<String>,
 }
 
 fn default_name() -> String {
@@ -54,9 +59,10 @@ struct KeyAuth {
     header: HeaderName,
     query: String,
     hide_credentials: bool,
+    anonymous: Anonymous,
 }
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     let header = header_name("header", &config.header)?;
     if config.query.is_empty() {
@@ -66,6 +72,7 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
         header,
         query: config.query,
         hide_credentials: config.hide_credentials,
+        anonymous: Anonymous::compile(config.anonymous_consumer, env)?,
     }))
 }
 
@@ -98,11 +105,17 @@ impl Plugin for KeyAuth {
                 .get(std::str::from_utf8(key).unwrap_or("")),
             None => match super::vars::query_arg(&req.uri, &self.query) {
                 Some(key) => ctx.consumers().key_auth.get(key.as_ref()),
-                None => return Flow::Respond(reject(StatusCode::UNAUTHORIZED, MISSING)),
+                None => {
+                    return self
+                        .anonymous
+                        .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, MISSING))
+                }
             },
         };
         let Some(consumer) = found.cloned() else {
-            return Flow::Respond(reject(StatusCode::UNAUTHORIZED, INVALID));
+            return self
+                .anonymous
+                .or_refuse(ctx, reject(StatusCode::UNAUTHORIZED, INVALID));
         };
         ctx.consumer = Some(consumer);
         if self.hide_credentials {

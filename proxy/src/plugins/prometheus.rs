@@ -85,6 +85,14 @@ impl ApisixMetrics {
         }
         ApisixMetrics { status, latency }
     }
+
+    /// Drops the series of routes and services `keep(service, route)` says
+    /// are gone, as the data plane does for Remora's own.
+    pub(crate) fn retain(&self, keep: &dyn Fn(&str, &str) -> bool) {
+        let keep = |service: &str, route: &str, _: &str| keep(service, route);
+        crate::metrics::retain_in(&self.status, &keep);
+        crate::metrics::retain_in(&self.latency, &keep);
+    }
 }
 
 /// `remora_plugin_degraded_total{plugin}`, registered beside Remora's
@@ -96,6 +104,24 @@ pub(crate) fn degraded(metrics: &Metrics) -> IntCounterVec {
             "Requests a plugin decided without what it depends on (Redis for limit-count), by plugin",
         ),
         &["plugin"],
+    ) else {
+        unreachable_metrics()
+    };
+    if let Err(e) = metrics.registry().register(Box::new(vec.clone())) {
+        tracing::warn!(error = %e, "plugin metrics not registered");
+    }
+    vec
+}
+
+/// `remora_plugin_dropped_total{plugin, reason}`, registered beside Remora's
+/// metrics (see [`super::Env`]).
+pub(crate) fn dropped(metrics: &Metrics) -> IntCounterVec {
+    let Ok(vec) = IntCounterVec::new(
+        Opts::new(
+            "remora_plugin_dropped_total",
+            "Log entries and spans a plugin dropped: its queue was full (queue_full) or its endpoint did not take them (undelivered)",
+        ),
+        &["plugin", "reason"],
     ) else {
         unreachable_metrics()
     };
@@ -123,7 +149,7 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
 }
 
 impl Plugin for Prometheus {
-    fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry) {
+    fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
         let consumer = ctx.consumer_name().unwrap_or("");
         self.metrics
             .status
@@ -162,6 +188,8 @@ mod tests {
         let entry = LogEntry {
             status: http::StatusCode::TOO_MANY_REQUESTS,
             latency: std::time::Duration::from_millis(3),
+            headers: &http::HeaderMap::new(),
+            upstream: None,
         };
         p.log(&ctx, &entry);
         p.log(&ctx, &entry);

@@ -15,6 +15,14 @@ pub(crate) fn env() -> Env {
     Env::new(&Metrics::new())
 }
 
+/// An environment for a config that defines these backends and consumers.
+pub(crate) fn env_naming(backends: &[&str], consumers: &[&str]) -> Env {
+    env().with_names(super::Names {
+        backends: backends.iter().map(|b| (*b).to_owned()).collect(),
+        consumers: consumers.iter().map(|c| (*c).to_owned()).collect(),
+    })
+}
+
 /// Compiled plugin state with these consumers (name, plugins).
 pub(crate) fn consumers(list: &[(&str, serde_json::Value)]) -> Compiled {
     let consumers: Vec<serde_json::Value> = list

@@ -166,6 +166,19 @@ pub(crate) fn is_known(name: &str) -> bool {
         )
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub(crate) fn cookie<'r>(req: &'r request::Parts, name: &str) -> Option<&'r str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
 /// The first value of query parameter `name`, percent-decoded (`+` is a
 /// space, as in forms).
 pub(crate) fn query_arg<'u>(uri: &'u Uri, name: &str) -> Option<Cow<'u, str>> {

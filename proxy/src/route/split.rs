@@ -36,7 +36,7 @@ impl CompiledBackend {
 
 /// A route's backends and the table to choose among them.
 #[derive(Debug, Default)]
-pub(super) struct Split {
+pub(crate) struct Split {
     backends: Vec<CompiledBackend>,
     /// (end of the backend's range on the weight line, index in
     /// `backends`), for weights above 0 only, ascending.
@@ -46,25 +46,46 @@ pub(super) struct Split {
 impl Split {
     pub(super) fn compile(refs: &[BackendRef]) -> Result<Self, FieldError> {
         let mut backends = Vec::with_capacity(refs.len());
-        let mut cumulative = Vec::with_capacity(refs.len());
-        let mut total: u64 = 0;
         for (index, backend) in refs.iter().enumerate() {
             let filters =
                 Filters::compile(&backend.filters, &format!("backendRefs[{index}].filters"))?;
-            if backend.weight > 0 {
-                total += u64::from(backend.weight);
-                cumulative.push((total, index));
-            }
             backends.push(CompiledBackend {
                 name: backend.name.clone(),
                 weight: backend.weight,
                 filters,
             });
         }
-        Ok(Self {
+        Ok(Self::of(backends))
+    }
+
+    /// Backends by name and weight alone, without filters (traffic-split's
+    /// `weighted_upstreams`).
+    pub(crate) fn weighted(pairs: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self::of(
+            pairs
+                .into_iter()
+                .map(|(name, weight)| CompiledBackend {
+                    name,
+                    weight,
+                    filters: Filters::default(),
+                })
+                .collect(),
+        )
+    }
+
+    fn of(backends: Vec<CompiledBackend>) -> Self {
+        let mut cumulative = Vec::with_capacity(backends.len());
+        let mut total: u64 = 0;
+        for (index, backend) in backends.iter().enumerate() {
+            if backend.weight > 0 {
+                total += u64::from(backend.weight);
+                cumulative.push((total, index));
+            }
+        }
+        Self {
             backends,
             cumulative,
-        })
+        }
     }
 
     #[cfg(test)]
@@ -72,7 +93,7 @@ impl Split {
         &self.backends
     }
 
-    pub(super) fn total_weight(&self) -> u64 {
+    pub(crate) fn total_weight(&self) -> u64 {
         self.cumulative.last().map_or(0, |(end, _)| *end)
     }
 
@@ -85,7 +106,7 @@ impl Split {
     }
 
     /// The backend whose range holds `point % total`.
-    pub(super) fn at(&self, point: u64) -> Option<&CompiledBackend> {
+    pub(crate) fn at(&self, point: u64) -> Option<&CompiledBackend> {
         let total = self.total_weight();
         if total == 0 {
             return None;

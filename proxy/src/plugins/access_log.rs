@@ -1,0 +1,252 @@
+//! The access-log entry that `http-logger` and `file-logger` write, in
+//! APISIX's shape: `request` (method, uri, url, querystring, headers),
+//! `response` (status, headers), `upstream`, `latency`, `client_ip`,
+//! `start_time`, `route_id`, `service_id`, `consumer`, and `trace_id` when
+//! the request is traced.
+//!
+//! The runtime keeps the request as it arrived ([`Request`]) only when a
+//! logger is on its path; the entry is built in `log` from that, the
+//! response head and the context, and serialized off the request path.
+//! Headers that carry credentials are left out of the log.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{request, HeaderMap, Method, Uri};
+use serde::Serialize;
+
+use super::{Ctx, LogEntry};
+
+/// The request as the proxy received it, before any plugin changed it.
+#[derive(Debug)]
+pub(crate) struct Request {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    started: SystemTime,
+}
+
+impl Request {
+    pub(crate) fn of(req: &request::Parts) -> Self {
+        Request {
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            headers: req.headers.clone(),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// Headers never written to a log: they carry credentials.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "apikey",
+];
+
+/// One access-log entry, serialized as APISIX's logger plugins do.
+#[derive(Debug, Serialize)]
+pub(crate) struct Record {
+    request: RequestPart,
+    response: ResponsePart,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
+    /// Milliseconds from the request's arrival to its response head.
+    latency: f64,
+    client_ip: String,
+    /// Milliseconds since the Unix epoch.
+    start_time: u64,
+    route_id: String,
+    service_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<ConsumerPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RequestPart {
+    method: String,
+    uri: String,
+    url: String,
+    querystring: BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponsePart {
+    status: u16,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsumerPart {
+    username: String,
+}
+
+impl Record {
+    /// The entry for a finished exchange.
+    pub(crate) fn of(ctx: &Ctx<'_>, entry: &LogEntry<'_>) -> Self {
+        let (request, start_time) = match ctx.request.as_deref() {
+            Some(r) => (request_part(r), millis(r.started)),
+            // Refused before the plugins ran (a malformed head): what is known.
+            None => (
+                RequestPart {
+                    method: String::new(),
+                    uri: String::new(),
+                    url: String::new(),
+                    querystring: BTreeMap::new(),
+                    headers: BTreeMap::new(),
+                },
+                millis(SystemTime::now()).saturating_sub(entry.latency.as_millis() as u64),
+            ),
+        };
+        Record {
+            request,
+            response: ResponsePart {
+                status: entry.status.as_u16(),
+                headers: headers(entry.headers),
+            },
+            upstream: entry.upstream.map(|a| a.to_string()),
+            latency: entry.latency.as_secs_f64() * 1000.0,
+            client_ip: ctx.remote_addr.ip().to_string(),
+            start_time,
+            route_id: ctx.route.to_string(),
+            service_id: ctx.service.to_string(),
+            consumer: ctx.consumer_name().map(|name| ConsumerPart {
+                username: name.to_owned(),
+            }),
+            trace_id: ctx.trace.as_ref().map(|t| t.trace_id_hex()),
+        }
+    }
+}
+
+fn request_part(r: &Request) -> RequestPart {
+    let uri = r
+        .uri
+        .path_and_query()
+        .map_or_else(|| r.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let host = r
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            r.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let scheme = r.uri.scheme_str().unwrap_or("http");
+    let querystring = r
+        .uri
+        .query()
+        .map(|q| {
+            form_pairs(q)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    RequestPart {
+        method: r.method.as_str().to_owned(),
+        url: format!("{scheme}://{host}{uri}"),
+        uri,
+        querystring,
+        headers: headers(&r.headers),
+    }
+}
+
+/// `a=1&b=x%20y` as decoded pairs; a key without `=` has an empty value.
+fn form_pairs(
+    query: &str,
+) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s| percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+        (decode(k), decode(v))
+    })
+}
+
+/// Headers by lower-case name, repeated ones joined with `, `, without the
+/// ones that carry credentials or are not text.
+fn headers(map: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in map {
+        if SECRET_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        out.entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+    out
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{consumer, consumers, ctx, request};
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn an_entry_has_apisix_fields_without_credentials() {
+        let compiled = consumers(&[]);
+        let mut ctx = ctx(&compiled);
+        ctx.route = Arc::from("orders");
+        ctx.service = Arc::from("shop");
+        ctx.consumer = Some(consumer("jack"));
+        let req = request(
+            "/orders?id=7&q=a%20b",
+            &[
+                ("host", "shop.local"),
+                ("x-user", "u1"),
+                ("authorization", "Bearer secret"),
+                ("apikey", "k"),
+            ],
+        );
+        ctx.request = Some(Box::new(Request::of(&req)));
+        let mut response = HeaderMap::new();
+        response.insert("content-type", "text/plain".parse().expect("value"));
+        response.insert("set-cookie", "s=1".parse().expect("value"));
+        let entry = LogEntry {
+            status: http::StatusCode::CREATED,
+            latency: std::time::Duration::from_micros(2500),
+            headers: &response,
+            upstream: Some("10.0.0.9:8080".parse().expect("addr")),
+        };
+        let mut json = serde_json::to_value(Record::of(&ctx, &entry)).expect("serializes");
+        assert!(json["start_time"].as_u64().expect("a number") > 1_600_000_000_000);
+        json["start_time"] = 0.into();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "request": {
+                    "method": "GET",
+                    "uri": "/orders?id=7&q=a%20b",
+                    "url": "http://shop.local/orders?id=7&q=a%20b",
+                    "querystring": {"id": "7", "q": "a b"},
+                    "headers": {"host": "shop.local", "x-user": "u1"}
+                },
+                "response": {"status": 201, "headers": {"content-type": "text/plain"}},
+                "upstream": "10.0.0.9:8080",
+                "latency": 2.5,
+                "client_ip": "10.0.0.7",
+                "start_time": 0,
+                "route_id": "orders",
+                "service_id": "shop",
+                "consumer": {"username": "jack"}
+            })
+        );
+    }
+}
