@@ -208,6 +208,7 @@ impl Admin {
                     .identity
                     .as_ref()
                     .map(|rx| dump::identity(&rx.borrow()));
+                summary.discovery = self.state.state.discovery().map(|d| d.snapshot());
                 return json(serde_json::to_vec_pretty(&summary));
             }
             DumpQuery::Full => {

@@ -32,6 +32,11 @@ pub mod env {
     pub const IDENTITY_TOKEN_FILE: &str = "REMORA_IDENTITY_TOKEN_FILE";
     pub const CERT_LIFETIME: &str = "REMORA_CERT_LIFETIME";
     pub const APP_PROBES: &str = "REMORA_APP_PROBES";
+    pub const DISCOVERY_ADDR: &str = "REMORA_DISCOVERY_ADDR";
+    pub const DISCOVERY_WAIT: &str = "REMORA_DISCOVERY_WAIT";
+    pub const DISCOVERY_MAX_DESTINATIONS: &str = "REMORA_DISCOVERY_MAX_DESTINATIONS";
+    pub const POD_NAME: &str = "REMORA_POD_NAME";
+    pub const POD_NAMESPACE: &str = "REMORA_POD_NAMESPACE";
 }
 
 /// Where the injector projects the service-account token (audience `remora.dev`;
@@ -42,6 +47,14 @@ pub const DEFAULT_CA_SERVER_NAME: &str = "remora-cp.remora-system.svc";
 /// The range of `--cert-lifetime` when it is not 0 (0 leaves it to the CA).
 pub const CERT_LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(10)..=Duration::from_secs(365 * 24 * 3600);
+/// The range of `--discovery-wait`.
+pub const DISCOVERY_WAIT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(30);
+/// The range of `--discovery-max-destinations` (remora-cp's own default
+/// limit per stream is 1024).
+pub const DISCOVERY_MAX_DESTINATIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+/// At most this many `--discovery-addr` entries.
+pub const MAX_DISCOVERY_ADDRS: usize = 16;
 
 /// Command-line flags. Every flag can also be set with the environment
 /// variable named beside it.
@@ -141,6 +154,30 @@ pub struct Args {
     /// The certificate lifetime to ask for; 0 takes the CA's default.
     #[arg(long, env = env::CERT_LIFETIME, default_value = "0s", value_parser = humantime::parse_duration)]
     pub cert_lifetime: Duration,
+
+    /// Discovery mode: remora-cp's discovery service, HOST:PORT, comma
+    /// separated; the proxy fails over between them in order. Trusts
+    /// --ca-roots and checks --ca-server-name. Excludes --config.
+    #[arg(long, env = env::DISCOVERY_ADDR, value_delimiter = ',')]
+    pub discovery_addr: Vec<String>,
+
+    /// How long the first connection to a destination the config does not
+    /// know waits for remora-cp's answer before passing through.
+    #[arg(long, env = env::DISCOVERY_WAIT, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub discovery_wait: Duration,
+
+    /// Most outbound destinations subscribed at once; past it new ones pass
+    /// through to their original destination.
+    #[arg(long, env = env::DISCOVERY_MAX_DESTINATIONS, default_value_t = 1024)]
+    pub discovery_max_destinations: usize,
+
+    /// This pod's name, for discovery (the downward API's metadata.name).
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+
+    /// This pod's namespace, for discovery (metadata.namespace).
+    #[arg(long, env = env::POD_NAMESPACE)]
+    pub pod_namespace: Option<String>,
 }
 
 /// Whether the proxy listens on IPv6 as well as IPv4.
@@ -183,6 +220,23 @@ pub struct Config {
     pub app_probes: Arc<crate::AppProbes>,
     /// How to get a workload certificate; `None` without `--ca-addr`.
     pub identity: Option<IdentityConfig>,
+    /// Where the mesh config comes from in discovery mode; `None` without
+    /// `--discovery-addr`.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// The discovery client's settings (`--discovery-addr` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// remora-cp replicas, `(host, port)`, tried in this order.
+    pub addrs: Vec<(String, u16)>,
+    /// The DNS name checked in remora-cp's serving certificate.
+    pub server_name: String,
+    pub ca_roots: PathBuf,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub wait: Duration,
+    pub max_destinations: usize,
 }
 
 /// The certificate client's settings (`--ca-addr` and friends).
@@ -267,6 +321,7 @@ impl Config {
                 reason: format!("REMORA_APP_PROBES {e}"),
             })?;
         let identity = identity_config(&args)?;
+        let discovery = discovery_config(&args)?;
         let workers = match args.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -287,25 +342,24 @@ impl Config {
             max_connections: args.max_connections,
             app_probes: Arc::new(app_probes),
             identity,
+            discovery,
         })
     }
 }
 
-/// The identity flags: all or nothing hangs on `--ca-addr`.
-fn identity_config(args: &Args) -> Result<Option<IdentityConfig>, ConfigError> {
-    let invalid = |flag, reason: String| ConfigError::Invalid { flag, reason };
-    let Some(addr) = &args.ca_addr else {
-        return Ok(None);
-    };
+/// `HOST:PORT` with a host that is a DNS name or an IP address (`[v6]`
+/// bracketed); the host comes back bare.
+fn host_port(flag: &'static str, addr: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { flag, reason };
     let (host, port) = addr
         .rsplit_once(':')
         .filter(|(host, _)| !host.is_empty())
-        .ok_or_else(|| invalid("ca-addr", format!("{addr:?} is not HOST:PORT")))?;
+        .ok_or_else(|| invalid(format!("{addr:?} is not HOST:PORT")))?;
     let port = port
         .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| invalid("ca-addr", format!("{addr:?}: the port must be 1 to 65535")))?;
+        .ok_or_else(|| invalid(format!("{addr:?}: the port must be 1 to 65535")))?;
     // `[::1]:15012` names an IPv6 address; `lookup_host` wants it bare.
     let host = host
         .strip_prefix('[')
@@ -314,11 +368,112 @@ fn identity_config(args: &Args) -> Result<Option<IdentityConfig>, ConfigError> {
     let host_ok = host.parse::<std::net::IpAddr>().is_ok()
         || rustls_pki_types::DnsName::try_from(host).is_ok();
     if !host_ok {
+        return Err(invalid(format!(
+            "{host:?} is neither a DNS name nor an IP address"
+        )));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// The discovery flags: all hang on `--discovery-addr`, which excludes
+/// `--config`.
+fn discovery_config(args: &Args) -> Result<Option<DiscoveryConfig>, ConfigError> {
+    let invalid = |flag, reason: String| ConfigError::Invalid { flag, reason };
+    if args.discovery_addr.is_empty() {
+        return Ok(None);
+    }
+    if args.config.is_some() {
         return Err(invalid(
-            "ca-addr",
-            format!("{host:?} is neither a DNS name nor an IP address"),
+            "discovery-addr",
+            "excludes --config: the mesh config comes either from remora-cp or from a file"
+                .to_owned(),
         ));
     }
+    if args.discovery_addr.len() > MAX_DISCOVERY_ADDRS {
+        return Err(invalid(
+            "discovery-addr",
+            format!(
+                "{} addresses; at most {MAX_DISCOVERY_ADDRS}",
+                args.discovery_addr.len()
+            ),
+        ));
+    }
+    let addrs = args
+        .discovery_addr
+        .iter()
+        .map(|a| host_port("discovery-addr", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if rustls_pki_types::DnsName::try_from(args.ca_server_name.as_str()).is_err() {
+        return Err(invalid(
+            "ca-server-name",
+            format!("{:?} is not a DNS name", args.ca_server_name),
+        ));
+    }
+    let ca_roots = args.ca_roots.clone().ok_or_else(|| {
+        invalid(
+            "ca-roots",
+            "is required with --discovery-addr: the PEM roots remora-cp's serving certificate chains to"
+                .to_owned(),
+        )
+    })?;
+    // Kubernetes names, as remora-cp checks them.
+    let name = |flag, value: &Option<String>, max: usize| {
+        let value = value.clone().unwrap_or_default();
+        let ok = !value.is_empty()
+            && value.len() <= max
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if ok {
+            Ok(value)
+        } else {
+            Err(invalid(
+                flag,
+                format!(
+                    "{value:?}: required with --discovery-addr, a Kubernetes name of 1 to {max} \
+                     lowercase letters, digits, '-' and '.'"
+                ),
+            ))
+        }
+    };
+    let pod_name = name("pod-name", &args.pod_name, 253)?;
+    let pod_namespace = name("pod-namespace", &args.pod_namespace, 63)?;
+    if !DISCOVERY_WAIT_RANGE.contains(&args.discovery_wait) {
+        return Err(invalid(
+            "discovery-wait",
+            format!(
+                "must be 10ms to 30s, not {}",
+                humantime::format_duration(args.discovery_wait)
+            ),
+        ));
+    }
+    if !DISCOVERY_MAX_DESTINATIONS_RANGE.contains(&args.discovery_max_destinations) {
+        return Err(invalid(
+            "discovery-max-destinations",
+            format!(
+                "must be 1 to 65536, not {}",
+                args.discovery_max_destinations
+            ),
+        ));
+    }
+    Ok(Some(DiscoveryConfig {
+        addrs,
+        server_name: args.ca_server_name.clone(),
+        ca_roots,
+        pod_name,
+        pod_namespace,
+        wait: args.discovery_wait,
+        max_destinations: args.discovery_max_destinations,
+    }))
+}
+
+/// The identity flags: all or nothing hangs on `--ca-addr`.
+fn identity_config(args: &Args) -> Result<Option<IdentityConfig>, ConfigError> {
+    let invalid = |flag, reason: String| ConfigError::Invalid { flag, reason };
+    let Some(addr) = &args.ca_addr else {
+        return Ok(None);
+    };
+    let (host, port) = host_port("ca-addr", addr)?;
     if rustls_pki_types::DnsName::try_from(args.ca_server_name.as_str()).is_err() {
         return Err(invalid(
             "ca-server-name",
@@ -346,7 +501,7 @@ fn identity_config(args: &Args) -> Result<Option<IdentityConfig>, ConfigError> {
         }
     };
     Ok(Some(IdentityConfig {
-        ca_host: host.to_owned(),
+        ca_host: host,
         ca_port: port,
         ca_server_name: args.ca_server_name.clone(),
         ca_roots,
@@ -586,6 +741,112 @@ mod tests {
         let err = parse(&["--ca-addr", "cp:1"]).unwrap_err();
         assert!(
             err.starts_with("--ca-roots: is required with --ca-addr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn discovery_flags_hang_on_discovery_addr_and_exclude_config() {
+        assert_eq!(parse(&[]).expect("defaults").discovery, None);
+        let base = [
+            "--ca-roots",
+            "/r.pem",
+            "--pod-name",
+            "web-1",
+            "--pod-namespace",
+            "shop",
+        ];
+        let with = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            parse(&argv)
+        };
+        let d = with(&["--discovery-addr", "cp-a:15012,[::1]:15013"])
+            .expect("valid")
+            .discovery
+            .expect("discovery configured");
+        assert_eq!(
+            d.addrs,
+            [("cp-a".to_owned(), 15012), ("::1".to_owned(), 15013)]
+        );
+        assert_eq!(d.server_name, "remora-cp.remora-system.svc");
+        assert_eq!(
+            (d.pod_name.as_str(), d.pod_namespace.as_str()),
+            ("web-1", "shop")
+        );
+        assert_eq!(d.wait, Duration::from_secs(2));
+        assert_eq!(d.max_destinations, 1024);
+        let d = with(&[
+            "--discovery-addr=cp:1",
+            "--discovery-wait=10ms",
+            "--discovery-max-destinations=65536",
+        ])
+        .expect("valid")
+        .discovery
+        .expect("discovery configured");
+        assert_eq!(d.wait, Duration::from_millis(10));
+        assert_eq!(d.max_destinations, 65536);
+        assert!(with(&["--discovery-addr=cp:1", "--discovery-wait=30s"]).is_ok());
+        let sixteen = vec!["cp:1"; 16].join(",");
+        assert!(with(&["--discovery-addr", &sixteen]).is_ok());
+        let seventeen = vec!["cp:1"; 17].join(",");
+        for (extra, message) in [
+            (
+                &["--discovery-addr", "cp:1", "--config", "/m.yaml"][..],
+                "--discovery-addr: excludes --config: the mesh config comes either from remora-cp or from a file",
+            ),
+            (&["--discovery-addr", "cp"], "--discovery-addr: \"cp\" is not HOST:PORT"),
+            (
+                &["--discovery-addr", "cp:1,cp:0"],
+                "--discovery-addr: \"cp:0\": the port must be 1 to 65535",
+            ),
+            (
+                &["--discovery-addr", &seventeen],
+                "--discovery-addr: 17 addresses; at most 16",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-wait=9ms"],
+                "--discovery-wait: must be 10ms to 30s, not 9ms",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-wait=31s"],
+                "--discovery-wait: must be 10ms to 30s, not 31s",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-max-destinations=0"],
+                "--discovery-max-destinations: must be 1 to 65536, not 0",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-max-destinations=65537"],
+                "--discovery-max-destinations: must be 1 to 65536, not 65537",
+            ),
+        ] {
+            assert_eq!(with(extra).unwrap_err(), message, "{extra:?}");
+        }
+        let err = parse(&[
+            "--discovery-addr=cp:1",
+            "--ca-roots=/r",
+            "--pod-name=Web_1",
+            "--pod-namespace=shop",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "--pod-name: \"Web_1\": required with --discovery-addr, a Kubernetes name of 1 to 253 lowercase letters, digits, '-' and '.'"
+        );
+        let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r", "--pod-name=w"]).unwrap_err();
+        assert!(
+            err.starts_with("--pod-namespace: \"\": required with --discovery-addr"),
+            "{err}"
+        );
+        let err = parse(&["--discovery-addr=cp:1", "--ca-roots=/r"]).unwrap_err();
+        assert!(
+            err.starts_with("--pod-name: \"\": required with --discovery-addr"),
+            "{err}"
+        );
+        let err = parse(&["--discovery-addr=cp:1"]).unwrap_err();
+        assert!(
+            err.starts_with("--ca-roots: is required with --discovery-addr"),
             "{err}"
         );
     }

@@ -35,14 +35,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rand::Rng as _;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub(crate) use self::client::Http2;
 use self::client::{CaClient, RequestError};
 use self::metrics::IdentityMetrics;
-use self::schedule::Backoff;
+pub(crate) use self::schedule::{draw_jitter, Backoff};
 use crate::config::IdentityConfig;
 
 /// What the TLS layer needs, published on a watch channel; replaced whole
@@ -140,7 +140,9 @@ pub(crate) enum IdentityError {
 }
 
 /// The certificates of a PEM file (other blocks are ignored).
-fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(crate) fn read_roots(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let io = |source| IdentityError::CaRoots {
         path: path.to_owned(),
         source,
@@ -175,7 +177,7 @@ pub(crate) fn spawn(
 
 /// A draw for the jitter, in -1..=1.
 fn draw() -> f64 {
-    rand::rng().random_range(-1.0..=1.0)
+    draw_jitter()
 }
 
 /// Requests, renews and expires, forever (the task ends with the runtime).

@@ -115,6 +115,13 @@ async fn serve(config: Arc<Config>, max_connections: usize) -> anyhow::Result<()
         connector,
     ));
 
+    if let Some(discovery) = &config.discovery {
+        let roots = identity::read_roots(&discovery.ca_roots)
+            .context("reading the roots for the discovery client")?;
+        source::discovery::spawn(discovery, roots, identity.clone(), state.clone(), &metrics)
+            .context("starting the discovery client")?;
+    }
+
     let admin = std::net::TcpListener::bind(config.admin_addr).with_context(|| {
         format!(
             "binding the admin server on {}; is another proxy already running in this pod?",

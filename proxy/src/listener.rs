@@ -28,6 +28,7 @@ use crate::io::{CopyError, Counted, Rewind};
 use crate::limits::{ConnectionLimit, Slot, Throttle};
 use crate::metrics::{Metrics, RefusedReason};
 use crate::net;
+use crate::source::discovery::Dest;
 use crate::state::{Snapshot, State};
 use crate::transport::detect::{self, Protocol};
 use crate::transport::{Accepted, Acceptor, Dial, Inner, Terminated};
@@ -309,7 +310,19 @@ impl Proxy {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let snapshot = self.state.load();
+        let mut snapshot = self.state.load();
+        // Discovery mode: a destination the config does not know is asked
+        // for once, and the first connections to it wait (bounded) for the
+        // answer. A known one never gets here.
+        let on_demand = self.state.discovery();
+        if direction == Direction::Outbound && snapshot.service_by_addr(dst).is_none() {
+            if let Some(discovery) = on_demand {
+                drop(snapshot);
+                let asked = discovery.on_demand.ask(Dest::Addr(dst)).await;
+                debug!(%dst, ?asked, "destination asked for on demand");
+                snapshot = self.state.load();
+            }
+        }
         if direction == Direction::Inbound {
             let port = port_label(&snapshot, dst.port());
             if snapshot.inbound.mode_for(dst.port()) == InboundMode::Strict {
@@ -386,7 +399,7 @@ impl Proxy {
             return;
         }
         let is_http = matches!(detected.protocol, Protocol::Http1 | Protocol::H2);
-        if is_http && wants_http(&snapshot, direction, dst, declared) {
+        if is_http && wants_http(&snapshot, direction, dst, declared, on_demand.is_some()) {
             drop(snapshot);
             self.http
                 .clone()
@@ -557,18 +570,21 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// Whether a detected-HTTP connection is proxied request by request.
 /// Inbound: unless the port is declared otherwise. Outbound: when the mesh
 /// config knows the destination (by address, or maybe by `Host`); unknown
-/// destinations pass through as bytes, untouched.
+/// destinations pass through as bytes, untouched, except in discovery mode
+/// (`on_demand`), where each request's `Host` may name a destination to ask
+/// remora-cp for.
 fn wants_http(
     snapshot: &Snapshot,
     direction: Direction,
     dst: SocketAddr,
     declared: Option<ApiProtocol>,
+    on_demand: bool,
 ) -> bool {
     match direction {
         Direction::Inbound => declared.is_none_or(ApiProtocol::is_http),
         Direction::Outbound => match declared {
             Some(protocol) => protocol.is_http(),
-            None => snapshot.has_hostnames_on(dst.port()),
+            None => on_demand || snapshot.has_hostnames_on(dst.port()),
         },
     }
 }

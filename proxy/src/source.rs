@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::state::{Snapshot, State};
 
-mod discovery;
+pub(crate) mod discovery;
 
 /// How often replaced snapshots are looked at, to drop them once no
 /// request holds them.

@@ -30,6 +30,7 @@ use crate::plugins::{self, Chain, PluginError};
 use crate::pool::{Pool, PoolSettings};
 use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
+use crate::source::discovery::Discovery;
 use crate::transport::Connector;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -229,6 +230,8 @@ pub(crate) struct State {
     connector: Arc<Connector>,
     /// What plugins compile with (APISIX's metrics).
     plugin_env: plugins::Env,
+    /// The discovery client's shared state, with `--discovery-addr`.
+    discovery: std::sync::OnceLock<Arc<Discovery>>,
 }
 
 /// What `/ready` needs to know about applying config.
@@ -265,7 +268,19 @@ impl State {
             config_health: Mutex::default(),
             connector,
             plugin_env: plugins::Env::new(&metrics),
+            discovery: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The discovery client's shared state, in discovery mode: unknown
+    /// destinations are asked for there.
+    pub(crate) fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.get()
+    }
+
+    /// Set once, when the discovery client starts.
+    pub(crate) fn set_discovery(&self, discovery: Arc<Discovery>) {
+        let _ = self.discovery.set(discovery);
     }
 
     /// The startup settings.
@@ -294,6 +309,9 @@ impl State {
     /// Why the proxy cannot apply config, if it cannot: the source stopped,
     /// or an apply has been running for longer than [`APPLY_STALL`].
     pub(crate) fn config_problem(&self) -> Option<String> {
+        if let Some(waiting) = self.discovery().and_then(|d| d.waiting()) {
+            return Some(waiting);
+        }
         let health = self.lock_config_health();
         if let Some(reason) = health.source_stopped {
             return Some(format!("config: {reason}"));

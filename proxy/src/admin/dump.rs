@@ -131,6 +131,10 @@ pub(crate) struct Summary {
     /// The workload certificate and trust bundle, with `--ca-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) identity: Option<IdentitySummary>,
+    /// The discovery stream: remora-cp in use, versions by subscription,
+    /// with `--discovery-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) discovery: Option<crate::source::discovery::Status>,
 }
 
 /// What `/config_dump` says about the workload certificate: never the key.
@@ -211,6 +215,7 @@ pub(crate) fn summary(snapshot: &Snapshot, last_error: Option<String>) -> Summar
         backends_out_of_rotation_truncated: truncated,
         more: "GET /config_dump?backend=NAME or ?service=NAME for one resource, ?full=1 for everything (streamed)",
         identity: None,
+        discovery: None,
     }
 }
 

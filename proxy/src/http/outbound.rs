@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{request, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
+use tracing::debug;
 
 use super::{
     authority_of, empty, forward, Body, ConnInfo, ErrorKind, HttpProxy, Peer, ProxyError, Upstream,
@@ -22,6 +23,7 @@ use crate::resilience::{backoff, is_retryable, RequestBody};
 use crate::route::{
     apply_request_filters, apply_response_filters, CompiledRoute, FilterOutcome, Mirror,
 };
+use crate::source::discovery::host_dest;
 use crate::state::{BackendState, Snapshot};
 
 impl HttpProxy {
@@ -33,7 +35,22 @@ impl HttpProxy {
         plugins: &mut Ctx<'_>,
     ) -> (Result<Response<Body>, ProxyError>, RequestLabels) {
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
-        let port = snapshot.service_for(conn.orig_dst, &authority).cloned();
+        let mut snapshot = snapshot;
+        let mut port = snapshot.service_for(conn.orig_dst, &authority).cloned();
+        // Discovery mode: a host name the config does not know is asked for
+        // once; the first requests wait (bounded) for the answer.
+        if port.is_none() {
+            let dest = self
+                .state
+                .discovery()
+                .and_then(|d| Some((d, host_dest(&authority, conn.orig_dst.port())?)));
+            if let Some((discovery, dest)) = dest {
+                let asked = discovery.on_demand.ask(dest).await;
+                debug!(%authority, ?asked, "host asked for on demand");
+                snapshot = self.state.load();
+                port = snapshot.service_for(conn.orig_dst, &authority).cloned();
+            }
+        }
         let mut labels = RequestLabels {
             service: port.as_ref().map(|p| p.service.clone()).unwrap_or_default(),
             ..RequestLabels::default()

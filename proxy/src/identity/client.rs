@@ -267,7 +267,7 @@ impl CaClient {
 /// all the gRPC client needs, without tonic's `Channel` (balancing,
 /// buffering, reconnecting), which one request a renewal does not use.
 #[derive(Debug, Clone)]
-struct Http2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+pub(crate) struct Http2(pub(crate) hyper::client::conn::http2::SendRequest<tonic::body::Body>);
 
 impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
     type Response = http::Response<hyper::body::Incoming>;

@@ -13,6 +13,12 @@ pub(super) const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Retries never wait longer than this.
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// A draw for the jitter, in -1..=1.
+pub(crate) fn draw_jitter() -> f64 {
+    use rand::Rng as _;
+    rand::rng().random_range(-1.0..=1.0)
+}
+
 /// `base` moved by `draw` (clamped to -1..=1) times 10 % of itself.
 fn jittered(base: Duration, draw: f64) -> Duration {
     let draw = if draw.is_finite() {
@@ -32,27 +38,37 @@ pub(super) fn renewal_delay(remaining: Duration, draw: f64) -> Duration {
 /// Exponential back-off: 1 s, 2 s, 4 s ... up to 30 s, each ±10 %, and never
 /// past 30 s.
 #[derive(Debug, Clone)]
-pub(super) struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
+    start: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     pub(super) fn new() -> Self {
+        Self::between(BACKOFF_START, BACKOFF_MAX)
+    }
+
+    /// Back-off from `start`, doubling up to `max` (the discovery client
+    /// reconnects faster than the CA client retries).
+    pub(crate) fn between(start: Duration, max: Duration) -> Self {
         Backoff {
-            next: BACKOFF_START,
+            next: start,
+            start,
+            max,
         }
     }
 
     /// The wait before the next retry; doubles the one after.
-    pub(super) fn next_delay(&mut self, draw: f64) -> Duration {
+    pub(crate) fn next_delay(&mut self, draw: f64) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        jittered(base, draw).min(BACKOFF_MAX)
+        self.next = (self.next * 2).min(self.max);
+        jittered(base, draw).min(self.max)
     }
 
-    /// After a success, the next failure starts again at 1 s.
-    pub(super) fn reset(&mut self) {
-        self.next = BACKOFF_START;
+    /// After a success, the next failure starts again at the start.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.start;
     }
 }
 

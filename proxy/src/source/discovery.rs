@@ -5,11 +5,33 @@
 //! refused with the reason (the client NACKs it) and the fragments stay as
 //! they were, so the last good config stays in force.
 //!
-//! Pure: no stream, no I/O. The gRPC client that feeds it pushes and hands
-//! the result to `State::apply` (`--discovery-addr`) is not written yet.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The assembly is pure: no stream, no I/O. `client` is the gRPC client
+//! that feeds it pushes and hands the result to `State::apply`
+//! (`--discovery-addr`); `on_demand` is how the data path asks for a
+//! destination the config does not know. [`Discovery`] is what the two
+//! share with the rest of the proxy (`State` holds it): the on-demand
+//! destinations and the stream's status for `/ready` and `/config_dump`.
+
+mod client;
+mod on_demand;
+
+/// The generated client of the discovery service.
+#[allow(
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all,
+    rust_2018_idioms
+)]
+mod proto {
+    tonic::include_proto!("remora.discovery.v1");
+}
+
+pub(crate) use client::spawn;
+pub(crate) use on_demand::{host_dest, Dest};
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use remora_api::{MeshConfig, ParseLimits};
 use serde_json::{json, Map, Value};
@@ -28,6 +50,65 @@ pub(crate) enum AssemblyError {
     BackendClash(String),
     #[error("the assembled config is invalid: {0}")]
     Invalid(#[from] remora_api::ConfigError),
+}
+
+/// The discovery client's state shared with the data path and the admin
+/// server.
+#[derive(Debug)]
+pub(crate) struct Discovery {
+    pub(crate) on_demand: on_demand::OnDemand,
+    status: Mutex<Status>,
+}
+
+/// How discovery is going, for `/ready` and `/config_dump`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Status {
+    /// The remora-cp address of the open stream, if one is open.
+    pub(crate) control_plane: Option<String>,
+    /// The view version of the last push applied, by subscription.
+    pub(crate) versions: BTreeMap<String, u64>,
+    /// Why the last stream ended or could not be opened.
+    pub(crate) last_error: Option<String>,
+    #[serde(skip)]
+    globals: bool,
+    #[serde(skip)]
+    inbound: bool,
+}
+
+impl Discovery {
+    fn new(wait: Duration, max: usize) -> (Self, tokio::sync::mpsc::Receiver<Dest>) {
+        let (on_demand, requests) = on_demand::OnDemand::new(wait, max);
+        let discovery = Discovery {
+            on_demand,
+            status: Mutex::default(),
+        };
+        (discovery, requests)
+    }
+
+    fn status(&self, change: impl FnOnce(&mut Status)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// A copy of the status.
+    pub(crate) fn snapshot(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `Some(detail)` until the first globals and inbound config arrived.
+    pub(crate) fn waiting(&self) -> Option<String> {
+        let status = self.snapshot();
+        if status.globals && status.inbound {
+            return None;
+        }
+        Some(match status.last_error {
+            Some(e) => format!("discovery: no config from remora-cp yet: {e}"),
+            None => "discovery: waiting for the first config from remora-cp".to_owned(),
+        })
+    }
 }
 
 /// What a subscription names, as the proxy keeps it.
@@ -86,7 +167,9 @@ impl Assembly {
         Ok(config)
     }
 
-    /// Forgets a destination (unsubscribed).
+    /// Forgets a destination (unsubscribed). Unused until subscriptions
+    /// that go unused are dropped.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn remove(&mut self, key: &str) {
         self.destinations.remove(key);
     }
@@ -144,6 +227,24 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_waits_for_the_globals_and_the_inbound_config() {
+        let (d, _requests) = Discovery::new(Duration::from_secs(1), 1);
+        assert_eq!(
+            d.waiting().as_deref(),
+            Some("discovery: waiting for the first config from remora-cp")
+        );
+        d.status(|s| s.last_error = Some("connecting to cp:15012: refused".into()));
+        assert_eq!(
+            d.waiting().as_deref(),
+            Some("discovery: no config from remora-cp yet: connecting to cp:15012: refused")
+        );
+        d.status(|s| s.globals = true);
+        assert!(d.waiting().is_some(), "the inbound config is still missing");
+        d.status(|s| s.inbound = true);
+        assert_eq!(d.waiting(), None);
+    }
 
     fn dest(key: &str, vip: &str, backend: &str, endpoint: &str) -> String {
         let (_, name) = key.split_once('/').unwrap();

@@ -1,0 +1,618 @@
+//! Discovery end to end: a real remora-cp in file mode (`--source-dir`, a
+//! directory of Kubernetes YAML) and sidecars with `--discovery-addr`.
+//! Service VIPs routed to their EndpointSlices, an HTTPRoute and an
+//! endpoint removal taking effect live, a NACKed object counted once and
+//! harmless, a dead control plane that leaves traffic flowing and resyncs
+//! on restart, failover between two replicas, hostile control-plane
+//! addresses, unknown destinations passed through, and a STRICT
+//! MeshTLSPolicy delivered to the server's sidecar.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use remora_e2e::http_apps::{eventually, send_many, HttpApp, HttpClient, Outcome, Req};
+use remora_e2e::{
+    assert_closed_without_data, write_readable, App, ControlPlane, Metrics, Pod, ProxyHandle,
+    TestNet, CLIENT, DEFAULT_INIT_ARGS,
+};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const V2_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const APP_PORT: u16 = 8081;
+/// How long a change in the source directory may take to reach a proxy
+/// (debounce, coalescing, push): generous, never asserted as a latency.
+const PROPAGATION: Duration = Duration::from_secs(10);
+/// remora-cp's admin port in its pod.
+const CP_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15014);
+
+fn web() -> SocketAddr {
+    SocketAddr::from((WEB_VIP, 80))
+}
+
+/// The directory remora-cp reads; files are replaced atomically.
+struct SourceDir(PathBuf);
+
+impl SourceDir {
+    fn new(test: &str) -> SourceDir {
+        let dir = std::env::temp_dir().join(format!(
+            "remora-e2e-discovery-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        SourceDir(dir)
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    fn write(&self, name: &str, yaml: &str) {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.0.join(format!("{name}.yaml"))).unwrap();
+    }
+}
+
+impl Drop for SourceDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Service `web` (VIP 10.96.0.10:80, round robin) with `endpoints`, and
+/// service `web-v2` (10.96.0.11:80) with `v2`.
+fn services(endpoints: &[Ipv4Addr], v2: Ipv4Addr) -> String {
+    let list = endpoints
+        .iter()
+        .map(|ip| format!("  - addresses: [{ip}]\n"))
+        .collect::<String>();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIPs: [{WEB_VIP}]
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {APP_PORT}}}]
+endpoints:
+{list}---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-v2, namespace: default}}
+spec:
+  clusterIPs: [{V2_VIP}]
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v2-1, namespace: default, labels: {{kubernetes.io/service-name: web-v2}}}}
+addressType: IPv4
+ports: [{{name: http, port: {APP_PORT}}}]
+endpoints:
+  - addresses: [{v2}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: web, namespace: default}}
+spec:
+  targetRefs: [{{kind: Service, name: web}}]
+  loadBalancer: roundRobin
+"#
+    )
+}
+
+/// Requests flagged `x-canary: 1` go to web-v2, the rest to web.
+const CANARY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+    - matches: [{headers: [{name: x-canary, value: "1"}]}]
+      backendRefs: [{name: web-v2, port: 80}]
+    - backendRefs: [{name: web, port: 80}]
+"#;
+
+/// Pods: remora-cp's, three apps (a, b, v2), and a meshed client.
+struct Mesh {
+    net: TestNet,
+    cp_pod: Pod,
+    dir: SourceDir,
+    apps: Vec<HttpApp>,
+    ips: Vec<Ipv4Addr>,
+    client: Pod,
+}
+
+impl Mesh {
+    async fn new(test: &str) -> Mesh {
+        let net = TestNet::new(test);
+        let cp_pod = net.pod("cp");
+        let client = net.pod("client");
+        let mut apps = Vec::new();
+        let mut ips = Vec::new();
+        for name in ["a", "b", "v2"] {
+            let pod = net.pod(&format!("srv{name}"));
+            apps.push(pod.spawn_http_app(APP_PORT, name));
+            ips.push(pod.ip4());
+        }
+        let dir = SourceDir::new(test);
+        let mesh = Mesh {
+            net,
+            cp_pod,
+            dir,
+            apps,
+            ips,
+            client,
+        };
+        mesh.dir
+            .write("services", &services(&mesh.ips[..2], mesh.ips[2]));
+        mesh
+    }
+
+    async fn start_cp(&self, pod: &Pod) -> ControlPlane {
+        pod.start_control_plane(&[CLIENT], &["--source-dir", &self.dir.arg()])
+            .await
+    }
+
+    /// The client's sidecar, in discovery mode against `addrs`.
+    async fn mesh_client(&self, addrs: &str, roots: &std::path::Path) -> ProxyHandle {
+        let roots = roots.display().to_string();
+        self.client
+            .mesh_with(&[], &discovery_args(addrs, &roots, "client").strs())
+            .await
+    }
+
+    /// What each app received so far, by name.
+    fn received(&self) -> BTreeMap<String, usize> {
+        self.apps
+            .iter()
+            .map(|a| (a.name().to_owned(), a.received()))
+            .collect()
+    }
+}
+
+fn discovery_args(addrs: &str, roots: &str, pod: &str) -> Vec<String> {
+    [
+        "--discovery-addr",
+        addrs,
+        "--ca-roots",
+        roots,
+        "--pod-name",
+        pod,
+        "--pod-namespace",
+        "default",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+trait Args {
+    fn strs(&self) -> Vec<&str>;
+}
+
+impl Args for Vec<String> {
+    fn strs(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
+/// Counts answers by app, failing on any error or non-200.
+fn tally(results: Vec<Outcome>) -> BTreeMap<String, usize> {
+    let mut by_app = BTreeMap::new();
+    for (i, result) in results {
+        let reply = result.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.status, 200, "request {i}: {:?}", reply.remora_error());
+        *by_app.entry(reply.body).or_insert(0) += 1;
+    }
+    by_app
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+async fn dump(proxy: &ProxyHandle) -> Value {
+    let r = proxy.get("/config_dump").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The version of the last push applied for `subscription`.
+async fn version(proxy: &ProxyHandle, subscription: &str) -> u64 {
+    dump(proxy).await["discovery"]["versions"][subscription]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until `subscription` has been pushed a version past `after`.
+async fn pushed_after(proxy: &ProxyHandle, subscription: &str, after: u64) {
+    eventually(
+        PROPAGATION,
+        &format!("a push of {subscription} after version {after}"),
+        || async {
+            let now = version(proxy, subscription).await;
+            if now > after {
+                Ok(())
+            } else {
+                Err(format!("version {now}"))
+            }
+        },
+    )
+    .await
+}
+
+async fn cp_metrics(pod: &Pod) -> Metrics {
+    let r = pod.http("GET", CP_ADMIN, "/metrics").await.unwrap();
+    Metrics::parse(&r.body)
+}
+
+const WEB_SUB: &str = "address 10.96.0.10:80";
+
+#[tokio::test]
+async fn a_vip_routes_to_its_endpoint_slice_and_routes_and_endpoints_change_live() {
+    let m = Mesh::new("disc_live").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    let proxy = m.mesh_client(&cp.ca_addr(), &cp.roots_path()).await;
+
+    // a) The VIP is unknown until the first connection asks for it; then
+    // round robin over the slice's two endpoints.
+    let got = tally(send_many(&m.client, web(), 20, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 10), ("b", 10)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["discovery"]["controlPlane"], cp.ca_addr().as_str());
+    assert_eq!(
+        d["counts"]["services"], 1,
+        "only what the client talked to: {d}"
+    );
+
+    // b) An HTTPRoute sends flagged requests to web-v2, without a restart.
+    let before = version(&proxy, WEB_SUB).await;
+    m.dir.write("route", CANARY_ROUTE);
+    pushed_after(&proxy, WEB_SUB, before).await;
+    let got = tally(
+        send_many(&m.client, web(), 20, 1, |i| {
+            let req = Req::get("/");
+            if i % 2 == 0 {
+                req.header("x-canary", "1")
+            } else {
+                req
+            }
+        })
+        .await,
+    );
+    assert_eq!(got, counts(&[("a", 5), ("b", 5), ("v2", 10)]));
+    assert_eq!(m.received(), counts(&[("a", 15), ("b", 15), ("v2", 10)]));
+
+    // c) b leaves the slice: it gets nothing after the push.
+    let before = version(&proxy, WEB_SUB).await;
+    m.dir.write("services", &services(&m.ips[..1], m.ips[2]));
+    pushed_after(&proxy, WEB_SUB, before).await;
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 10)]));
+    assert_eq!(m.received(), counts(&[("a", 25), ("b", 15), ("v2", 10)]));
+
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_connected", &[]), 1.0);
+    assert_eq!(metrics.get("remora_discovery_reconnects_total", &[]), 0.0);
+    assert_eq!(
+        metrics.get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_nacked_object_leaves_traffic_alone_and_is_counted_once() {
+    let m = Mesh::new("disc_nack").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    let proxy = m.mesh_client(&cp.ca_addr(), &cp.roots_path()).await;
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+
+    // remora-cp does not check consumers' plugin configs yet; the proxy's
+    // plugin compiler refuses a plugin it does not know.
+    let before = proxy.metrics().await;
+    m.dir.write(
+        "consumer",
+        "apiVersion: remora.dev/v1alpha1\nkind: Consumer\nmetadata: {name: jack, namespace: default}\nspec: {plugins: {no-such-plugin: {}}}\n",
+    );
+    proxy
+        .wait_metrics("the globals push rejected", |m| {
+            m.since(
+                &before,
+                "remora_discovery_pushes_total",
+                &[("result", "rejected")],
+            ) == 1.0
+        })
+        .await;
+    let nacks = eventually(PROPAGATION, "remora-cp counted the NACK", || async {
+        let n = cp_metrics(&m.cp_pod).await.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "globals")],
+        );
+        if n >= 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    assert_eq!(nacks, 1.0);
+    let d = dump(&proxy).await;
+    let error = d["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-plugin"), "{d}");
+    // Traffic as before: every request answered by the same endpoints.
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+    let cp_m = cp_metrics(&m.cp_pod).await;
+    assert_eq!(
+        cp_m.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "globals")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        cp_m.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "destination")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn traffic_survives_a_dead_control_plane_and_a_restart_resyncs() {
+    let m = Mesh::new("disc_restart").await;
+    let mut cp = m.start_cp(&m.cp_pod).await;
+    let proxy = m.mesh_client(&cp.ca_addr(), &cp.roots_path()).await;
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+
+    cp.stop();
+    proxy
+        .wait_metrics("the stream seen gone", |m| {
+            m.get("remora_discovery_connected", &[]) == 0.0
+        })
+        .await;
+    let got = tally(send_many(&m.client, web(), 20, 4, |_| Req::get("/")).await);
+    assert_eq!(
+        got,
+        counts(&[("a", 10), ("b", 10)]),
+        "20 of 20 while remora-cp is down"
+    );
+    assert_eq!(
+        proxy.ready_status().await,
+        200,
+        "the last good config keeps it ready"
+    );
+
+    // Changed while it was down: the restarted remora-cp pushes it.
+    m.dir.write("route", CANARY_ROUTE);
+    cp.start().await;
+    let got = eventually(
+        PROPAGATION,
+        "the canary route after the restart",
+        || async {
+            let reply = HttpClient::new(&m.client, web())
+                .send(&Req::get("/").header("x-canary", "1"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply.body == "v2" {
+                Ok(reply.status)
+            } else {
+                Err(reply.body)
+            }
+        },
+    )
+    .await;
+    assert_eq!(got, 200);
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_connected", &[]), 1.0);
+    let got = tally(
+        send_many(&m.client, web(), 10, 1, |_| {
+            Req::get("/").header("x-canary", "1")
+        })
+        .await,
+    );
+    assert_eq!(got, counts(&[("v2", 10)]));
+}
+
+#[tokio::test]
+async fn killing_the_replica_in_use_moves_the_proxy_to_the_other() {
+    let m = Mesh::new("disc_failover").await;
+    let cp2_pod = m.net.pod("cp2");
+    let mut cps = [m.start_cp(&m.cp_pod).await, m.start_cp(&cp2_pod).await];
+    // Each replica has its own root here; the proxy trusts both.
+    let roots = cps[0].scratch("both-roots.pem");
+    write_readable(
+        &roots,
+        &format!("{}{}", cps[0].root_pem(), cps[1].root_pem()),
+    );
+    let addrs = format!("{},{}", cps[0].ca_addr(), cps[1].ca_addr());
+    let proxy = m.mesh_client(&addrs, &roots).await;
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+    let d = dump(&proxy).await;
+    let first = d["discovery"]["controlPlane"].as_str().unwrap().to_owned();
+    assert_eq!(first, cps[0].ca_addr(), "the first address first");
+
+    cps[0].stop();
+    let second = cps[1].ca_addr();
+    eventually(PROPAGATION, "the proxy on the other replica", || async {
+        let now = dump(&proxy).await["discovery"]["controlPlane"].clone();
+        if now == second.as_str() {
+            Ok(())
+        } else {
+            Err(now.to_string())
+        }
+    })
+    .await;
+    let before = version(&proxy, WEB_SUB).await;
+    m.dir.write("services", &services(&m.ips[..1], m.ips[2]));
+    pushed_after(&proxy, WEB_SUB, before).await;
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 10)]));
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_reconnects_total", &[]), 1.0);
+    assert_eq!(metrics.get("remora_discovery_connected", &[]), 1.0);
+}
+
+/// A "control plane" that accepts and never says a word, and one that
+/// answers garbage.
+fn hostile_servers(pod: &Pod) -> Vec<App> {
+    vec![
+        pod.spawn_server(15100, |stream| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        }),
+        pod.spawn_server(15101, |mut stream| async move {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\n\x00\x01garbage")
+                .await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn a_silent_and_a_garbage_control_plane_do_not_block_failover() {
+    let m = Mesh::new("disc_hostile").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    let _hostile = hostile_servers(&m.cp_pod);
+    let ip = m.cp_pod.ip4();
+    let addrs = format!("{ip}:15100,{ip}:15101,{}", cp.ca_addr());
+    // Ready within the harness's 10 s: the silent one costs one connect
+    // timeout, the garbage one fails at once.
+    let proxy = m.mesh_client(&addrs, &cp.roots_path()).await;
+    let d = dump(&proxy).await;
+    assert_eq!(d["discovery"]["controlPlane"], cp.ca_addr().as_str());
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_reconnects_total", &[]), 2.0);
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+
+    // An address remora-cp has no service for: "not found", passed through
+    // to the original destination.
+    let direct = SocketAddr::from((m.ips[2], APP_PORT));
+    let got = tally(send_many(&m.client, direct, 3, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("v2", 3)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    assert!(
+        d["discovery"]["versions"][format!("address {direct}")].is_u64(),
+        "the not-found answer is recorded: {d}"
+    );
+
+    // An unknown address whose requests name a host the config does not
+    // know (web-v2 was never talked to): asked for by `Host`, then routed to
+    // that service's endpoints.
+    let unknown = SocketAddr::from(([10, 96, 0, 99], 80));
+    let got = tally(
+        send_many(&m.client, unknown, 4, 1, |_| {
+            Req::get("/").host("web-v2.default.svc.cluster.local")
+        })
+        .await,
+    );
+    assert_eq!(got, counts(&[("v2", 4)]));
+    let d = dump(&proxy).await;
+    assert!(
+        d["discovery"]["versions"]["host web-v2.default.svc.cluster.local:80"].is_u64(),
+        "{d}"
+    );
+    assert_eq!(d["counts"]["services"], 2, "web and web-v2: {d}");
+}
+
+#[tokio::test]
+async fn an_unknown_destination_passes_through_after_the_bounded_wait() {
+    let m = Mesh::new("disc_wait").await;
+    let _hostile = hostile_servers(&m.cp_pod);
+    let ip = m.cp_pod.ip4();
+    // Only a silent control plane: no config ever arrives, so the proxy is
+    // not ready, but its listeners carry traffic.
+    m.client.run_init(DEFAULT_INIT_ARGS);
+    let roots = m.dir.0.join("no-roots.pem");
+    write_readable(&roots, UNUSED_ROOT);
+    let mut args = discovery_args(
+        &format!("{ip}:15100"),
+        &roots.display().to_string(),
+        "client",
+    );
+    args.extend(["--discovery-wait".to_owned(), "300ms".to_owned()]);
+    let proxy = m.client.spawn_proxy(&args.strs());
+    let ready = eventually(PROPAGATION, "the admin port", || async {
+        proxy.get("/ready").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("discovery: "),
+        "/ready says discovery has not delivered: {}",
+        ready.body
+    );
+    let direct = SocketAddr::from((m.ips[0], APP_PORT));
+    let got = tally(send_many(&m.client, direct, 3, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 3)]));
+}
+
+/// A PEM block no control plane chains to: the silent one never gets as
+/// far as a handshake.
+const UNUSED_ROOT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+#[tokio::test]
+async fn a_strict_mesh_tls_policy_from_the_control_plane_refuses_plaintext() {
+    let m = Mesh::new("disc_strict").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    // The server pod's sidecar gets its inbound config from remora-cp.
+    let server = m.net.pod("srvs");
+    let app = server.spawn_http_app(APP_PORT, "s");
+    m.dir.write(
+        "server-pod",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: srvs, namespace: default, annotations: {remora.dev/status: '{}'}}\nspec: {serviceAccountName: server, containers: [{name: app, image: app}]}\n",
+    );
+    let roots = cp.roots_path().display().to_string();
+    let proxy = server
+        .mesh_with(&[], &discovery_args(&cp.ca_addr(), &roots, "srvs").strs())
+        .await;
+    // PERMISSIVE by default: plaintext from an unmeshed pod is accepted.
+    let to_app = SocketAddr::from((server.ip4(), APP_PORT));
+    let got = tally(send_many(&m.client, to_app, 2, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("s", 2)]));
+
+    let before = version(&proxy, "inbound").await;
+    m.dir.write(
+        "strict",
+        "apiVersion: remora.dev/v1alpha1\nkind: MeshTLSPolicy\nmetadata: {name: strict, namespace: default}\nspec: {mode: STRICT}\n",
+    );
+    pushed_after(&proxy, "inbound", before).await;
+    let mut plain = m.client.connect(to_app).await.unwrap();
+    // The sidecar closes before reading; the write may or may not land.
+    let _ = plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: srvs\r\n\r\n")
+        .await;
+    assert_closed_without_data(&mut plain, "plaintext under STRICT").await;
+    assert_eq!(app.received(), 2, "nothing reached the app after STRICT");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "remora_inbound_connections_total",
+            &[
+                ("security", "plaintext"),
+                ("port", "other"),
+                ("result", "refused")
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
