@@ -15,7 +15,7 @@
 //! into rustls types and checks what the CA sent, `client` is one request
 //! to the CA, `metrics` the `remora_identity_*` metrics.
 
-mod client;
+pub(crate) mod client;
 mod material;
 mod metrics;
 mod schedule;

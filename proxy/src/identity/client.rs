@@ -152,25 +152,8 @@ impl CaClient {
     /// Dials the CA and shakes hands; bounded by [`CONNECT_TIMEOUT`].
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RequestError> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config()?));
-        let dial = async {
-            let host = (self.config.ca_host.as_str(), self.config.ca_port);
-            let mut last = None;
-            for addr in tokio::net::lookup_host(host).await? {
-                match TcpStream::connect(addr).await {
-                    Ok(tcp) => {
-                        let _ = tcp.set_nodelay(true);
-                        return connector.connect(self.server_name.clone(), tcp).await;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the name resolves to no address",
-                )
-            }))
-        };
+        let host = (self.config.ca_host.as_str(), self.config.ca_port);
+        let dial = dial_tls(&connector, &self.server_name, host);
         match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(self.unreachable(e)),
@@ -286,6 +269,32 @@ impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(self.0.send_request(request))
     }
+}
+
+/// Dials each address `host` resolves to in turn, then shakes hands with
+/// the first that answers (TCP_NODELAY set); the caller bounds it in time.
+/// The CA client and the discovery client both reach remora-cp this way.
+pub(crate) async fn dial_tls(
+    connector: &tokio_rustls::TlsConnector,
+    server_name: &rustls::pki_types::ServerName<'static>,
+    host: (&str, u16),
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(host).await? {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return connector.connect(server_name.clone(), tcp).await;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -385,24 +385,7 @@ impl Client {
         };
         let tls = self.tls_config().map_err(|e| failed(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let dial = async {
-            let mut last = None;
-            for a in tokio::net::lookup_host((host, port)).await? {
-                match TcpStream::connect(a).await {
-                    Ok(tcp) => {
-                        let _ = tcp.set_nodelay(true);
-                        return connector.connect(self.server_name.clone(), tcp).await;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the name resolves to no address",
-                )
-            }))
-        };
+        let dial = crate::identity::client::dial_tls(&connector, &self.server_name, (host, port));
         match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(failed(e.to_string())),
