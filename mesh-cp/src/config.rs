@@ -36,6 +36,12 @@ pub mod env {
     pub const DISCOVERY_MAX_SUBSCRIPTIONS: &str = "REMORA_CP_DISCOVERY_MAX_SUBSCRIPTIONS";
     pub const SOURCE_DIR: &str = "REMORA_CP_SOURCE_DIR";
     pub const ROOT_NAMESPACE: &str = "REMORA_CP_ROOT_NAMESPACE";
+    pub const KUBERNETES: &str = "REMORA_CP_KUBERNETES";
+    pub const POD_NAME: &str = "REMORA_CP_POD_NAME";
+    pub const LEASE_NAME: &str = "REMORA_CP_LEASE_NAME";
+    pub const LEASE_DURATION: &str = "REMORA_CP_LEASE_DURATION";
+    pub const LEASE_RENEW_INTERVAL: &str = "REMORA_CP_LEASE_RENEW_INTERVAL";
+    pub const STATUS_WRITES_PER_SECOND: &str = "REMORA_CP_STATUS_WRITES_PER_SECOND";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -156,6 +162,27 @@ pub struct ServeArgs {
     /// MeshTLSPolicies here without a selector apply to the whole mesh.
     #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
     pub root_namespace: String,
+    /// Talk to the Kubernetes API: elect a leader through a Lease in
+    /// --namespace, and write route and policy status while leading.
+    #[arg(long, env = env::KUBERNETES)]
+    pub kubernetes: bool,
+    /// This replica's name, its identity in the leader Lease; default the
+    /// host name (a pod's name).
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+    /// The leader-election Lease, in --namespace.
+    #[arg(long, env = env::LEASE_NAME, default_value = crate::lease::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// How long a leader's Lease stands without renewal, 5s to 5m.
+    #[arg(long, env = env::LEASE_DURATION, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews (and others look), 1s to half of
+    /// --lease-duration.
+    #[arg(long, env = env::LEASE_RENEW_INTERVAL, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew_interval: Duration,
+    /// Status writes per second at most, 1 to 1000.
+    #[arg(long, env = env::STATUS_WRITES_PER_SECOND, default_value_t = 20)]
+    pub status_writes_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -204,6 +231,10 @@ pub enum ConfigError {
     Audience(String),
     #[error("--discovery-max-subscriptions {0} is outside 1..=65536")]
     MaxSubscriptions(u32),
+    #[error("--status-writes-per-second {0} is outside 1..=1000")]
+    StatusWrites(u32),
+    #[error(transparent)]
+    Lease(#[from] crate::lease::SettingsError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -240,6 +271,18 @@ pub struct Config {
     pub discovery: crate::discovery::Settings,
     pub source_dir: Option<PathBuf>,
     pub root_namespace: String,
+    /// `--kubernetes`: leader election and status write-back.
+    pub kubernetes: bool,
+    pub lease: crate::lease::Settings,
+    pub status: crate::status::Settings,
+}
+
+/// The host name, a pod's name in Kubernetes.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
 }
 
 fn in_range(
@@ -354,6 +397,18 @@ impl Config {
                 return Err(ConfigError::DnsName(name.clone()));
             }
         }
+        let lease = crate::lease::Settings {
+            name: args.lease_name,
+            namespace: args.namespace.clone(),
+            identity: args.pod_name.unwrap_or_else(host_name),
+            lease_duration: args.lease_duration,
+            renew_interval: args.lease_renew_interval,
+        };
+        lease.check()?;
+        let (min, max) = crate::status::WRITES_PER_SECOND_RANGE;
+        if !(min..=max).contains(&args.status_writes_per_second) {
+            return Err(ConfigError::StatusWrites(args.status_writes_per_second));
+        }
         let root = match (args.root_cert, args.root_key) {
             (Some(cert), Some(key)) => RootSource::Files { cert, key },
             _ => RootSource::StateDir(args.state_dir),
@@ -380,6 +435,12 @@ impl Config {
             },
             source_dir: args.source_dir,
             root_namespace: args.root_namespace,
+            kubernetes: args.kubernetes,
+            lease,
+            status: crate::status::Settings {
+                writes_per_second: args.status_writes_per_second,
+                ..crate::status::Settings::default()
+            },
         }))
     }
 }

@@ -15,9 +15,11 @@ pub mod config;
 pub mod crds;
 pub mod discovery;
 pub mod identity;
+pub mod lease;
 pub mod metrics;
 pub mod service;
 pub mod source_dir;
+pub mod status;
 pub mod tls;
 pub mod translate;
 pub mod view;
@@ -100,6 +102,46 @@ pub struct Running {
     deadline: Duration,
     /// The translated mesh, when a source is configured (`--source-dir`).
     pub view: Option<watch::Receiver<view::MeshView>>,
+    /// With `--kubernetes`: whether this replica leads.
+    pub leader: Option<watch::Receiver<bool>>,
+    /// With `--kubernetes`: where a source publishes the store and its
+    /// problems for status write-back (the Kubernetes source does).
+    pub status_input: Option<watch::Sender<Arc<status::Input>>>,
+    lease: Option<JoinHandle<()>>,
+}
+
+/// With `--kubernetes`: the leader election and the status writer that
+/// runs while leading, fed by the returned sender.
+struct Kubernetes {
+    leader: watch::Receiver<bool>,
+    status_input: watch::Sender<Arc<status::Input>>,
+    lease: JoinHandle<()>,
+}
+
+async fn start_kubernetes(
+    config: &Config,
+    metrics: &Metrics,
+    drain: &watch::Receiver<bool>,
+) -> anyhow::Result<Kubernetes> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server (--kubernetes)")?;
+    let (leader, lease) = lease::Elector::new(client.clone(), config.lease.clone())
+        .spawn(metrics.leader.clone(), drain.clone());
+    let (status_input, input) = watch::channel(Arc::new(status::Input::default()));
+    tokio::spawn(
+        status::Writer::new(client, config.status, metrics.status_writes.clone()).run(
+            input,
+            leader.clone(),
+            drain.clone(),
+        ),
+    );
+    tracing::info!(lease = %config.lease.name, identity = %config.lease.identity, "leader election started");
+    Ok(Kubernetes {
+        leader,
+        status_input,
+        lease,
+    })
 }
 
 /// Everything the CA is built from, kept to rebuild it with a new intermediate.
@@ -233,6 +275,10 @@ pub async fn start_with_view(
     let ca = Arc::new(ArcSwap::from_pointee(ca));
 
     let auth = authenticator(&config, &metrics).await?;
+    let kubernetes = match config.kubernetes {
+        true => Some(start_kubernetes(&config, &metrics, &drain_rx).await?),
+        false => None,
+    };
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -316,6 +362,9 @@ pub async fn start_with_view(
         admin,
         deadline: config.drain_deadline,
         view: source,
+        leader: kubernetes.as_ref().map(|k| k.leader.clone()),
+        status_input: kubernetes.as_ref().map(|k| k.status_input.clone()),
+        lease: kubernetes.map(|k| k.lease),
     })
 }
 
@@ -438,6 +487,11 @@ impl Running {
                 ?deadline,
                 "drain deadline passed; closing the remaining connections"
             );
+        }
+        // The leader releases its Lease (bounded inside) so another
+        // replica takes over at its next try.
+        if let Some(lease) = self.lease {
+            let _ = tokio::time::timeout(Duration::from_secs(3), lease).await;
         }
         let _ = self.admin_stop.send(true);
         // Admin requests are short; a stuck scrape does not hold the exit.

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub discovery_pushes: IntCounter,
     /// Source objects skipped as invalid, by kind.
     pub objects_invalid: IntCounterVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+    /// Status writes, by kind and result (ok, conflict, not_found, error).
+    pub status_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +84,19 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(objects_invalid.clone()))?;
+        let leader = IntGauge::new(
+            "remora_cp_leader",
+            "1 while this replica holds the leader Lease (status write-back runs), else 0.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_status_writes_total",
+                "Status writes to the Kubernetes API, by kind and result.",
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -96,6 +113,8 @@ impl Metrics {
             discovery_nacks,
             discovery_pushes,
             objects_invalid,
+            leader,
+            status_writes,
         })
     }
 

@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub struct HttpRoute {
     pub metadata: ObjectMeta,
     pub spec: HttpRouteSpec,
+    /// The status as the API server holds it, kept whole (other
+    /// controllers' `parents` entries too) for status write-back; never
+    /// read by translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
