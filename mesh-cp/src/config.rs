@@ -522,6 +522,52 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_flags_have_defaults_and_ranges() {
+        let c = parse(&["--pod-name", "remora-cp-7d9f-x2"]).unwrap();
+        assert!(!c.kubernetes);
+        assert_eq!(
+            c.lease,
+            crate::lease::Settings {
+                name: "remora-cp".into(),
+                namespace: "remora-system".into(),
+                identity: "remora-cp-7d9f-x2".into(),
+                lease_duration: Duration::from_secs(15),
+                renew_interval: Duration::from_secs(5),
+            }
+        );
+        assert_eq!(c.status.writes_per_second, 20);
+        let c = parse(&[
+            "--kubernetes",
+            "--namespace",
+            "mesh",
+            "--lease-duration",
+            "1m",
+        ])
+        .unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(c.lease.namespace, "mesh");
+        assert_eq!(c.lease.lease_duration, Duration::from_secs(60));
+        assert!(!c.lease.identity.is_empty(), "the host name by default");
+        let err = parse(&["--lease-renew-interval", "10s"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--lease-renew-interval 10s must be 1s to half of --lease-duration (15s)"
+        );
+        let err = parse(&["--lease-duration", "10m"]).unwrap_err();
+        assert_eq!(err.to_string(), "--lease-duration 600s is outside 5s..=5m");
+        let err = parse(&["--status-writes-per-second", "0"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--status-writes-per-second 0 is outside 1..=1000"
+        );
+        let err = parse(&["--pod-name", "has space"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--pod-name \"has space\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn serve_subcommand_takes_the_same_flags() {
         let cli = Cli::try_parse_from([
             "remora-cp",

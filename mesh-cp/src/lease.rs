@@ -93,7 +93,8 @@ impl Settings {
     }
 
     fn duration_seconds(&self) -> i32 {
-        let secs = self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
+        let secs =
+            self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
 }
@@ -237,7 +238,9 @@ impl Elector {
             publish(false);
             match timeout(RELEASE_TIMEOUT, self.release()).await {
                 Ok(Ok(())) => tracing::info!(lease = %self.settings.name, "Lease released"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not release the Lease; it expires on its own"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not release the Lease; it expires on its own")
+                }
                 Err(_) => tracing::warn!("releasing the Lease timed out; it expires on its own"),
             }
         }
@@ -293,7 +296,8 @@ impl Elector {
             next_spec.acquire_time = Some(stamp.clone());
             next_spec.renew_time = Some(stamp);
             next_spec.lease_duration_seconds = Some(self.settings.duration_seconds());
-            next_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            next_spec.lease_transitions =
+                Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
             tracing::info!(lease = %self.settings.name, previous = ?holder, "taking the Lease over");
         }
         match self

@@ -310,7 +310,11 @@ fn parent_ref_json(parent: &ParentRef) -> Value {
 
 /// Whether a Service parent exists with the port it names.
 fn parent_accepted(store: &Store, ns: &str, parent: &ParentRef) -> Result<(), String> {
-    let svc = format!("{}/{}", parent.namespace.as_deref().unwrap_or(ns), parent.name);
+    let svc = format!(
+        "{}/{}",
+        parent.namespace.as_deref().unwrap_or(ns),
+        parent.name
+    );
     let Some(service) = store.services.get(&svc) else {
         return Err(format!("parentRef Service {svc} does not exist"));
     };
@@ -343,7 +347,8 @@ fn route_status(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let ours_now = |e: &Value| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
+    let ours_now =
+        |e: &Value| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
     let (live_ours, others): (Vec<Value>, Vec<Value>) = live.into_iter().partition(ours_now);
     // Translation reports a missing parent per route; it is worked out per
     // parent here. Its other Accepted problems (a conflict) hold for all.
@@ -462,7 +467,10 @@ pub fn plan(input: &Input, sent: &Sent, now: Timestamp) -> Vec<Write> {
     let store = &input.store;
     let mut by_object: HashMap<(&str, &str), Vec<&Problem>> = HashMap::new();
     for p in input.problems.iter() {
-        by_object.entry((p.kind, p.key.as_str())).or_default().push(p);
+        by_object
+            .entry((p.kind, p.key.as_str()))
+            .or_default()
+            .push(p);
     }
     let problems_of = |kind: &str, key: &str| -> Vec<&Problem> {
         by_object.get(&(kind, key)).cloned().unwrap_or_default()
