@@ -37,6 +37,8 @@ pub const ENV_PROXY_STARTUP_TIMEOUT: &str = "REMORA_INJECTOR_PROXY_STARTUP_TIMEO
 pub const ENV_CA_ADDR: &str = "REMORA_INJECTOR_CA_ADDR";
 pub const ENV_CA_SERVER_NAME: &str = "REMORA_INJECTOR_CA_SERVER_NAME";
 pub const ENV_CA_ROOTS_CONFIG_MAP: &str = "REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP";
+pub const ENV_WEBHOOK_CONFIG_NAME: &str = "REMORA_INJECTOR_WEBHOOK_CONFIG_NAME";
+pub const ENV_CA_BUNDLE_RESYNC: &str = "REMORA_INJECTOR_CA_BUNDLE_RESYNC";
 
 /// The DNS names of the injector's Service, for the generated certificate.
 pub const DEFAULT_DNS_NAMES: &str =
@@ -71,6 +73,16 @@ pub struct Args {
     /// generated one into the webhook configuration's caBundle by hand.
     #[arg(long, env = ENV_WRITE_CERT)]
     pub write_cert: Option<PathBuf>,
+
+    /// The MutatingWebhookConfiguration whose webhooks' caBundle the
+    /// injector keeps trusting its generated certificate (needs get and
+    /// patch on it); not with --tls-cert.
+    #[arg(long, env = ENV_WEBHOOK_CONFIG_NAME, conflicts_with = "tls_cert")]
+    pub webhook_config_name: Option<String>,
+
+    /// How often the caBundle is checked again (10s to 1h).
+    #[arg(long, env = ENV_CA_BUNDLE_RESYNC, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub ca_bundle_resync: Duration,
 
     /// Largest AdmissionReview body accepted, in bytes (1024 to 67108864).
     #[arg(long, env = ENV_MAX_BODY_BYTES, default_value_t = 4 * 1024 * 1024)]
@@ -235,6 +247,15 @@ pub struct Serve {
     pub dns_names: Vec<String>,
     pub write_cert: Option<PathBuf>,
     pub limits: Limits,
+    /// `--webhook-config-name`: keep that configuration's caBundle in sync.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// The webhook configuration whose caBundle the injector manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub webhook_config_name: String,
+    pub resync: Duration,
 }
 
 /// Bounds on what one client may ask of the server.
@@ -307,6 +328,22 @@ impl Config {
                     .to_owned(),
             ));
         }
+        let ca_bundle = match args.webhook_config_name.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(name) => {
+                if !dns_name(name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(invalid(
+                        "webhook-config-name",
+                        format!("{name:?} is not an object name (lower-case DNS subdomain)"),
+                    ));
+                }
+                let (min, max) = crate::ca_bundle::RESYNC_RANGE;
+                Some(CaBundle {
+                    webhook_config_name: name.to_owned(),
+                    resync: range("ca-bundle-resync", args.ca_bundle_resync, min, max)?,
+                })
+            }
+        };
         let quantity = |flag, text: &str| {
             Quantity::parse(text).map_err(|e| invalid(flag, format!("`{text}`: {e}")))
         };
@@ -356,6 +393,7 @@ impl Config {
                 dns_names,
                 write_cert: args.write_cert,
                 limits,
+                ca_bundle,
             },
             settings,
         })
@@ -430,6 +468,36 @@ mod tests {
         for (args, message) in cases {
             assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
         }
+    }
+
+    #[test]
+    fn the_webhook_configuration_is_named_and_checked() {
+        assert_eq!(parse(&[]).expect("defaults").serve.ca_bundle, None);
+        let config = parse(&["--webhook-config-name", "remora-injector"]).expect("valid");
+        assert_eq!(
+            config.serve.ca_bundle,
+            Some(CaBundle {
+                webhook_config_name: "remora-injector".to_owned(),
+                resync: Duration::from_secs(60),
+            })
+        );
+        let cases = [
+            (&["--webhook-config-name", "Remora"][..], "--webhook-config-name: \"Remora\" is not an object name (lower-case DNS subdomain)"),
+            (&["--webhook-config-name", "x", "--ca-bundle-resync", "5s"], "--ca-bundle-resync: must be 10s to 1h, not 5s"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(parse(args).unwrap_err(), message, "{args:?}");
+        }
+        let err = parse(&[
+            "--webhook-config-name",
+            "x",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(err.contains("cannot be used with"), "{err}");
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //! The crate is a pure core and a thin edge. `inject` and `uninject` turn a
 //! Pod into a JSON patch and back, with no I/O, for the webhook here and for
 //! the CLI and the demo later; `review` maps an AdmissionReview to an answer;
-//! `server` and `tls` are the only parts that touch the network.
+//! `server` and `tls` are the only parts that touch the network, with
+//! `ca_bundle`, which keeps the webhook configuration trusting a generated
+//! certificate through the Kubernetes API.
 
 pub mod annotations;
+pub mod ca_bundle;
 pub mod config;
 pub mod inject;
+#[cfg(any(test, feature = "kube-mock"))]
+pub mod kube_mock;
 pub mod probes;
 pub mod quantity;
 pub mod review;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use remora_injector::config::{Args, Config};
 use remora_injector::server::Server;
-use remora_injector::tls;
+use remora_injector::{ca_bundle, tls};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -49,6 +49,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}: binding the webhook port", serve.listen))?;
     tracing::info!(addr = %serve.listen, native_sidecar = config.settings.native_sidecar, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The served certificate, for the caBundle sync; it changes only with a
+    // restart today, so the sender just stays open.
+    let (_cert_tx, cert_rx) = tokio::sync::watch::channel(tls.cert_pem.clone());
+    if let Some(managed) = &serve.ca_bundle {
+        let client = kube::Client::try_default().await.context(
+            "--webhook-config-name needs the Kubernetes API (the pod's service-account token)",
+        )?;
+        tracing::info!(config = %managed.webhook_config_name, "keeping the webhook configuration's caBundle in sync");
+        tokio::spawn(
+            ca_bundle::Syncer::new(client, &managed.webhook_config_name, managed.resync)
+                .run(cert_rx, stopped.clone()),
+        );
+    }
     let server = Arc::new(Server {
         settings: config.settings,
         limits: serve.limits,

@@ -3,9 +3,9 @@
 //! names. TLS 1.3 only, ALPN h2 and http/1.1, no client certificates (the
 //! API server authenticates the webhook, not the other way round).
 //!
-//! This module does not hot-reload the files nor publish the generated
-//! certificate into the webhook configuration's caBundle: both need work
-//! that is left for later (docs/injector.md).
+//! This module does not hot-reload the files (left for later,
+//! docs/injector.md); `ca_bundle` publishes a generated certificate into
+//! the webhook configuration's caBundle.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -17,8 +17,6 @@ pub mod discovery;
 pub mod identity;
 pub mod lease;
 pub mod metrics;
-#[cfg(test)]
-mod mock_api;
 pub mod service;
 pub mod source_dir;
 pub mod status;

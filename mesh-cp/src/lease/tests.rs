@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::mock_api::{self, failure, internal_error, next, respond, ApiHandle};
+use remora_injector::kube_mock::{
+    self as mock_api, failure, internal_error, next, respond, ApiHandle,
+};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/remora-system/leases";
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/remora-system/leases/remora-cp";

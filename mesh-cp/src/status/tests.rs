@@ -6,8 +6,10 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::mock_api::{self, failure, internal_error, next, respond, ApiHandle};
 use crate::translate::{translate, Options};
+use remora_injector::kube_mock::{
+    self as mock_api, failure, internal_error, next, respond, ApiHandle,
+};
 
 const NOW: &str = "2026-12-02T13:00:00Z";
 const ROUTE_STATUS: &str =
