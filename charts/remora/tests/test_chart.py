@@ -239,6 +239,40 @@ class Rbac(unittest.TestCase):
         )
 
 
+    def test_the_injector_can_keep_the_ca_bundle_itself(self):
+        objects = render({"injector": {"replicas": 3, "tls": {"source": "injector"}}}, namespace="mesh")
+        for _, obj in objects:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+        names = {(o["kind"], o["metadata"]["name"]) for _, o in objects}
+        self.assertNotIn(("Secret", "remora-injector-tls"), names)
+        config = find(objects, "MutatingWebhookConfiguration", "remora-injector")
+        self.assertEqual([sorted(w["clientConfig"]) for w in config["webhooks"]], [["service"], ["service"]])
+        role = find(objects, "ClusterRole", "remora-injector-webhook")
+        self.assertEqual(
+            role["rules"],
+            [{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+              "resourceNames": ["remora-injector"], "verbs": ["get", "patch"]}],
+        )
+        binding = find(objects, "ClusterRoleBinding", "remora-injector-webhook")
+        self.assertEqual(binding["roleRef"]["name"], "remora-injector-webhook")
+        self.assertEqual(binding["subjects"],
+                         [{"kind": "ServiceAccount", "name": "remora-injector", "namespace": "mesh"}])
+        self.assertIs(find(objects, "ServiceAccount", "remora-injector")["automountServiceAccountToken"], True)
+        pod = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+        self.assertIs(pod["automountServiceAccountToken"], True)
+        self.assertNotIn("volumes", pod)
+        env = env_of(pod["containers"][0])
+        self.assertEqual(env["REMORA_INJECTOR_WEBHOOK_CONFIG_NAME"], "remora-injector")
+        self.assertEqual(env["REMORA_INJECTOR_DNS_NAMES"],
+                         "remora-injector.mesh.svc,remora-injector.mesh.svc.cluster.local")
+        self.assertNotIn("REMORA_INJECTOR_TLS_CERT", env)
+
+    def test_the_injector_keeps_four_certificates_so_at_most_three_replicas(self):
+        with self.assertRaises((helm.HelmValuesError, helm.HelmRenderError, helm.HelmError)) as caught:
+            render({"injector": {"replicas": 4, "tls": {"source": "injector"}}})
+        self.assertIn("use at most 3 injector.replicas", str(caught.exception))
+
+
 class Values(unittest.TestCase):
     def refused(self, values, message):
         with self.assertRaises((helm.HelmValuesError, helm.HelmRenderError, helm.HelmError)) as caught:
@@ -365,6 +399,17 @@ class RealBinaries(unittest.TestCase):
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+    def test_injector_takes_the_ca_bundle_settings_and_needs_the_api_for_them(self):
+        binary = TARGET / "debug" / "remora-injector"
+        objects = render({"injector": {"tls": {"source": "injector"}}})
+        with tempfile.TemporaryDirectory() as tmp:
+            env = self.injector_env(objects, pathlib.Path(tmp), free_port())
+            del env["REMORA_INJECTOR_TLS_CERT"], env["REMORA_INJECTOR_TLS_KEY"]
+            env["HOME"] = tmp  # no kubeconfig, no in-cluster token: no API
+            result = subprocess.run([str(binary)], env=env, capture_output=True, text=True, timeout=20)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--webhook-config-name needs the Kubernetes API", result.stderr)
 
     def test_injector_accepts_every_option(self):
         binary = TARGET / "debug" / "remora-injector"
