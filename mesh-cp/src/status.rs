@@ -273,7 +273,8 @@ pub struct RouteObject<'a> {
     pub status: Option<&'a Value>,
 }
 
-/// The routes of a store whose status is written.
+/// The routes of a store whose status is written. GRPCRoutes join here
+/// (and in `Sent::prune`) once the store holds them.
 pub fn routes(store: &Store) -> Vec<RouteObject<'_>> {
     store
         .http_routes
@@ -461,7 +462,8 @@ fn policy_status(
 }
 
 /// Every status that differs from what is (or, per `sent`, is about to
-/// be) on the object, in a fixed order. Pure.
+/// be) on the object, in a fixed order. Objects without a resourceVersion
+/// are not from the API server (the file layer) and get none. Pure.
 pub fn plan(input: &Input, sent: &Sent, now: Timestamp) -> Vec<Write> {
     let now = rfc3339(now);
     let store = &input.store;
@@ -477,6 +479,9 @@ pub fn plan(input: &Input, sent: &Sent, now: Timestamp) -> Vec<Write> {
     };
     let mut out = Vec::new();
     for route in routes(store) {
+        if route.metadata.resource_version.is_none() {
+            continue;
+        }
         let (namespace, name) = key_of(route.metadata);
         let key = format!("{namespace}/{name}");
         let rv = route.metadata.resource_version.as_ref();
@@ -493,6 +498,9 @@ pub fn plan(input: &Input, sent: &Sent, now: Timestamp) -> Vec<Write> {
         }
     }
     let mut policy = |kind: Kind, metadata: &ObjectMeta, live: Option<Value>| {
+        if metadata.resource_version.is_none() {
+            return;
+        }
         let (namespace, name) = key_of(metadata);
         let key = format!("{namespace}/{name}");
         let rv = metadata.resource_version.as_ref();

@@ -363,10 +363,13 @@ fn policies_get_accepted_with_the_translations_reason() {
                                     "message": "accepted by the mesh", "observedGeneration": 7,
                                     "lastTransitionTime": "2026-11-20T10:00:00Z"}]}
     });
-    let writes = plan(
-        &input(&[service("reviews"), plugin, traffic]),
-        &Sent::default(),
-        fixed(),
+    let input = input(&[service("reviews"), plugin, traffic]);
+    let writes = plan(&input, &Sent::default(), fixed());
+    // Translation's own words, passed through.
+    let message = &input.problems[0].message;
+    assert!(
+        message.starts_with("targetRef Namespace shop: only whole Services"),
+        "{message}"
     );
     // The TrafficPolicy's status is already right: one write only.
     assert_eq!(
@@ -378,8 +381,7 @@ fn policies_get_accepted_with_the_translations_reason() {
             resource_version: Some("5".into()),
             status: json!({"conditions": [{
                 "type": "Accepted", "status": "False", "reason": "Unsupported",
-                "message": "targetRef Namespace shop: only whole Services and HTTPRoutes are supported yet",
-                "observedGeneration": 1, "lastTransitionTime": NOW}]}),
+                "message": message, "observedGeneration": 1, "lastTransitionTime": NOW}]}),
         }]
     );
 }
@@ -492,6 +494,26 @@ fn ten_thousand_routes_with_one_change_plan_one_write() {
         writes[0].status["parents"][0]["conditions"][0]["observedGeneration"],
         2
     );
+}
+
+#[test]
+fn objects_that_are_not_from_the_api_server_get_no_status() {
+    // The file layer's objects carry no resourceVersion.
+    let mut r = route("reviews", "1", 1, "ghost", None);
+    r["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    let consumer = json!({
+        "apiVersion": "remora.dev/v1alpha1", "kind": "Consumer",
+        "metadata": {"name": "alice", "namespace": "shop"}, "spec": {}
+    });
+    let writes = plan(
+        &input(&[service("reviews"), r, consumer]),
+        &Sent::default(),
+        fixed(),
+    );
+    assert_eq!(writes, vec![]);
 }
 
 #[test]
