@@ -343,3 +343,104 @@ fn settings_have_ranges() {
     s.lease_duration = Duration::from_millis(15_500);
     assert_eq!(s.duration_seconds(), 16);
 }
+
+/// A Lease store with the API server's rules: POST creates (409
+/// AlreadyExists if present), PUT replaces only at the current
+/// resourceVersion (else 409 Conflict), every write bumps it.
+fn serve_leases(mut handle: ApiHandle, lease: std::sync::Arc<std::sync::Mutex<Option<Value>>>) {
+    tokio::spawn(async move {
+        loop {
+            let (req, send) = next(&mut handle).await;
+            let (code, body) = {
+                let mut current = lease.lock().unwrap();
+                let bump = |body: &Value, rv: u64| stored(body, &rv.to_string());
+                let rv_of = |v: &Value| {
+                    v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                };
+                match (req.method.as_str(), current.as_ref()) {
+                    ("GET", None) => (404, not_found()),
+                    ("GET", Some(l)) => (200, l.clone()),
+                    ("POST", None) => {
+                        *current = Some(bump(&req.body, 1));
+                        (201, current.clone().unwrap())
+                    }
+                    ("POST", Some(_)) => (
+                        409,
+                        failure(
+                            409,
+                            "AlreadyExists",
+                            "exists",
+                            "coordination.k8s.io",
+                            "leases",
+                            "remora-cp",
+                        ),
+                    ),
+                    ("PUT", Some(l))
+                        if req.body["metadata"]["resourceVersion"]
+                            == l["metadata"]["resourceVersion"] =>
+                    {
+                        let next = rv_of(l) + 1;
+                        *current = Some(bump(&req.body, next));
+                        (200, current.clone().unwrap())
+                    }
+                    ("PUT", _) => (409, conflict()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            respond(send, code, body);
+        }
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_replicas_never_lead_at_once_and_a_drained_leader_hands_over_within_one_interval() {
+    let lease = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mut a = candidate("remora-cp-0");
+    let mut b = candidate("remora-cp-1");
+    serve_leases(
+        std::mem::replace(&mut a.handle, mock_api::client().1),
+        lease.clone(),
+    );
+    serve_leases(
+        std::mem::replace(&mut b.handle, mock_api::client().1),
+        lease.clone(),
+    );
+    // For two minutes, sampled every 100 ms: exactly one leads, always
+    // the same one (the holder renews in time).
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = *a.leader.borrow();
+    for _ in 0..1200 {
+        let (la, lb) = (*a.leader.borrow(), *b.leader.borrow());
+        assert!(la != lb, "a={la} b={lb} at {:?}", start.elapsed());
+        assert_eq!(la, first, "leadership moved at {:?}", start.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, follower) = if first { (a, b) } else { (b, a) };
+    let holder = if first { "remora-cp-0" } else { "remora-cp-1" };
+    assert_eq!(
+        lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"],
+        holder
+    );
+    // The leader drains: it releases, and the other leads at its next look.
+    let drained = Instant::now();
+    leader.drain.send(true).unwrap();
+    leader.task.await.unwrap();
+    assert!(!*leader.leader.borrow());
+    let mut follower_leader = follower.leader.clone();
+    follower_leader.wait_for(|l| *l).await.unwrap();
+    assert!(
+        drained.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        drained.elapsed()
+    );
+    assert_eq!(follower.gauge.get(), 1);
+    assert_eq!(
+        lease.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"],
+        1
+    );
+}
