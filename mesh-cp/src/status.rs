@@ -181,15 +181,30 @@ impl Sent {
     /// Forgets objects the store no longer has, so this stays as large as
     /// the store at most.
     fn prune(&mut self, store: &Store) {
-        self.entries.retain(|(kind, key), _| match *kind {
-            "HTTPRoute" => store.http_routes.contains_key(key),
-            "PluginPolicy" => store.plugin_policies.contains_key(key),
-            "Consumer" => store.consumers.contains_key(key),
-            "AuthorizationPolicy" => store.authorization_policies.contains_key(key),
-            "MeshTLSPolicy" => store.mesh_tls_policies.contains_key(key),
-            "TrafficPolicy" => store.traffic_policies.contains_key(key),
-            _ => false,
-        });
+        let mut present: std::collections::HashSet<(&'static str, Key)> = routes(store)
+            .iter()
+            .map(|r| {
+                let (ns, name) = key_of(r.metadata);
+                (r.kind.kind, format!("{ns}/{name}"))
+            })
+            .collect();
+        let policies = [
+            (
+                PLUGIN_POLICY,
+                store.plugin_policies.keys().collect::<Vec<_>>(),
+            ),
+            (CONSUMER, store.consumers.keys().collect()),
+            (
+                AUTHORIZATION_POLICY,
+                store.authorization_policies.keys().collect(),
+            ),
+            (MESH_TLS_POLICY, store.mesh_tls_policies.keys().collect()),
+            (TRAFFIC_POLICY, store.traffic_policies.keys().collect()),
+        ];
+        for (kind, keys) in policies {
+            present.extend(keys.into_iter().map(|k| (kind.kind, k.clone())));
+        }
+        self.entries.retain(|k, _| present.contains(k));
     }
 }
 
@@ -274,7 +289,7 @@ pub struct RouteObject<'a> {
 }
 
 /// The routes of a store whose status is written. GRPCRoutes join here
-/// (and in `Sent::prune`) once the store holds them.
+/// once the store holds them.
 pub fn routes(store: &Store) -> Vec<RouteObject<'_>> {
     store
         .http_routes

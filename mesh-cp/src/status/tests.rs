@@ -522,3 +522,24 @@ fn long_messages_are_cut_on_a_character_boundary() {
     assert_eq!(cut(message).len(), 1024);
     assert_eq!(cut("short".into()), "short");
 }
+
+#[test]
+fn what_was_sent_is_forgotten_with_its_object() {
+    let writes = plan(
+        &input(&[
+            service("reviews"),
+            route("a", "1", 1, "reviews", None),
+            route("b", "1", 1, "reviews", None),
+        ]),
+        &Sent::default(),
+        fixed(),
+    );
+    let mut sent = Sent::default();
+    for w in &writes {
+        sent.record(w, Some("2".into()));
+    }
+    assert_eq!(sent.entries.len(), 2);
+    sent.prune(&input(&[service("reviews"), route("b", "2", 1, "reviews", None)]).store);
+    let left: Vec<_> = sent.entries.keys().cloned().collect();
+    assert_eq!(left, vec![("HTTPRoute", "shop/b".to_owned())]);
+}
