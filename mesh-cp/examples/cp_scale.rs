@@ -344,10 +344,13 @@ async fn proxy_stream(
     }
 }
 
-/// Per stream and epoch: resource → (version, when it arrived).
+/// resource → (version, when it arrived).
+type Latest = HashMap<String, (u64, Instant)>;
+
+/// Per stream: its epoch and what arrived in it.
 #[derive(Default)]
 struct Tracker {
-    state: HashMap<usize, (u32, HashMap<String, (u64, Instant)>)>,
+    state: HashMap<usize, (u32, Latest)>,
     pushes: u64,
 }
 
