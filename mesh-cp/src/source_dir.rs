@@ -142,6 +142,13 @@ pub fn load_dir(dir: &Path, limits: &DirLimits) -> Result<Loaded, DirError> {
     Ok(loaded)
 }
 
+/// Whether an event can change what the directory holds. Opening and
+/// reading a file are events too (inotify reports them): the reload's own
+/// reads must not trigger the next reload, or it never stops.
+fn changes_content(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_))
+}
+
 /// Loads `dir`, translates it and publishes the view; then reloads on
 /// every change (debounced) and publishes again when the view changed, with
 /// the next version. Skipped objects are logged and counted in `invalid`
@@ -156,7 +163,7 @@ pub async fn run(
     let first = load_dir(&dir, &limits)?;
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| changes_content(&e)) {
             let _ = events_tx.try_send(());
         }
     })
@@ -326,6 +333,25 @@ mod tests {
             ["shop/api", "shop/web"]
         );
         assert_eq!(invalid.with_label_values(&["Service"]).get(), 1);
+    }
+
+    #[test]
+    fn reading_the_directory_does_not_count_as_a_change() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        use notify::{Event, EventKind};
+        let kinds = [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(notify::event::RemoveKind::File),
+        ];
+        let relevant: Vec<bool> = kinds
+            .into_iter()
+            .map(|k| changes_content(&Event::new(k)))
+            .collect();
+        assert_eq!(relevant, [false, false, false, true, true, true]);
     }
 
     #[test]

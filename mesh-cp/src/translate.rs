@@ -359,27 +359,30 @@ fn pod_identity(options: &Options, pod: &Pod) -> String {
 /// ready: they drain) and the TrafficPolicy that targets it.
 fn backends(store: &Store, options: &Options) -> BTreeMap<String, Backend> {
     let mut out = BTreeMap::new();
+    // One pass over the slices and policies, not one per Service: a mesh
+    // of 10,000 Services must not compare 10,000 x 10,000 labels.
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in store.endpoint_slices.values() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(ns), Some(service)) = (slice.metadata.namespace.as_deref(), service) {
+            slices_of.entry((ns, service)).or_default().push(slice);
+        }
+    }
+    let policies = traffic_policies(store);
     for (key, svc) in &store.services {
         let (ns, name) = split(key);
-        let slices: Vec<&EndpointSlice> = store
-            .endpoint_slices
-            .values()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(ns)
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        .is_some_and(|n| n == name)
-            })
-            .collect();
-        let policy = traffic_policy(store, key);
+        let slices = slices_of.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
+        let policy = policies.get(&(ns, name)).copied();
         for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
             let Ok(number) = u16::try_from(port.port) else {
                 continue;
             };
             let (mut ready, mut draining) = (Vec::new(), Vec::new());
-            for slice in &slices {
+            for slice in slices {
                 let Some(target) = slice
                     .ports
                     .iter()
@@ -460,19 +463,23 @@ fn unreachable_default() -> Backend {
     }
 }
 
-/// The oldest TrafficPolicy targeting a Service (then by name).
-fn traffic_policy<'a>(store: &'a Store, service: &str) -> Option<&'a TrafficPolicy> {
-    let (ns, name) = split(service);
-    let mut matching: Vec<&TrafficPolicy> = store
-        .traffic_policies
-        .values()
-        .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns)
-                && p.spec.target_refs.iter().any(|t| targets_service(t, name))
-        })
-        .collect();
-    matching.sort_by_key(|p| age_key(&p.metadata));
-    matching.first().copied()
+/// The oldest TrafficPolicy targeting each Service (then by name), by
+/// `(namespace, service name)`.
+fn traffic_policies(store: &Store) -> BTreeMap<(&str, &str), &TrafficPolicy> {
+    let mut list: Vec<&TrafficPolicy> = store.traffic_policies.values().collect();
+    list.sort_by_key(|p| age_key(&p.metadata));
+    let mut out = BTreeMap::new();
+    for p in list {
+        let Some(ns) = p.metadata.namespace.as_deref() else {
+            continue;
+        };
+        for t in &p.spec.target_refs {
+            if targets_service(t, &t.name) {
+                out.entry((ns, t.name.as_str())).or_insert(p);
+            }
+        }
+    }
+    out
 }
 
 fn targets_service(target: &PolicyTargetRef, name: &str) -> bool {
