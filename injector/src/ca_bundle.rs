@@ -187,13 +187,23 @@ impl Syncer {
     }
 
     /// Syncs at start, on each change of `cert` (the served certificate's
-    /// PEM) and every resync interval, until `stop` turns true.
-    pub async fn run(self, mut cert: watch::Receiver<String>, mut stop: watch::Receiver<bool>) {
+    /// PEM) and every resync interval, until `stop` turns true. `ready`
+    /// turns true once a sync found or put the certificate in the bundle.
+    pub async fn run(
+        self,
+        mut cert: watch::Receiver<String>,
+        mut stop: watch::Receiver<bool>,
+        ready: watch::Sender<bool>,
+    ) {
         'sync: loop {
             let pem = cert.borrow_and_update().clone();
             let mut backoff = BACKOFF_MIN;
             loop {
-                match self.sync_once(&pem).await {
+                let synced = self.sync_once(&pem).await;
+                if synced.is_ok() {
+                    ready.send_replace(true);
+                }
+                match synced {
                     Ok(Synced::Unchanged) => {
                         tracing::debug!(config = %self.name, "caBundle trusts the serving certificate")
                     }

@@ -52,20 +52,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The served certificate, for the caBundle sync; it changes only with a
     // restart today, so the sender just stays open.
     let (_cert_tx, cert_rx) = tokio::sync::watch::channel(tls.cert_pem.clone());
+    // Ready at once, unless the caBundle must trust the certificate first.
+    let (ready_tx, ready) = tokio::sync::watch::channel(serve.ca_bundle.is_none());
     if let Some(managed) = &serve.ca_bundle {
         let client = kube::Client::try_default().await.context(
             "--webhook-config-name needs the Kubernetes API (the pod's service-account token)",
         )?;
         tracing::info!(config = %managed.webhook_config_name, "keeping the webhook configuration's caBundle in sync");
         tokio::spawn(
-            ca_bundle::Syncer::new(client, &managed.webhook_config_name, managed.resync)
-                .run(cert_rx, stopped.clone()),
+            ca_bundle::Syncer::new(client, &managed.webhook_config_name, managed.resync).run(
+                cert_rx,
+                stopped.clone(),
+                ready_tx,
+            ),
         );
     }
     let server = Arc::new(Server {
         settings: config.settings,
         limits: serve.limits,
         tls: tls.config,
+        ready,
     });
     let serving = tokio::spawn(server.run(listener, stopped));
     shutdown_signal().await?;

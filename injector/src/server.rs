@@ -35,6 +35,10 @@ pub struct Server {
     pub settings: Settings,
     pub limits: Limits,
     pub tls: Arc<rustls::ServerConfig>,
+    /// Whether `/ready` answers 200: false until the webhook configuration
+    /// trusts the certificate when the injector keeps the caBundle, so the
+    /// API server is not sent to a replica it cannot verify.
+    pub ready: watch::Receiver<bool>,
 }
 
 impl Server {
@@ -104,6 +108,12 @@ impl Server {
         let labels = match req.uri().path() {
             PATH_INJECT => BTreeMap::from([(NAMESPACE_LABEL.to_owned(), "enabled".to_owned())]),
             PATH_POD_OPT_IN => BTreeMap::new(),
+            "/ready" if req.method() == Method::GET && !*self.ready.borrow() => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the webhook configuration's caBundle does not trust this certificate yet\n",
+                );
+            }
             "/live" | "/ready" if req.method() == Method::GET => {
                 return text(StatusCode::OK, "ok\n");
             }

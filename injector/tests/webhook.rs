@@ -30,6 +30,10 @@ struct Webhook {
 }
 
 async fn start(limits: Limits) -> Webhook {
+    start_with(limits, tokio::sync::watch::channel(true).1).await
+}
+
+async fn start_with(limits: Limits, ready: tokio::sync::watch::Receiver<bool>) -> Webhook {
     let tls = tls::generate(&["localhost".to_owned()]).expect("certificate");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -40,6 +44,7 @@ async fn start(limits: Limits) -> Webhook {
         settings: Settings::default(),
         limits,
         tls: tls.config,
+        ready,
     });
     tokio::spawn(server.run(listener, stopped));
     Webhook {
@@ -272,6 +277,30 @@ async fn malformed_reviews_get_an_answer_that_says_why() {
     assert_eq!(
         String::from_utf8_lossy(&body),
         "the body has no request.uid to answer to; send an AdmissionReview admission.k8s.io/v1\n"
+    );
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_ca_bundle_when_the_injector_keeps_it() {
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    let hook = start_with(Limits::default(), ready_rx).await;
+    assert_eq!(
+        call(&hook, "GET", "/ready", vec![]).await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(
+                "the webhook configuration's caBundle does not trust this certificate yet\n"
+            )
+        )
+    );
+    assert_eq!(
+        call(&hook, "GET", "/live", vec![]).await,
+        (StatusCode::OK, Bytes::from("ok\n"))
+    );
+    ready.send_replace(true);
+    assert_eq!(
+        call(&hook, "GET", "/ready", vec![]).await,
+        (StatusCode::OK, Bytes::from("ok\n"))
     );
 }
 

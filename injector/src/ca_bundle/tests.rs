@@ -98,6 +98,7 @@ async fn expect_patch(handle: &mut ApiHandle, body: &Value) -> SendResponse<Resp
 struct Running {
     handle: ApiHandle,
     cert: watch::Sender<String>,
+    ready: watch::Receiver<bool>,
     _stop: watch::Sender<bool>,
 }
 
@@ -105,12 +106,15 @@ fn start(pem: &str) -> Running {
     let (client, handle) = kube_mock::client();
     let (cert, cert_rx) = watch::channel(pem.to_owned());
     let (stop, stop_rx) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
     tokio::spawn(
-        Syncer::new(client, "remora-injector", Duration::from_secs(60)).run(cert_rx, stop_rx),
+        Syncer::new(client, "remora-injector", Duration::from_secs(60))
+            .run(cert_rx, stop_rx, ready_tx),
     );
     Running {
         handle,
         cert,
+        ready,
         _stop: stop,
     }
 }
@@ -122,7 +126,9 @@ async fn at_start_both_webhooks_get_the_certificate_and_a_resync_finds_it_there(
     let begin = tokio::time::Instant::now();
     get(&mut r.handle, 200, config("4711", None)).await;
     let send = expect_patch(&mut r.handle, &patch_of("4711", &pem)).await;
+    assert!(!*r.ready.borrow(), "ready before the caBundle trusts it");
     respond(send, 200, config("4712", Some(&pem)));
+    r.ready.wait_for(|ready| *ready).await.unwrap();
     // A minute later: it trusts the certificate, nothing is patched.
     get(&mut r.handle, 200, config("4712", Some(&pem))).await;
     assert_eq!(begin.elapsed(), Duration::from_secs(60));
@@ -170,6 +176,7 @@ async fn failures_retry_with_back_off() {
     let begin = tokio::time::Instant::now();
     get(&mut r.handle, 404, status(404, "NotFound", "mutatingwebhookconfigurations.admissionregistration.k8s.io \"remora-injector\" not found")).await;
     for at in [500, 1500] {
+        assert!(!*r.ready.borrow());
         let (req, send) = next(&mut r.handle).await;
         assert_eq!(req.method, "GET");
         assert_eq!(begin.elapsed(), Duration::from_millis(at));
