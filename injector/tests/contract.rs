@@ -252,3 +252,55 @@ fn env_value(container: &Value, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name}"))
         .to_owned()
 }
+
+/// Without an identity there is nothing for discovery to trust, so no
+/// discovery env is injected even when an address is set; with discovery
+/// off the proxy still starts (standalone, passing traffic through).
+#[test]
+fn discovery_is_injected_only_with_an_identity() {
+    let labels = BTreeMap::from([("remora.dev/inject".to_owned(), "enabled".to_owned())]);
+    let names = |settings: &Settings| -> Vec<String> {
+        let injected = injected_pod(&pod(json!({})), &labels, settings)
+            .expect("injectable")
+            .expect("injected")
+            .0;
+        let proxy = find(&injected, "remora-proxy");
+        let args = argv::<remora_proxy::config::Args>("remora-proxy", &injected, proxy);
+        let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("parse");
+        let config = remora_proxy::config::Config::from_args(parsed).expect("valid");
+        assert_eq!(config.discovery, None);
+        proxy["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|v| v["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let no_identity = Settings {
+        identity: None,
+        ..Settings::default()
+    };
+    assert_eq!(
+        names(&no_identity),
+        [
+            "RUST_LOG",
+            "REMORA_IDENTITY_TOKEN_FILE",
+            "REMORA_APP_PROBES"
+        ]
+    );
+    let no_discovery = Settings {
+        discovery_addrs: None,
+        ..Settings::default()
+    };
+    assert_eq!(
+        names(&no_discovery),
+        [
+            "RUST_LOG",
+            "REMORA_IDENTITY_TOKEN_FILE",
+            "REMORA_CA_ADDR",
+            "REMORA_CA_SERVER_NAME",
+            "REMORA_CA_ROOTS",
+            "REMORA_APP_PROBES"
+        ]
+    );
+}
