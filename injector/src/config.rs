@@ -12,6 +12,7 @@ use clap::Parser;
 use crate::quantity::Quantity;
 use crate::settings::{
     Identity, Settings, DEFAULT_CA_ADDR, DEFAULT_CA_ROOTS_CONFIG_MAP, DEFAULT_TOKEN_AUDIENCE,
+    MAX_DISCOVERY_ADDRS,
 };
 
 pub const ENV_LISTEN: &str = "REMORA_INJECTOR_LISTEN";
@@ -39,6 +40,7 @@ pub const ENV_CA_SERVER_NAME: &str = "REMORA_INJECTOR_CA_SERVER_NAME";
 pub const ENV_CA_ROOTS_CONFIG_MAP: &str = "REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP";
 pub const ENV_WEBHOOK_CONFIG_NAME: &str = "REMORA_INJECTOR_WEBHOOK_CONFIG_NAME";
 pub const ENV_CA_BUNDLE_RESYNC: &str = "REMORA_INJECTOR_CA_BUNDLE_RESYNC";
+pub const ENV_DISCOVERY_ADDR: &str = "REMORA_INJECTOR_DISCOVERY_ADDR";
 
 /// The DNS names of the injector's Service, for the generated certificate.
 pub const DEFAULT_DNS_NAMES: &str =
@@ -161,6 +163,14 @@ pub struct Args {
     /// roots remora-cp's serving certificate chains to.
     #[arg(long, env = ENV_CA_ROOTS_CONFIG_MAP, default_value = DEFAULT_CA_ROOTS_CONFIG_MAP)]
     pub ca_roots_config_map: String,
+
+    /// remora-cp's discovery service the injected proxy gets its mesh config
+    /// from: HOST:PORT, comma separated for failover (at most 16). Unset:
+    /// --ca-addr (one port serves both). It uses the identity's roots and
+    /// server name, so it needs --ca-addr; `--discovery-addr=` (empty)
+    /// injects proxies without a config source.
+    #[arg(long, env = ENV_DISCOVERY_ADDR)]
+    pub discovery_addr: Option<String>,
 }
 
 /// The identity flags: none when --ca-addr is empty.
@@ -174,23 +184,7 @@ fn identity(
     if ca_addr.is_empty() {
         return Ok(None);
     }
-    let (host, port) = ca_addr
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty())
-        .ok_or_else(|| invalid("ca-addr", format!("{ca_addr:?} is not HOST:PORT")))?;
-    if !matches!(port.parse::<u16>(), Ok(1..)) {
-        return Err(invalid(
-            "ca-addr",
-            format!("{ca_addr:?}: the port must be 1 to 65535"),
-        ));
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<std::net::IpAddr>().is_err() && !dns_name(bare) {
-        return Err(invalid(
-            "ca-addr",
-            format!("{host:?} is neither a DNS name nor an IP address"),
-        ));
-    }
+    host_port("ca-addr", ca_addr)?;
     let mut identity = Identity::for_ca(ca_addr);
     let server_name = server_name.trim();
     if !server_name.is_empty() {
@@ -212,6 +206,62 @@ fn identity(
     }
     identity.ca_roots_config_map = config_map.to_owned();
     Ok(Some(identity))
+}
+
+/// `value` is HOST:PORT, HOST a DNS name or an IP address (`[v6]` too).
+fn host_port(flag: &'static str, value: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError { flag, reason };
+    let (host, port) = value
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| invalid(format!("{value:?} is not HOST:PORT")))?;
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return Err(invalid(format!("{value:?}: the port must be 1 to 65535")));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_err() && !dns_name(bare) {
+        return Err(invalid(format!(
+            "{host:?} is neither a DNS name nor an IP address"
+        )));
+    }
+    Ok(())
+}
+
+/// The discovery flag: unset follows the identity's CA address (none
+/// without one), empty is none; it needs an identity, whose roots and
+/// server name the proxy's discovery client uses.
+fn discovery_addrs(
+    value: Option<&str>,
+    identity: Option<&Identity>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let invalid = |reason: String| ConfigError {
+        flag: "discovery-addr",
+        reason,
+    };
+    let Some(value) = value.map(str::trim) else {
+        return Ok(identity.map(|i| vec![i.ca_addr.clone()]));
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if identity.is_none() {
+        return Err(invalid(
+            "needs --ca-addr: the proxy reaches discovery with the identity's roots and server \
+             name"
+                .to_owned(),
+        ));
+    }
+    let addrs: Vec<String> = value.split(',').map(|a| a.trim().to_owned()).collect();
+    if addrs.len() > MAX_DISCOVERY_ADDRS {
+        return Err(invalid(format!(
+            "{} addresses; at most {MAX_DISCOVERY_ADDRS}",
+            addrs.len()
+        )));
+    }
+    for addr in &addrs {
+        host_port("discovery-addr", addr)?;
+    }
+    Ok(Some(addrs))
 }
 
 /// A DNS name: dot-separated labels of letters, digits and inner hyphens,
@@ -352,7 +402,7 @@ impl Config {
             (!text.is_empty()).then(|| quantity(flag, text)).transpose()
         };
         let defaults = Settings::default();
-        let settings = Settings {
+        let mut settings = Settings {
             proxy_image: args.proxy_image.unwrap_or(defaults.proxy_image),
             init_image: args.init_image.unwrap_or(defaults.init_image),
             image_pull_policy: args.image_pull_policy,
@@ -381,7 +431,10 @@ impl Config {
                 &args.ca_server_name,
                 &args.ca_roots_config_map,
             )?,
+            discovery_addrs: None,
         };
+        settings.discovery_addrs =
+            discovery_addrs(args.discovery_addr.as_deref(), settings.identity.as_ref())?;
         if settings.token_audience.trim().is_empty() {
             return Err(invalid("token-audience", "must not be empty".to_owned()));
         }
@@ -498,6 +551,40 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("cannot be used with"), "{err}");
+    }
+
+    #[test]
+    fn discovery_follows_the_ca_unless_set() {
+        let addrs = |args: &[&str]| parse(args).map(|c| c.settings.discovery_addrs);
+        assert_eq!(
+            addrs(&[]),
+            Ok(Some(vec!["remora-cp.remora-system.svc:15012".to_owned()]))
+        );
+        assert_eq!(
+            addrs(&["--ca-addr", "remora-cp.mesh.svc:15012"]),
+            Ok(Some(vec!["remora-cp.mesh.svc:15012".to_owned()]))
+        );
+        assert_eq!(
+            addrs(&["--discovery-addr", "cp-0.mesh.svc:15012, [fd00::2]:15012"]),
+            Ok(Some(vec![
+                "cp-0.mesh.svc:15012".to_owned(),
+                "[fd00::2]:15012".to_owned()
+            ]))
+        );
+        assert_eq!(addrs(&["--discovery-addr", ""]), Ok(None));
+        // Without an identity there is no discovery, unless asked for.
+        assert_eq!(addrs(&["--ca-addr", ""]), Ok(None));
+        let seventeen = vec!["cp:1"; 17].join(",");
+        let cases = [
+            (&["--ca-addr", "", "--discovery-addr", "cp:15012"][..], "--discovery-addr: needs --ca-addr: the proxy reaches discovery with the identity's roots and server name"),
+            (&["--discovery-addr", "cp:15012,"], "--discovery-addr: \"\" is not HOST:PORT"),
+            (&["--discovery-addr", "cp:0"], "--discovery-addr: \"cp:0\": the port must be 1 to 65535"),
+            (&["--discovery-addr", "a b:1"], "--discovery-addr: \"a b\" is neither a DNS name nor an IP address"),
+            (&["--discovery-addr", seventeen.as_str()], "--discovery-addr: 17 addresses; at most 16"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(addrs(args).unwrap_err(), message, "{args:?}");
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -60,6 +60,9 @@ pub const ENV_PROXY_CA_ADDR: &str = "REMORA_CA_ADDR";
 pub const ENV_PROXY_CA_SERVER_NAME: &str = "REMORA_CA_SERVER_NAME";
 pub const ENV_PROXY_CA_ROOTS: &str = "REMORA_CA_ROOTS";
 pub const ENV_PROXY_IDENTITY_TOKEN_FILE: &str = "REMORA_IDENTITY_TOKEN_FILE";
+pub const ENV_PROXY_DISCOVERY_ADDR: &str = "REMORA_DISCOVERY_ADDR";
+pub const ENV_PROXY_POD_NAME: &str = "REMORA_POD_NAME";
+pub const ENV_PROXY_POD_NAMESPACE: &str = "REMORA_POD_NAMESPACE";
 
 /// What to do with a pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,6 +413,13 @@ fn proxy_container(
             ENV_PROXY_CA_ROOTS,
             &format!("{IDENTITY_DIR}/{CA_ROOTS_FILE}"),
         ));
+        // Discovery trusts the identity's roots and server name, and names
+        // the pod as the downward API gives it.
+        if let Some(addrs) = &settings.discovery_addrs {
+            env.push(self::env(ENV_PROXY_DISCOVERY_ADDR, &addrs.join(",")));
+            env.push(field_env(ENV_PROXY_POD_NAME, "metadata.name"));
+            env.push(field_env(ENV_PROXY_POD_NAMESPACE, "metadata.namespace"));
+        }
     }
     if let Some(ports) = &overrides.opaque_ports {
         env.push(self::env(ENV_PROXY_OPAQUE_PORTS, ports));
@@ -652,6 +662,21 @@ fn env(name: &str, value: &str) -> EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),
         value_from: None,
+    }
+}
+
+/// An env var from the downward API: a field of the pod itself.
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: field_path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
     }
 }
 

@@ -18,6 +18,11 @@ pub const PROXY_ADMIN_PORT: u16 = remora_iptables::config::DEFAULT_PROXY_ADMIN_P
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "remora.dev";
 /// remora-cp's certificate service as the chart installs it by default.
 pub const DEFAULT_CA_ADDR: &str = "remora-cp.remora-system.svc:15012";
+/// remora-cp's discovery service as the chart installs it by default: the
+/// same TLS port as the certificate service (DESIGN.md, port 15012).
+pub const DEFAULT_DISCOVERY_ADDR: &str = DEFAULT_CA_ADDR;
+/// At most this many discovery addresses (the proxy's own limit).
+pub const MAX_DISCOVERY_ADDRS: usize = 16;
 /// The ConfigMap, in each meshed namespace, that holds the trust roots
 /// remora-cp's serving certificate chains to (key [`CA_ROOTS_KEY`]).
 pub const DEFAULT_CA_ROOTS_CONFIG_MAP: &str = "remora-ca-roots";
@@ -49,6 +54,12 @@ pub struct Settings {
     /// How the injected proxy gets its workload identity; `None` injects a
     /// proxy without one (no certificate, no mTLS).
     pub identity: Option<Identity>,
+    /// remora-cp's discovery service, HOST:PORT entries the proxy fails over
+    /// between in order (the proxy's `--discovery-addr`). The proxy trusts
+    /// the identity's roots and server name for it, so it is injected only
+    /// with an identity; `None` leaves the proxy without a mesh config
+    /// source (it passes everything through).
+    pub discovery_addrs: Option<Vec<String>>,
 }
 
 /// Where the injected proxy asks for its certificate.
@@ -98,6 +109,7 @@ impl Default for Settings {
             token_expiration: Duration::from_secs(3600),
             proxy_startup_timeout: Duration::from_secs(120),
             identity: Some(Identity::for_ca(DEFAULT_CA_ADDR)),
+            discovery_addrs: Some(vec![DEFAULT_DISCOVERY_ADDR.to_owned()]),
         }
     }
 }

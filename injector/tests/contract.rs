@@ -16,7 +16,7 @@ const NOT_FLAGS: &[&str] = &["RUST_LOG"];
 fn pod(annotations: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "annotations": annotations},
+        "metadata": {"name": "p", "namespace": "shop", "annotations": annotations},
         "spec": {"containers": [{"name": "app", "image": "app:1",
             "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}}}]}
     })
@@ -30,9 +30,25 @@ fn inject(pod: &Value) -> Value {
         .0
 }
 
+/// What kubelet makes of an env var: its value, or the pod field its
+/// `fieldRef` names (the downward API).
+fn resolve(pod: &Value, var: &Value) -> String {
+    if let Some(value) = var["value"].as_str() {
+        return value.to_owned();
+    }
+    let field = var["valueFrom"]["fieldRef"]["fieldPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("neither value nor fieldRef: {var}"));
+    let path = format!("/{}", field.replace('.', "/"));
+    pod.pointer(&path)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("the pod has no {field}"))
+        .to_owned()
+}
+
 /// Turns a container's env into `--flag=value` arguments of `C`, by the env
 /// name each flag declares; an env var that no flag declares is a failure.
-fn argv<C: CommandFactory>(program: &str, container: &Value) -> Vec<String> {
+fn argv<C: CommandFactory>(program: &str, pod: &Value, container: &Value) -> Vec<String> {
     let command = C::command();
     let mut out = vec![program.to_owned()];
     for var in container["env"].as_array().expect("env") {
@@ -45,10 +61,7 @@ fn argv<C: CommandFactory>(program: &str, container: &Value) -> Vec<String> {
             .find(|a| a.get_env().is_some_and(|e| e == name))
             .unwrap_or_else(|| panic!("{program} has no flag read from {name}"));
         let long = arg.get_long().expect("a long flag");
-        out.push(format!(
-            "--{long}={}",
-            var["value"].as_str().expect("value")
-        ));
+        out.push(format!("--{long}={}", resolve(pod, var)));
     }
     out
 }
@@ -72,7 +85,11 @@ fn proxy_and_init_accept_what_the_annotations_become() {
         "remora.dev/exclude-outbound-cidrs": "10.1.2.3/8, fd00::1",
     })));
 
-    let args = argv::<remora_proxy::config::Args>("remora-proxy", find(&injected, "remora-proxy"));
+    let args = argv::<remora_proxy::config::Args>(
+        "remora-proxy",
+        &injected,
+        find(&injected, "remora-proxy"),
+    );
     let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("proxy flags parse");
     let config = remora_proxy::config::Config::from_args(parsed).expect("proxy config valid");
     assert_eq!(
@@ -80,6 +97,26 @@ fn proxy_and_init_accept_what_the_annotations_become() {
         [5432, 6379]
     );
     assert_eq!(config.drain_deadline, Duration::from_secs(90));
+    // Discovery: remora-cp's one TLS port, the identity's roots and server
+    // name, the pod as the downward API names it.
+    let discovery = config.discovery.expect("discovery mode");
+    assert_eq!(
+        discovery.addrs,
+        [("remora-cp.remora-system.svc".to_owned(), 15012)]
+    );
+    assert_eq!(discovery.server_name, "remora-cp.remora-system.svc");
+    assert_eq!(
+        discovery.ca_roots,
+        std::path::Path::new("/var/run/secrets/remora.dev/identity/ca-roots.pem")
+    );
+    assert_eq!(
+        (
+            discovery.pod_name.as_str(),
+            discovery.pod_namespace.as_str()
+        ),
+        ("p", "shop")
+    );
+    assert_eq!(config.config_path, None);
     // The rewritten readiness probe is one the proxy will answer.
     assert_eq!(config.app_probes.len(), 1);
     assert_eq!(
@@ -96,7 +133,7 @@ fn proxy_and_init_accept_what_the_annotations_become() {
     );
 
     use remora_iptables::config as init;
-    let args = argv::<init::Args>("remora-init", find(&injected, "remora-init"));
+    let args = argv::<init::Args>("remora-init", &injected, find(&injected, "remora-init"));
     let parsed = init::Args::try_parse_from(&args).expect("init flags parse");
     let config = init::Config::from_args(parsed).expect("init config valid");
     assert_eq!(config.capture.proxy_uid, 1337);
@@ -120,8 +157,11 @@ fn proxy_and_init_accept_what_the_annotations_become() {
 fn drain_deadline_range_matches_the_proxy() {
     for (value, expected) in [("0s", 0), ("1h", 3600)] {
         let injected = inject(&pod(json!({ "remora.dev/proxy-drain-deadline": value })));
-        let args =
-            argv::<remora_proxy::config::Args>("remora-proxy", find(&injected, "remora-proxy"));
+        let args = argv::<remora_proxy::config::Args>(
+            "remora-proxy",
+            &injected,
+            find(&injected, "remora-proxy"),
+        );
         let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("parse");
         let config = remora_proxy::config::Config::from_args(parsed).expect("valid");
         assert_eq!(
@@ -211,4 +251,56 @@ fn env_value(container: &Value, name: &str) -> String {
         .and_then(|e| e["value"].as_str())
         .unwrap_or_else(|| panic!("no {name}"))
         .to_owned()
+}
+
+/// Without an identity there is nothing for discovery to trust, so no
+/// discovery env is injected even when an address is set; with discovery
+/// off the proxy still starts (standalone, passing traffic through).
+#[test]
+fn discovery_is_injected_only_with_an_identity() {
+    let labels = BTreeMap::from([("remora.dev/inject".to_owned(), "enabled".to_owned())]);
+    let names = |settings: &Settings| -> Vec<String> {
+        let injected = injected_pod(&pod(json!({})), &labels, settings)
+            .expect("injectable")
+            .expect("injected")
+            .0;
+        let proxy = find(&injected, "remora-proxy");
+        let args = argv::<remora_proxy::config::Args>("remora-proxy", &injected, proxy);
+        let parsed = remora_proxy::config::Args::try_parse_from(&args).expect("parse");
+        let config = remora_proxy::config::Config::from_args(parsed).expect("valid");
+        assert_eq!(config.discovery, None);
+        proxy["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|v| v["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let no_identity = Settings {
+        identity: None,
+        ..Settings::default()
+    };
+    assert_eq!(
+        names(&no_identity),
+        [
+            "RUST_LOG",
+            "REMORA_IDENTITY_TOKEN_FILE",
+            "REMORA_APP_PROBES"
+        ]
+    );
+    let no_discovery = Settings {
+        discovery_addrs: None,
+        ..Settings::default()
+    };
+    assert_eq!(
+        names(&no_discovery),
+        [
+            "RUST_LOG",
+            "REMORA_IDENTITY_TOKEN_FILE",
+            "REMORA_CA_ADDR",
+            "REMORA_CA_SERVER_NAME",
+            "REMORA_CA_ROOTS",
+            "REMORA_APP_PROBES"
+        ]
+    );
 }

@@ -300,6 +300,12 @@ pub fn routes(store: &Store) -> Vec<RouteObject<'_>> {
             parent_refs: &r.spec.parent_refs,
             status: r.status.as_ref(),
         })
+        .chain(store.grpc_routes.values().map(|r| RouteObject {
+            kind: GRPC_ROUTE,
+            metadata: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            status: r.status.as_ref(),
+        }))
         .collect()
 }
 

@@ -7,6 +7,7 @@
 //! left out; it never breaks the translation of anything else.
 
 pub mod gateway;
+mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -16,14 +17,15 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use remora_api::{
     Authorization, AuthzAction, AuthzRule, Backend, Endpoint, InboundConfig, InboundMode,
-    InboundPort, Protocol, Route, ServicePort,
+    InboundPort, Protocol, ServicePort,
 };
 
 use crate::crds::{
     AuthorizationPolicy, Consumer, MeshTLSPolicy, PluginPolicy, PolicyTargetRef, TrafficPolicy,
 };
 use crate::view::{Destination, Globals, MeshView, Workload};
-use gateway::HttpRoute;
+use gateway::{GrpcRoute, HttpRoute};
+use routes::attach_routes;
 
 /// The annotation the injector sets on every pod it injected: such a pod is
 /// meshed (its endpoints carry an identity, it gets an inbound config).
@@ -43,6 +45,7 @@ pub struct Store {
     pub pods: BTreeMap<Key, Pod>,
     pub secrets: BTreeMap<Key, Secret>,
     pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub grpc_routes: BTreeMap<Key, GrpcRoute>,
     pub consumers: BTreeMap<Key, Consumer>,
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub mesh_tls_policies: BTreeMap<Key, MeshTLSPolicy>,
@@ -136,6 +139,10 @@ impl Store {
             ("gateway.networking.k8s.io", "HTTPRoute") => {
                 put(&mut self.http_routes, key, value, &ns, &kind, &name)?;
                 "HTTPRoute"
+            }
+            ("gateway.networking.k8s.io", "GRPCRoute") => {
+                put(&mut self.grpc_routes, key, value, &ns, &kind, &name)?;
+                "GRPCRoute"
             }
             ("remora.dev", "Consumer") => {
                 put(&mut self.consumers, key, value, &ns, &kind, &name)?;
@@ -513,7 +520,7 @@ fn apply_traffic_policy(backend: &mut Backend, policy: &TrafficPolicy) {
 
 /// PluginPolicies by what they target: `(kind, <namespace>/<name>)` to
 /// the merged plugin configs, the oldest policy winning a plugin both name.
-/// Services and HTTPRoutes are targets; a Namespace or a port-scoped
+/// Services, HTTPRoutes and GRPCRoutes are targets; a Namespace or a port-scoped
 /// target is reported (`Accepted=False`, `Unsupported`) and left out.
 /// Plugin configs are checked by the proxy's plugin schemas when it loads
 /// them (not yet by remora-cp).
@@ -536,6 +543,9 @@ impl PluginAttachments {
                     ("HTTPRoute", None) if target.group == "gateway.networking.k8s.io" => {
                         "HTTPRoute"
                     }
+                    ("GRPCRoute", None) if target.group == "gateway.networking.k8s.io" => {
+                        "GRPCRoute"
+                    }
                     _ => {
                         problems.push(Problem {
                             kind: "PluginPolicy",
@@ -543,8 +553,8 @@ impl PluginAttachments {
                             condition: "Accepted",
                             reason: "Unsupported",
                             message: format!(
-                                "targetRef {} {}{}: only whole Services and HTTPRoutes are \
-                                 supported yet",
+                                "targetRef {} {}{}: only whole Services, HTTPRoutes and \
+                                 GRPCRoutes are supported yet",
                                 target.kind,
                                 target.name,
                                 target
@@ -580,187 +590,6 @@ impl PluginAttachments {
 /// by `<namespace>/<name>`.
 fn age_key(meta: &ObjectMeta) -> (Option<k8s_openapi::jiff::Timestamp>, Key) {
     (meta.creation_timestamp.as_ref().map(|t| t.0), key_of(meta))
-}
-
-/// Routes per (Service key, port), in the order Gateway API breaks ties:
-/// the oldest route's rules first, then by name.
-fn attach_routes(
-    store: &Store,
-    backends: &BTreeMap<String, Backend>,
-    plugins: &PluginAttachments,
-    problems: &mut Vec<Problem>,
-) -> BTreeMap<(Key, u16), Vec<Route>> {
-    let mut routes: Vec<&HttpRoute> = store.http_routes.values().collect();
-    routes.sort_by_key(|r| age_key(&r.metadata));
-    let mut out: BTreeMap<(Key, u16), Vec<Route>> = BTreeMap::new();
-    // Which route claimed each (port, match) first, for conflict reports.
-    let mut claimed: BTreeMap<(Key, u16, String), Key> = BTreeMap::new();
-    for route in routes {
-        let key = key_of(&route.metadata);
-        let (ns, route_name) = split(&key);
-        let mut attached = false;
-        for parent in &route.spec.parent_refs {
-            let is_service = parent.kind.as_deref() == Some("Service")
-                && matches!(parent.group.as_deref(), Some("" | "core"));
-            if !is_service {
-                continue;
-            }
-            let svc_key = format!(
-                "{}/{}",
-                parent.namespace.as_deref().unwrap_or(ns),
-                parent.name
-            );
-            let Some(svc) = store.services.get(&svc_key) else {
-                problems.push(Problem {
-                    kind: "HTTPRoute",
-                    key: key.clone(),
-                    condition: "Accepted",
-                    reason: "NoMatchingParent",
-                    message: format!("parentRef Service {svc_key} does not exist"),
-                });
-                continue;
-            };
-            let ports: Vec<u16> = svc
-                .spec
-                .iter()
-                .flat_map(|s| s.ports.iter().flatten())
-                .filter_map(|p| u16::try_from(p.port).ok())
-                .filter(|p| parent.port.is_none_or(|want| want == *p))
-                .collect();
-            if ports.is_empty() {
-                problems.push(Problem {
-                    kind: "HTTPRoute",
-                    key: key.clone(),
-                    condition: "Accepted",
-                    reason: "NoMatchingParent",
-                    message: format!("Service {svc_key} has no port {:?}", parent.port),
-                });
-                continue;
-            }
-            attached = true;
-            for (i, rule) in route.spec.rules.iter().enumerate() {
-                let mut refs = Vec::new();
-                for backend in &rule.backend_refs {
-                    match resolve_backend(ns, backend, store, backends) {
-                        Ok(name) => refs.push(remora_api::BackendRef {
-                            name,
-                            weight: backend.weight,
-                            filters: Vec::new(),
-                        }),
-                        Err((reason, message)) => problems.push(Problem {
-                            kind: "HTTPRoute",
-                            key: key.clone(),
-                            condition: "ResolvedRefs",
-                            reason,
-                            message,
-                        }),
-                    }
-                }
-                let translated = Route {
-                    name: Some(
-                        rule.name
-                            .clone()
-                            .unwrap_or_else(|| format!("{ns}/{route_name}/rule-{i}")),
-                    ),
-                    matches: rule.matches.clone(),
-                    filters: rule.filters.clone(),
-                    backend_refs: refs,
-                    timeouts: rule.timeouts.unwrap_or_default(),
-                    retry: rule.retry.clone(),
-                    plugins: plugins.get("HTTPRoute", &key),
-                };
-                for port in &ports {
-                    for m in match_keys(&translated) {
-                        let slot = (svc_key.clone(), *port, m.clone());
-                        match claimed.get(&slot) {
-                            Some(owner) if *owner != key => problems.push(Problem {
-                                kind: "HTTPRoute",
-                                key: key.clone(),
-                                condition: "Accepted",
-                                reason: "Conflicted",
-                                message: format!(
-                                    "match {m} on {svc_key}:{port} is also in the older route {owner}, which wins"
-                                ),
-                            }),
-                            _ => {
-                                claimed.insert(slot, key.clone());
-                            }
-                        }
-                    }
-                    out.entry((svc_key.clone(), *port))
-                        .or_default()
-                        .push(translated.clone());
-                }
-            }
-        }
-        if !attached && route.spec.parent_refs.is_empty() {
-            problems.push(Problem {
-                kind: "HTTPRoute",
-                key: key.clone(),
-                condition: "Accepted",
-                reason: "NoMatchingParent",
-                message: "the route has no parentRefs".into(),
-            });
-        }
-    }
-    out
-}
-
-/// Each match of a route as text, for conflict detection.
-fn match_keys(route: &Route) -> BTreeSet<String> {
-    if route.matches.is_empty() {
-        return BTreeSet::from(["{}".to_owned()]);
-    }
-    route
-        .matches
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap_or_default())
-        .collect()
-}
-
-fn resolve_backend(
-    ns: &str,
-    ref_: &gateway::BackendRef,
-    store: &Store,
-    backends: &BTreeMap<String, Backend>,
-) -> Result<String, (&'static str, String)> {
-    let backend = &ref_.target;
-    if backend.kind.as_deref().is_some_and(|k| k != "Service")
-        || backend
-            .group
-            .as_deref()
-            .is_some_and(|g| !g.is_empty() && g != "core")
-    {
-        return Err((
-            "InvalidKind",
-            format!("backendRef {} is not a Service", backend.name),
-        ));
-    }
-    let target_ns = backend.namespace.as_deref().unwrap_or(ns);
-    if target_ns != ns {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "backendRef {target_ns}/{} is in another namespace (ReferenceGrant is not supported)",
-                backend.name
-            ),
-        ));
-    }
-    let svc = format!("{target_ns}/{}", backend.name);
-    if !store.services.contains_key(&svc) {
-        return Err(("BackendNotFound", format!("Service {svc} does not exist")));
-    }
-    let Some(port) = backend.port else {
-        return Err(("UnsupportedValue", format!("backendRef {svc} needs a port")));
-    };
-    let name = backend_key(&svc, port);
-    if !backends.contains_key(&name) {
-        return Err((
-            "BackendNotFound",
-            format!("Service {svc} has no port {port}"),
-        ));
-    }
-    Ok(name)
 }
 
 /// Mesh-wide consumers, their credentials read from Secrets. A consumer

@@ -1,5 +1,7 @@
 //! `remora demo`, run for real: it exits 0, prints each step with its
-//! evidence (the captured request in both sidecars' metrics, the client's
+//! evidence (every sidecar's certificate and mesh config from remora-cp,
+//! the client's discovery subscriptions, the captured request in both
+//! sidecars' metrics, the client's
 //! SPIFFE identity as the server saw it and the mTLS connection metric, an
 //! exact 90/10 split of 100 requests by app and by metrics, a 5/5
 //! rate-limit split with APISIX's message), and leaves nothing behind: no
@@ -423,28 +425,42 @@ fn the_demo_runs_and_leaves_nothing_behind() {
         all: output,
     };
 
-    // Every sidecar got its certificate from the CA.
+    // Every sidecar got its certificate from the CA and its mesh config
+    // over discovery (readiness waits for both), one stream each.
     for (pod, sa) in [
         ("client", "client"),
         ("hello-v1", "hello"),
         ("hello-v2", "hello"),
     ] {
         let line = format!(
-            "proxy in {pod}: ready (its certificate: spiffe://cluster.local/ns/demo/sa/{sa})"
+            "proxy in {pod}: ready (its certificate: spiffe://cluster.local/ns/demo/sa/{sa}; \
+             its mesh config: from remora-cp over discovery)"
         );
         assert!(
             out.lines.contains(&line.as_str()),
             "{line:?} missing\n{output}"
         );
     }
+    let cp = out.index("-- remora-cp:");
     assert_eq!(
-        out.after("-- remora-cp:"),
-        "remora_cp_certificates_issued_total 3"
+        out.lines[cp + 1..cp + 3],
+        [
+            "remora_cp_certificates_issued_total 3",
+            "remora_cp_discovery_streams 3"
+        ],
+        "{output}"
     );
-    // Config comes from files until discovery lands, and the output says so.
-    assert!(out
-        .all
-        .contains("(from files until the proxy's discovery client lands"));
+    // The injected discovery address, mapped to where remora-cp runs; no
+    // config file anywhere.
+    assert!(
+        out.lines.contains(
+            &"  remora-proxy REMORA_DISCOVERY_ADDR: remora-cp.remora-system.svc:15012 -> \
+              10.90.0.1:15012 (no cluster DNS: remora-cp runs in the node namespace (its server \
+              name stays))"
+        ),
+        "{output}"
+    );
+    assert!(!out.all.contains("REMORA_CONFIG"), "{output}");
 
     // 1. Capture: the first request on the split goes to v1 (the split is
     // exact and starts at v1's range), counted by both sidecars.
@@ -456,6 +472,12 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     assert_eq!(
         out.lines[out.index(capture) + 2],
         "client pod's iptables: 1 connection(s) redirected to the sidecar's outbound port 15001"
+    );
+    // The hello address was subscribed on demand, at the first connection.
+    assert_eq!(
+        out.lines[out.index(capture) + 3],
+        "client sidecar's discovery subscriptions: address 10.96.0.10:80, globals, inbound \
+         (remora-cp 10.90.0.1:15012)"
     );
     let client = out.metrics(capture, "client sidecar (outbound)");
     let split_v1 = [

@@ -4,18 +4,21 @@
 //! endpoint removal taking effect live, a NACKed object counted once and
 //! harmless, a dead control plane that leaves traffic flowing and resyncs
 //! on restart, failover between two replicas, hostile control-plane
-//! addresses, unknown destinations passed through, and a STRICT
-//! MeshTLSPolicy delivered to the server's sidecar.
+//! addresses, unknown destinations passed through, a STRICT
+//! MeshTLSPolicy delivered to the server's sidecar, and a GRPCRoute
+//! routing a real tonic client's calls by method and header.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use remora_e2e::grpc_apps::pb::echo_client::EchoClient;
+use remora_e2e::grpc_apps::pb::{ChatMessage, SayRequest};
 use remora_e2e::http_apps::{eventually, send_many, HttpApp, HttpClient, Outcome, Req};
 use remora_e2e::{
-    assert_closed_without_data, write_readable, App, ControlPlane, Metrics, Pod, ProxyHandle,
-    TestNet, CLIENT, DEFAULT_INIT_ARGS,
+    assert_closed_without_data, within, write_readable, App, ControlPlane, Metrics, Pod,
+    ProxyHandle, TestNet, CLIENT, DEFAULT_INIT_ARGS,
 };
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -614,5 +617,152 @@ async fn a_strict_mesh_tls_policy_from_the_control_plane_refuses_plaintext() {
         ),
         1.0,
         "{metrics}"
+    );
+}
+
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const GRPC_PORT: u16 = 50051;
+
+/// Service `echo` (a gRPC port, round robin over `endpoints`) and
+/// `echo-v2` (`v2`), and a GRPCRoute on echo: `Say` with `x-canary: 1`
+/// and every `Chat` go to echo-v2, the rest to echo.
+fn grpc_objects(endpoints: [Ipv4Addr; 2], v2: Ipv4Addr) -> String {
+    let [a, b] = endpoints;
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  clusterIPs: [{ECHO_VIP}]
+  ports: [{{name: grpc, port: {GRPC_PORT}, appProtocol: grpc}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: echo-1, namespace: default, labels: {{kubernetes.io/service-name: echo}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {GRPC_PORT}}}]
+endpoints: [{{addresses: [{a}]}}, {{addresses: [{b}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-v2, namespace: default}}
+spec:
+  clusterIPs: [10.96.0.31]
+  ports: [{{name: grpc, port: {GRPC_PORT}, appProtocol: grpc}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: echo-v2-1, namespace: default, labels: {{kubernetes.io/service-name: echo-v2}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {GRPC_PORT}}}]
+endpoints: [{{addresses: [{v2}]}}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: echo, namespace: default}}
+spec:
+  targetRefs: [{{kind: Service, name: echo}}]
+  loadBalancer: roundRobin
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: {GRPC_PORT}}}]
+  rules:
+    - matches:
+        - method: {{service: echo.Echo, method: Say}}
+          headers: [{{name: x-canary, value: "1"}}]
+        - method: {{method: Chat}}
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {{set: [{{name: x-routed, value: canary}}]}}
+      backendRefs: [{{name: echo-v2, port: {GRPC_PORT}}}]
+    - backendRefs: [{{name: echo, port: {GRPC_PORT}}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_grpc_route_from_the_control_plane_routes_tonic_calls_by_method_and_header() {
+    let net = TestNet::new("disc_grpc");
+    let cp_pod = net.pod("cp");
+    let client = net.pod("client");
+    let pods = [net.pod("srva"), net.pod("srvb"), net.pod("srvv2")];
+    let apps: Vec<_> = pods
+        .iter()
+        .map(|p| p.spawn_grpc_echo_server(GRPC_PORT))
+        .collect();
+    let dir = SourceDir::new("disc_grpc");
+    dir.write(
+        "objects",
+        &grpc_objects([pods[0].ip4(), pods[1].ip4()], pods[2].ip4()),
+    );
+    let cp = cp_pod
+        .start_control_plane(&[CLIENT], &["--source-dir", &dir.arg()])
+        .await;
+    let roots = cp.roots_path().display().to_string();
+    let proxy = client
+        .mesh_with(&[], &discovery_args(&cp.ca_addr(), &roots, "client").strs())
+        .await;
+
+    let vip = SocketAddr::from((ECHO_VIP, GRPC_PORT));
+    let channel = within(PROPAGATION, "the gRPC connection", client.grpc_channel(vip))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {vip}: {e:?}"));
+    let mut echo = EchoClient::new(channel);
+    let mut routed = BTreeMap::new();
+    for i in 0..20 {
+        let mut request = tonic::Request::new(SayRequest {
+            text: format!("call {i}"),
+            fail_with: 0,
+        });
+        if i % 2 == 0 {
+            request
+                .metadata_mut()
+                .insert("x-canary", "1".parse().unwrap());
+        }
+        let reply = echo
+            .say(request)
+            .await
+            .unwrap_or_else(|e| panic!("Say {i}: {e:?}"));
+        let header = reply
+            .metadata()
+            .get("x-routed")
+            .map(|v| v.to_str().unwrap().to_owned());
+        *routed.entry(header).or_insert(0) += 1;
+        assert_eq!(reply.into_inner().text, format!("call {i}"));
+    }
+    for i in 0..3u32 {
+        let messages = tokio_stream::iter([ChatMessage {
+            seq: i,
+            text: format!("chat {i}"),
+            fail_with: 0,
+        }]);
+        let mut stream = echo
+            .chat(messages)
+            .await
+            .unwrap_or_else(|e| panic!("Chat {i}: {e:?}"))
+            .into_inner();
+        let reply = stream.message().await.unwrap().unwrap();
+        assert_eq!((reply.seq, reply.text), (i, format!("chat {i}")));
+        assert_eq!(stream.message().await.unwrap(), None);
+    }
+    // Canary Says and all Chats to v2 (with the rule's response header);
+    // the other Says split round robin over echo's two endpoints.
+    let calls: Vec<usize> = apps.iter().map(|a| a.peers().len()).collect();
+    assert_eq!(calls, [5, 5, 13]);
+    assert_eq!(
+        routed,
+        BTreeMap::from([(None, 10), (Some("canary".to_owned()), 10)])
+    );
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    assert_eq!(
+        proxy
+            .metrics()
+            .await
+            .get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
     );
 }

@@ -1,9 +1,10 @@
 //! `remora demo`: the whole mesh on one machine, narrated. It starts
-//! remora-cp in file mode (the CA signs every sidecar's certificate), makes
-//! three pods as network namespaces on a bridge, injects each from the
-//! injector's pure function, runs `remora-init` and `remora-proxy` (uid 1337)
-//! in it as the injection says, and sends traffic, printing each step with
-//! its evidence: capture, mTLS identities, a 90/10 split, a rate limit.
+//! remora-cp in file mode (the CA signs every sidecar's certificate, and
+//! discovery streams each sidecar its mesh config), makes three pods as
+//! network namespaces on a bridge, injects each from the injector's pure
+//! function, runs `remora-init` and `remora-proxy` (uid 1337) in it as the
+//! injection says, and sends traffic, printing each step with its evidence:
+//! capture, mTLS identities, a 90/10 split, a rate limit.
 //!
 //! This module owns the steps and what they print; `objects` is the demo's
 //! cluster as data (pure), `host` the namespaces and processes, `app` the
@@ -180,18 +181,12 @@ fn bin_dir(args: &DemoArgs) -> Result<PathBuf, DemoError> {
 async fn demo(bin: &Path, tmp: &Path) -> Result<(), DemoError> {
     let _ = std::fs::remove_dir_all(tmp);
     let host_paths = HostPaths {
-        ca_addr: format!("{NODE_IP}:{CP_GRPC_PORT}"),
+        cp_addr: format!("{NODE_IP}:{CP_GRPC_PORT}"),
         ca_roots: tmp.join("ca-roots.pem"),
         tokens_dir: tmp.join("tokens"),
-        configs_dir: tmp.join("configs"),
     };
     let source_dir = tmp.join("objects");
-    for dir in [
-        tmp,
-        &host_paths.tokens_dir,
-        &host_paths.configs_dir,
-        &source_dir,
-    ] {
+    for dir in [tmp, &host_paths.tokens_dir, &source_dir] {
         make_dir(dir)?;
     }
 
@@ -223,11 +218,21 @@ async fn demo(bin: &Path, tmp: &Path) -> Result<(), DemoError> {
         );
     }
 
-    step("remora-cp: the file source (--source-dir) and the CA (standalone --token-file)");
+    step(
+        "remora-cp: the file source (--source-dir), the CA (standalone --token-file) and discovery",
+    );
     for (name, text) in objects::source_files(&sidecars)? {
         write_readable(&source_dir.join(&name), &text)?;
         println!("{}/{name}", source_dir.display());
     }
+    // The same translation remora-cp runs; a problem stops the demo here,
+    // with its reason, rather than as a proxy that never gets ready.
+    objects::translated(&objects::load_store(&source_dir)?)?;
+    let (v1, v2) = SPLIT_WEIGHTS;
+    println!(
+        "translated: service hello.demo {HELLO_IP}:80: route split -> hello-v1 {v1}, hello-v2 {v2}; \
+         route limited ({LIMITED_PATH}) -> hello-v1 with limit-count {LIMIT_COUNT} per {LIMIT_WINDOW_SECONDS} s"
+    );
     let token_file = tmp.join("tokens.yaml");
     write_readable(&token_file, &objects::token_file())?;
     for pod in PODS {
@@ -266,19 +271,9 @@ async fn demo(bin: &Path, tmp: &Path) -> Result<(), DemoError> {
     let root = std::fs::read_to_string(state_dir.join("root-cert.pem"))
         .map_err(|e| DemoError::Step(format!("remora-cp wrote no root: {e}")))?;
     write_readable(&host_paths.ca_roots, &root)?;
-    println!("remora-cp ready at {NODE_IP}:{CP_GRPC_PORT} in the node namespace; its root is the proxies' REMORA_CA_ROOTS");
-
-    step("mesh config: what translation gives each pod, from the same objects");
-    println!("(from files until the proxy's discovery client lands: remora-proxy --config)");
-    let store = objects::load_store(&source_dir)?;
-    for (path, text) in objects::mesh_configs(&store, &host_paths)? {
-        write_readable(&path, &text)?;
-        println!("{}", path.display());
-    }
-    let (v1, v2) = SPLIT_WEIGHTS;
     println!(
-        "service hello.demo {HELLO_IP}:80: route split -> hello-v1 {v1}, hello-v2 {v2}; \
-         route limited ({LIMITED_PATH}) -> hello-v1 with limit-count {LIMIT_COUNT} per {LIMIT_WINDOW_SECONDS} s"
+        "remora-cp ready at {NODE_IP}:{CP_GRPC_PORT} in the node namespace (certificates and \
+         discovery); its root is the proxies' REMORA_CA_ROOTS"
     );
 
     step("pods: network namespaces on a bridge, remora-init's capture rules in each");
@@ -325,14 +320,14 @@ async fn demo(bin: &Path, tmp: &Path) -> Result<(), DemoError> {
         .await
         .map_err(DemoError::Step)?;
         println!(
-            "proxy in {}: ready (its certificate: {})",
+            "proxy in {}: ready (its certificate: {}; its mesh config: from remora-cp over discovery)",
             s.pod.name,
             s.pod.identity()
         );
     }
     let cp_metrics = metrics(NODE_NETNS, &format!("{cp_admin}/metrics")).await?;
     print_samples("remora-cp", &cp_metrics, |s| {
-        s.name == "remora_cp_certificates_issued_total"
+        s.name == "remora_cp_certificates_issued_total" || s.name == "remora_cp_discovery_streams"
     });
 
     step("the apps: an HTTP server on :8080 in each hello pod");
@@ -402,6 +397,10 @@ async fn capture_and_identity() -> Result<(), DemoError> {
     println!(
         "client pod's iptables: {} connection(s) redirected to the sidecar's outbound port 15001",
         redirected(&CLIENT, "REMORA_REDIRECT").await?
+    );
+    println!(
+        "client sidecar's discovery subscriptions: {}",
+        subscriptions(&CLIENT).await?
     );
     let client_metrics = proxy_metrics(&CLIENT).await?;
     print_samples("client sidecar (outbound)", &client_metrics, |s| {
@@ -496,6 +495,25 @@ async fn rate_limit() -> Result<(), DemoError> {
         s.name == "remora_requests_total" && s.labels.get("route").is_some_and(|r| r == "limited")
     });
     Ok(())
+}
+
+/// The subscriptions of `pod`'s proxy and the remora-cp serving them, from
+/// its `/config_dump` (localhost only, so asked from inside the pod).
+async fn subscriptions(pod: &DemoPod) -> Result<String, DemoError> {
+    let url = format!("{PROXY_ADMIN}/config_dump");
+    let (status, body) = host::curl(&pod.netns(), &url, REQUEST_DEADLINE).await?;
+    let dump: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| DemoError::Step(format!("{url} in {}: {status}: {e}", pod.name)))?;
+    let discovery = &dump["discovery"];
+    let names: Vec<&str> = discovery["versions"]
+        .as_object()
+        .map(|v| v.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    Ok(format!(
+        "{} (remora-cp {})",
+        names.join(", "),
+        discovery["controlPlane"].as_str().unwrap_or("(none)")
+    ))
 }
 
 /// The connections `chain`'s REDIRECT rule took in `pod`: the nat table

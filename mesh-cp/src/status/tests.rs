@@ -543,3 +543,23 @@ fn what_was_sent_is_forgotten_with_its_object() {
     let left: Vec<_> = sent.entries.keys().cloned().collect();
     assert_eq!(left, vec![("HTTPRoute", "shop/b".to_owned())]);
 }
+
+#[test]
+fn a_grpc_route_gets_the_same_parent_status_as_an_http_route() {
+    let mut g = route("reviews-grpc", "4", 2, "ghost", None);
+    g["kind"] = json!("GRPCRoute");
+    g["spec"]["parentRefs"] =
+        json!([{"group": "", "kind": "Service", "name": "reviews", "port": 9080}]);
+    let writes = plan(&input(&[service("reviews"), g]), &Sent::default(), fixed());
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].kind.kind, "GRPCRoute");
+    assert_eq!(
+        (writes[0].namespace.as_str(), writes[0].name.as_str()),
+        ("shop", "reviews-grpc")
+    );
+    assert_eq!(writes[0].resource_version.as_deref(), Some("4"));
+    assert_eq!(
+        writes[0].status,
+        json!({"parents": [ours(2, ACCEPTED, GHOST)]})
+    );
+}

@@ -1,5 +1,5 @@
-//! The Gateway API objects translation reads (HTTPRoute, with a Service
-//! parentRef as GAMMA attaches it), as serde types of the fields Remora
+//! The Gateway API objects translation reads (HTTPRoute and GRPCRoute, with
+//! a Service parentRef as GAMMA attaches them), as serde types of the fields Remora
 //! uses. The `gateway-api` crate (0.22) is built on kube 4 and
 //! k8s-openapi 0.28, while this workspace is on kube 5 and k8s-openapi
 //! 0.29, so its types cannot be mixed with ours yet; match, filter and
@@ -7,7 +7,7 @@
 //! wire names.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use remora_api::{RouteFilter, RouteMatch};
+use remora_api::{GrpcMethodMatch, HeaderMatch, HeaderModifier, RouteFilter, RouteMatch};
 use serde::{Deserialize, Serialize};
 
 /// `gateway.networking.k8s.io/v1` HTTPRoute.
@@ -80,4 +80,92 @@ pub struct BackendRef {
 
 fn one() -> u32 {
     1
+}
+
+/// `gateway.networking.k8s.io/v1` GRPCRoute. `hostnames` is read and
+/// ignored, as GAMMA says a mesh should (GEP-1426).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRoute {
+    pub metadata: ObjectMeta,
+    pub spec: GrpcRouteSpec,
+    /// As on [`HttpRoute`]: kept whole for status write-back only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<GrpcRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+/// `GRPCRouteMatch`: a method and headers, all of which must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// `GRPCRouteFilter`, the types a GRPCRoute may carry and Remora implements.
+/// On the wire `{type: RequestMirror, requestMirror: {...}}`; any other
+/// type (`ExtensionRef`, or an HTTPRoute-only one) is refused with its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum GrpcRouteFilter {
+    RequestHeaderModifier {
+        request_header_modifier: HeaderModifier,
+    },
+    ResponseHeaderModifier {
+        response_header_modifier: HeaderModifier,
+    },
+    RequestMirror {
+        request_mirror: Mirror,
+    },
+}
+
+/// `HTTPRequestMirrorFilter` as Gateway API writes it: a Service backend,
+/// and the share mirrored as `percent` or as a `fraction`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    pub backend_ref: ServiceRef,
+    #[serde(default)]
+    pub percent: Option<u8>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+/// `numerator / denominator` of the requests (denominator 100 when unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
 }

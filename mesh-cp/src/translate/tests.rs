@@ -2,6 +2,10 @@
 //! a proxy would get.
 
 use super::*;
+use remora_api::{
+    GrpcMethodMatch, HeaderMatch, HeaderModifier, HttpHeader, MatchType, Route, RouteFilter,
+    RouteMatch,
+};
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -92,6 +96,13 @@ fn run(extra: &str) -> Translation {
 
 fn routes(t: &Translation) -> &[Route] {
     &t.view.destinations["shop/reviews"].service.ports[0].routes
+}
+
+fn route_names(t: &Translation) -> Vec<&str> {
+    routes(t)
+        .iter()
+        .map(|r| r.name.as_deref().unwrap())
+        .collect()
 }
 
 #[test]
@@ -294,10 +305,7 @@ fn conflicts_go_to_the_oldest_route_then_alphabetical() {
         .replace("2024-01-01", "2025-01-01");
     let same_age = SPLIT.replace("name: split,", "name: zzz-same-age,");
     let t = run(&format!("{SPLIT}---{younger}---{same_age}"));
-    let names: Vec<&str> = routes(&t)
-        .iter()
-        .map(|r| r.name.as_deref().unwrap())
-        .collect();
+    let names = route_names(&t);
     // Oldest first; of the two equally old, split < zzz-same-age.
     assert_eq!(
         names,
@@ -544,13 +552,384 @@ spec:
         [
             (
                 "Unsupported",
-                "targetRef Namespace shop: only whole Services and HTTPRoutes are supported yet"
+                "targetRef Namespace shop: only whole Services, HTTPRoutes and GRPCRoutes are \
+                 supported yet"
             ),
             (
                 "Unsupported",
-                "targetRef Service reviews port 9080: only whole Services and HTTPRoutes are \
-                 supported yet"
+                "targetRef Service reviews port 9080: only whole Services, HTTPRoutes and \
+                 GRPCRoutes are supported yet"
             ),
         ]
     );
+}
+
+const GRPC: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: shop, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  hostnames: [reviews.shop]
+  rules:
+    - matches:
+        - method: {service: reviews.v1.Reviews, method: Get}
+        - method: {service: reviews.v1.Reviews}
+          headers: [{name: x-canary, value: "1"}]
+        - method: {method: List}
+        - method: {type: RegularExpression, service: 'reviews\.v[0-9]+\.Reviews', method: 'Get.*'}
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-env, value: prod}]}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {remove: [x-internal]}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: reviews-v2, port: 9080}, percent: 25}
+      backendRefs:
+        - {name: reviews, port: 9080, weight: 90}
+        - {name: reviews-v2, port: 9080, weight: 10}
+    - name: catch-all
+      backendRefs: [{name: reviews, port: 9080}]
+"#;
+
+fn grpc_method(kind: MatchType, service: Option<&str>, method: Option<&str>) -> RouteMatch {
+    RouteMatch {
+        grpc_method: Some(GrpcMethodMatch {
+            kind,
+            service: service.map(str::to_owned),
+            method: method.map(str::to_owned),
+        }),
+        ..RouteMatch::default()
+    }
+}
+
+#[test]
+fn a_grpc_route_becomes_routes_with_method_matches_filters_and_weights() {
+    let t = run(GRPC);
+    assert_eq!(t.problems, []);
+    let mut canary = grpc_method(MatchType::Exact, Some("reviews.v1.Reviews"), None);
+    canary.headers = vec![HeaderMatch {
+        kind: MatchType::Exact,
+        name: "x-canary".into(),
+        value: "1".into(),
+    }];
+    let expected = [
+        Route {
+            name: Some("shop/grpc/rule-0".into()),
+            matches: vec![
+                grpc_method(MatchType::Exact, Some("reviews.v1.Reviews"), Some("Get")),
+                canary,
+                grpc_method(MatchType::Exact, None, Some("List")),
+                grpc_method(
+                    MatchType::RegularExpression,
+                    Some(r"reviews\.v[0-9]+\.Reviews"),
+                    Some("Get.*"),
+                ),
+            ],
+            filters: vec![
+                RouteFilter::RequestHeaderModifier(HeaderModifier {
+                    set: vec![HttpHeader {
+                        name: "x-env".into(),
+                        value: "prod".into(),
+                    }],
+                    ..HeaderModifier::default()
+                }),
+                RouteFilter::ResponseHeaderModifier(HeaderModifier {
+                    remove: vec!["x-internal".into()],
+                    ..HeaderModifier::default()
+                }),
+                RouteFilter::RequestMirror(remora_api::RequestMirror {
+                    backend_ref: remora_api::BackendObjectRef {
+                        name: "shop/reviews-v2:9080".into(),
+                    },
+                    percent: 25,
+                }),
+            ],
+            backend_refs: vec![
+                remora_api::BackendRef {
+                    name: "shop/reviews:9080".into(),
+                    weight: 90,
+                    filters: vec![],
+                },
+                remora_api::BackendRef {
+                    name: "shop/reviews-v2:9080".into(),
+                    weight: 10,
+                    filters: vec![],
+                },
+            ],
+            timeouts: remora_api::Timeouts::default(),
+            retry: None,
+            plugins: BTreeMap::new(),
+        },
+        Route {
+            name: Some("catch-all".into()),
+            matches: vec![],
+            filters: vec![],
+            backend_refs: vec![remora_api::BackendRef {
+                name: "shop/reviews:9080".into(),
+                weight: 1,
+                filters: vec![],
+            }],
+            timeouts: remora_api::Timeouts::default(),
+            retry: None,
+            plugins: BTreeMap::new(),
+        },
+    ];
+    assert_eq!(routes(&t), expected);
+    // The wire shape the proxy receives: `grpcMethod`, never a path.
+    assert_eq!(
+        serde_json::to_value(&routes(&t)[0].matches[0]).unwrap(),
+        serde_json::json!({"grpcMethod": {"type": "Exact", "service": "reviews.v1.Reviews", "method": "Get"}})
+    );
+    let dest = &t.view.destinations["shop/reviews"];
+    assert_eq!(
+        dest.backends.keys().collect::<Vec<_>>(),
+        ["shop/reviews-v2:9080", "shop/reviews:9080"]
+    );
+    assert_eq!(dest.service.ports[0].backend_refs, []);
+}
+
+#[test]
+fn a_grpc_route_takes_the_port_from_an_http_route_which_is_conflicted() {
+    // The HTTPRoute is older, but GEP-1426 ranks route types first.
+    let older_http = SPLIT.replace("2024-01-01", "2020-01-01");
+    let t = run(&format!("{older_http}---{GRPC}"));
+    let names = route_names(&t);
+    assert_eq!(names, ["shop/grpc/rule-0", "catch-all"]);
+    assert_eq!(
+        t.problems,
+        [Problem {
+            kind: "HTTPRoute",
+            key: "shop/split".into(),
+            condition: "Accepted",
+            reason: "Conflicted",
+            message: "shop/reviews:9080 has a GRPCRoute, which takes the port from HTTPRoutes \
+                      (GEP-1426)"
+                .into(),
+        }]
+    );
+    // On a port without a GRPCRoute the HTTPRoute still applies.
+    let t = run(&format!(
+        "{older_http}---{}",
+        GRPC.replace(
+            "name: reviews, port: 9080}]\n  hostnames",
+            "name: reviews-v2}]\n  hostnames"
+        )
+    ));
+    assert_eq!(routes(&t)[0].name.as_deref(), Some("shop/split/rule-0"));
+    assert_eq!(
+        t.view.destinations["shop/reviews-v2"].service.ports[0].routes[0]
+            .name
+            .as_deref(),
+        Some("shop/grpc/rule-0")
+    );
+    assert_eq!(t.problems, []);
+}
+
+#[test]
+fn grpc_route_conflicts_go_to_the_oldest_then_alphabetical() {
+    let younger = GRPC
+        .replace("name: grpc,", "name: aaa-younger,")
+        .replace("2024-01-01", "2025-01-01")
+        .replace("name: catch-all", "name: catch-all-younger");
+    let same_age = GRPC
+        .replace("name: grpc,", "name: zzz-same-age,")
+        .replace("name: catch-all", "name: catch-all-same-age");
+    let t = run(&format!("{younger}---{same_age}---{GRPC}"));
+    let names = route_names(&t);
+    assert_eq!(
+        names,
+        [
+            "shop/grpc/rule-0",
+            "catch-all",
+            "shop/zzz-same-age/rule-0",
+            "catch-all-same-age",
+            "shop/aaa-younger/rule-0",
+            "catch-all-younger",
+        ]
+    );
+    // Each younger route conflicts on its 4 method matches and its catch-all.
+    let conflicted: Vec<(&str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.key.as_str()))
+        .collect();
+    assert_eq!(
+        conflicted,
+        [
+            [("GRPCRoute", "shop/zzz-same-age"); 5],
+            [("GRPCRoute", "shop/aaa-younger"); 5]
+        ]
+        .concat()
+    );
+    assert!(t.problems.iter().all(|p| p.reason == "Conflicted"));
+    assert_eq!(
+        t.problems[4].message,
+        "match {} on shop/reviews:9080 is also in the older route shop/grpc, which wins"
+    );
+}
+
+#[test]
+fn grpc_route_problems_are_reported_and_the_rest_stays() {
+    let t = run(&GRPC
+        .replace(
+            "name: reviews-v2, port: 9080, weight: 10",
+            "name: ghost, port: 9080, weight: 10",
+        )
+        .replace(
+            "{backendRef: {name: reviews-v2, port: 9080}, percent: 25}",
+            "{backendRef: {name: reviews-v2}, percent: 25}",
+        )
+        .replace(
+            "- name: catch-all\n",
+            "- name: catch-all\n      matches: [{method: {type: Exact}}]\n",
+        ));
+    let got: Vec<(&str, &str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.condition, p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[1].matches[0].method: set service, method or both"
+            ),
+            (
+                "ResolvedRefs",
+                "UnsupportedValue",
+                "backendRef shop/reviews-v2 needs a port"
+            ),
+            (
+                "ResolvedRefs",
+                "BackendNotFound",
+                "Service shop/ghost does not exist"
+            ),
+        ]
+    );
+    assert!(t.problems.iter().all(|p| p.kind == "GRPCRoute"));
+    let r = routes(&t);
+    // The invalid rule is left out; the mirror is dropped, the rest kept.
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].filters
+            .iter()
+            .map(|f| f.type_name())
+            .collect::<Vec<_>>(),
+        ["RequestHeaderModifier", "ResponseHeaderModifier"]
+    );
+    assert_eq!(
+        r[0].backend_refs
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect::<Vec<_>>(),
+        [("shop/reviews:9080", 90)]
+    );
+
+    let t = run(&GRPC.replace("percent: 25", "fraction: {numerator: 1, denominator: 3}"));
+    assert!(
+        matches!(&routes(&t)[0].filters[2], RouteFilter::RequestMirror(m) if m.percent == 33),
+        "{:?}",
+        routes(&t)[0].filters
+    );
+    let t = run(&GRPC.replace("percent: 25", "fraction: {numerator: 4, denominator: 3}"));
+    assert_eq!(
+        t.problems[0].message,
+        "requestMirror takes percent (0 to 100) or a fraction of at most 1, not percent None \
+         fraction Some(Fraction { numerator: 4, denominator: 3 })"
+    );
+    assert_eq!(routes(&t)[0].filters.len(), 2);
+
+    let t = run(&GRPC.replace(
+        "name: reviews, port: 9080}]\n  hostnames",
+        "name: nowhere}]\n  hostnames",
+    ));
+    assert_eq!(
+        t.problems,
+        [Problem {
+            kind: "GRPCRoute",
+            key: "shop/grpc".into(),
+            condition: "Accepted",
+            reason: "NoMatchingParent",
+            message: "parentRef Service shop/nowhere does not exist".into(),
+        }]
+    );
+    assert_eq!(routes(&t), []);
+}
+
+#[test]
+fn a_grpc_route_with_an_http_only_filter_or_stray_field_is_rejected_with_its_field() {
+    let mut s = Store::default();
+    let insert = |s: &mut Store, spec: &str| {
+        let doc: serde_json::Value = serde_saphyr::from_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: bad, namespace: shop}}\nspec: {spec}"
+        ))
+        .unwrap();
+        s.insert(doc).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let err = insert(
+        &mut s,
+        "{rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]}]}",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with(
+            "GRPCRoute bad: spec.rules[0].filters[0].type: unknown variant `URLRewrite`"
+        ),
+        "{err}"
+    );
+    let err = insert(
+        &mut s,
+        "{rules: [{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}, urlRewrite: {}}]}]}",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("GRPCRoute bad: spec.rules[0].filters[0]: unknown field `urlRewrite`"),
+        "{err}"
+    );
+    let err = insert(&mut s, "{rules: [{matches: [{path: {value: /x}}]}]}").unwrap_err();
+    assert!(
+        err.starts_with("GRPCRoute bad: spec.rules[0].matches[0].path: unknown field `path`"),
+        "{err}"
+    );
+    let err = insert(
+        &mut s,
+        "{rules: [{matches: [{method: {type: Prefix, service: a}}]}]}",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with(
+            "GRPCRoute bad: spec.rules[0].matches[0].method.type: unknown variant `Prefix`"
+        ),
+        "{err}"
+    );
+    assert!(s.grpc_routes.is_empty());
+    assert_eq!(insert(&mut s, "{rules: [{}]}"), Ok(()));
+    assert_eq!(s.grpc_routes.keys().collect::<Vec<_>>(), ["shop/bad"]);
+}
+
+#[test]
+fn plugin_policies_attach_to_grpc_routes() {
+    let t = run(&format!(
+        "{GRPC}{}",
+        r#"
+---
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: limit, namespace: shop}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: GRPCRoute, name: grpc}]
+  plugins:
+    limit-count: {count: 5, time_window: 60}
+"#
+    ));
+    assert_eq!(t.problems, []);
+    for route in routes(&t) {
+        assert_eq!(
+            serde_json::to_value(&route.plugins).unwrap(),
+            serde_json::json!({"limit-count": {"count": 5, "time_window": 60}})
+        );
+    }
 }

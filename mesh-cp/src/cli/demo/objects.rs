@@ -5,16 +5,19 @@
 //! Everything a demo pod runs comes from here: `remora-init`'s and
 //! `remora-proxy`'s environment and user are read out of the Pod that
 //! `remora_injector::injected_pod` returns, so the demo runs exactly what a
-//! real injection gives; the few values that cannot apply outside a cluster
-//! (projected volumes, the CA's Service name) are mapped one by one, each
-//! with its reason, in [`HostMapping`].
+//! real injection gives (the downward API's `fieldRef`s resolved from the
+//! Pod, as kubelet does); the few values that cannot apply outside a
+//! cluster (projected volumes, remora-cp's Service name) are mapped one by
+//! one, each with its reason, in [`HostMapping`]. The proxies get their
+//! mesh config from remora-cp over discovery, as injected.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use remora_injector::inject::{
-    ENV_PROXY_CA_ADDR, ENV_PROXY_CA_ROOTS, ENV_PROXY_IDENTITY_TOKEN_FILE, INIT_NAME, PROXY_NAME,
+    ENV_PROXY_CA_ADDR, ENV_PROXY_CA_ROOTS, ENV_PROXY_DISCOVERY_ADDR, ENV_PROXY_IDENTITY_TOKEN_FILE,
+    INIT_NAME, PROXY_NAME,
 };
 use remora_injector::Settings;
 use serde_json::{json, Value};
@@ -145,7 +148,8 @@ pub fn options() -> Options {
 }
 
 /// The injector's settings: the webhook's defaults, as the chart installs
-/// it (remora-cp at `remora-cp.remora-system.svc:15012`).
+/// it (remora-cp's certificate and discovery services at
+/// `remora-cp.remora-system.svc:15012`).
 pub fn injector_settings() -> Settings {
     Settings::default()
 }
@@ -177,23 +181,18 @@ pub enum ObjectsError {
 /// provides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPaths {
-    /// remora-cp's certificate service as the pods reach it.
-    pub ca_addr: String,
+    /// remora-cp's gRPC port (certificates and discovery) as the pods
+    /// reach it.
+    pub cp_addr: String,
     /// remora-cp's root, readable by uid 1337.
     pub ca_roots: PathBuf,
     /// Directory of the pods' token files.
     pub tokens_dir: PathBuf,
-    /// Directory of the proxies' mesh config files.
-    pub configs_dir: PathBuf,
 }
 
 impl HostPaths {
     pub fn token_file(&self, pod: &DemoPod) -> PathBuf {
         self.tokens_dir.join(pod.name)
-    }
-
-    pub fn config_file(&self, pod: &DemoPod) -> PathBuf {
-        self.configs_dir.join(format!("{}.json", pod.name))
     }
 }
 
@@ -255,7 +254,7 @@ pub fn sidecar(pod: &DemoPod, host: &HostPaths) -> Result<Sidecar, ObjectsError>
         .and_then(Value::as_i64)
         .ok_or_else(|| missing("proxy securityContext.runAsGroup"))?;
 
-    let mut init_env = env_of(init).map_err(|what| missing(&what))?;
+    let mut init_env = env_of(&injected, init).map_err(|what| missing(&what))?;
     let mut mappings = Vec::new();
     // Not from the injection: the demo's pods have no IPv6 address.
     init_env.push(("REMORA_IPV6".to_owned(), "false".to_owned()));
@@ -266,11 +265,11 @@ pub fn sidecar(pod: &DemoPod, host: &HostPaths) -> Result<Sidecar, ObjectsError>
         why: "the demo's pods are IPv4 only",
     });
 
-    let mut proxy_env = env_of(proxy).map_err(|what| missing(&what))?;
+    let mut proxy_env = env_of(&injected, proxy).map_err(|what| missing(&what))?;
     for (name, value) in &mut proxy_env {
         let (host_value, why) = match name.as_str() {
-            ENV_PROXY_CA_ADDR => (
-                host.ca_addr.clone(),
+            ENV_PROXY_CA_ADDR | ENV_PROXY_DISCOVERY_ADDR => (
+                host.cp_addr.clone(),
                 "no cluster DNS: remora-cp runs in the node namespace (its server name stays)",
             ),
             ENV_PROXY_CA_ROOTS => (
@@ -291,14 +290,6 @@ pub fn sidecar(pod: &DemoPod, host: &HostPaths) -> Result<Sidecar, ObjectsError>
         });
         *value = host_value;
     }
-    let config = host.config_file(pod).display().to_string();
-    proxy_env.push(("REMORA_CONFIG".to_owned(), config.clone()));
-    mappings.push(HostMapping {
-        name: "remora-proxy REMORA_CONFIG".to_owned(),
-        injected: None,
-        host: config,
-        why: "the proxy has no discovery client yet: the mesh config translation gives this pod, from a file",
-    });
     let app_probe = pod.version.and_then(|_| {
         injected
             .pointer("/spec/containers/0/readinessProbe/httpGet/path")
@@ -328,9 +319,10 @@ fn container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
 }
 
-/// A container's literal env; a `valueFrom` the demo cannot resolve is
-/// an error naming it.
-fn env_of(container: &Value) -> Result<Vec<(String, String)>, String> {
+/// A container's env as kubelet gives it: literal values, and `fieldRef`s
+/// to the Pod's own fields (the downward API); any other `valueFrom` is an
+/// error naming it.
+fn env_of(pod: &Value, container: &Value) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for var in container
         .get("env")
@@ -339,10 +331,22 @@ fn env_of(container: &Value) -> Result<Vec<(String, String)>, String> {
         .flatten()
     {
         let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
-        match var.get("value").and_then(Value::as_str) {
-            Some(value) => out.push((name.to_owned(), value.to_owned())),
-            None => return Err(format!("literal value for env {name}")),
-        }
+        let field = var
+            .pointer("/valueFrom/fieldRef/fieldPath")
+            .and_then(Value::as_str);
+        let value = match (var.get("value").and_then(Value::as_str), field) {
+            (Some(value), _) => value,
+            (None, Some(field @ ("metadata.name" | "metadata.namespace"))) => pod
+                .pointer(&format!("/{}", field.replace('.', "/")))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{field} for env {name}"))?,
+            _ => {
+                return Err(format!(
+                    "value or pod name/namespace fieldRef for env {name}"
+                ))
+            }
+        };
+        out.push((name.to_owned(), value.to_owned()));
     }
     Ok(out)
 }
@@ -486,12 +490,10 @@ spec:
     )
 }
 
-/// Each pod's mesh config, as translation gives it from the objects in
-/// `store` (what discovery would serve the pod): file name to JSON.
-pub fn mesh_configs(
-    store: &Store,
-    host: &HostPaths,
-) -> Result<Vec<(PathBuf, String)>, ObjectsError> {
+/// What remora-cp's translation makes of the objects in `store`, checked
+/// before the demo starts: no problem reported, and every pod a meshed
+/// workload (so discovery can serve each proxy its inbound side).
+pub fn translated(store: &Store) -> Result<translate::Translation, ObjectsError> {
     let translation = translate::translate(store, &options());
     if let Some(p) = translation.problems.first() {
         return Err(ObjectsError::Translation(format!(
@@ -499,7 +501,6 @@ pub fn mesh_configs(
             p.kind, p.key, p.condition, p.reason, p.message
         )));
     }
-    let mut out = Vec::new();
     for pod in PODS {
         let workload = pod.workload();
         if !translation.view.workloads.contains_key(&workload) {
@@ -507,15 +508,8 @@ pub fn mesh_configs(
                 "no workload {workload}: is the pod injected?"
             )));
         }
-        let mut config = translate::assemble(&translation.view, Some(&workload));
-        config.version = format!("demo-{}", pod.name);
-        let text = serde_json::to_string_pretty(&config).map_err(|e| ObjectsError::Render {
-            what: format!("the mesh config of {}", pod.name),
-            reason: e.to_string(),
-        })?;
-        out.push((host.config_file(&pod), text));
     }
-    Ok(out)
+    Ok(translation)
 }
 
 /// Reads `dir` as remora-cp's file source does.
@@ -539,10 +533,9 @@ mod tests {
 
     fn host() -> HostPaths {
         HostPaths {
-            ca_addr: "10.90.0.1:15012".into(),
+            cp_addr: "10.90.0.1:15012".into(),
             ca_roots: "/tmp/d/ca-roots.pem".into(),
             tokens_dir: "/tmp/d/tokens".into(),
-            configs_dir: "/tmp/d/configs".into(),
         }
     }
 
@@ -578,7 +571,12 @@ mod tests {
         assert_eq!(env["REMORA_CA_SERVER_NAME"], "remora-cp.remora-system.svc");
         assert_eq!(env["REMORA_CA_ROOTS"], "/tmp/d/ca-roots.pem");
         assert_eq!(env["REMORA_IDENTITY_TOKEN_FILE"], "/tmp/d/tokens/hello-v1");
-        assert_eq!(env["REMORA_CONFIG"], "/tmp/d/configs/hello-v1.json");
+        // Discovery, as injected: remora-cp's one gRPC port, and the pod's
+        // name and namespace from the downward API.
+        assert_eq!(env["REMORA_DISCOVERY_ADDR"], "10.90.0.1:15012");
+        assert_eq!(env["REMORA_POD_NAME"], "hello-v1");
+        assert_eq!(env["REMORA_POD_NAMESPACE"], "demo");
+        assert!(!env.contains_key("REMORA_CONFIG"), "{env:?}");
         assert_eq!(env["RUST_LOG"], "info");
         // The rewritten readiness probe, served by the proxy for the app.
         assert_eq!(s.app_probe.as_deref(), Some("/app-health/hello/readyz"));
@@ -604,7 +602,10 @@ mod tests {
                     "remora-proxy REMORA_CA_ROOTS",
                     Some("/var/run/secrets/remora.dev/identity/ca-roots.pem")
                 ),
-                ("remora-proxy REMORA_CONFIG", None),
+                (
+                    "remora-proxy REMORA_DISCOVERY_ADDR",
+                    Some("remora-cp.remora-system.svc:15012")
+                ),
             ]
         );
         // The client has no app probe.
@@ -612,12 +613,17 @@ mod tests {
     }
 
     #[test]
-    fn each_pod_gets_the_translated_config_with_split_limit_and_identities() {
+    fn translation_gives_each_pod_the_split_limit_and_identities() {
         let sidecars: Vec<Sidecar> = PODS.iter().map(|p| sidecar(p, &host()).unwrap()).collect();
-        let configs = mesh_configs(&store_of(&sidecars), &host()).unwrap();
-        assert_eq!(configs.len(), 3);
-        let (path, text) = &configs[0];
-        assert_eq!(path, Path::new("/tmp/d/configs/client.json"));
+        let translation = translated(&store_of(&sidecars)).unwrap();
+        assert_eq!(
+            translation.view.workloads.keys().collect::<Vec<_>>(),
+            ["demo/client", "demo/hello-v1", "demo/hello-v2"]
+        );
+        // What discovery serves the client (before slicing), as JSON the
+        // proxy parses.
+        let config = translate::assemble(&translation.view, Some(&CLIENT.workload()));
+        let text = serde_json::to_string(&config).unwrap();
         let config =
             remora_api::MeshConfig::parse(text.as_bytes(), &remora_api::ParseLimits::default())
                 .unwrap();
@@ -657,6 +663,41 @@ mod tests {
         assert_eq!(
             v1[0].identity.as_deref(),
             Some("spiffe://cluster.local/ns/demo/sa/hello")
+        );
+    }
+
+    #[test]
+    fn a_pod_without_its_injection_is_a_translation_error() {
+        let sidecars: Vec<Sidecar> = PODS.iter().map(|p| sidecar(p, &host()).unwrap()).collect();
+        let mut store = store_of(&sidecars);
+        store.pods.remove("demo/hello-v2");
+        assert_eq!(
+            translated(&store).unwrap_err().to_string(),
+            "translation reported a problem with the demo's objects: no workload demo/hello-v2: \
+             is the pod injected?"
+        );
+    }
+
+    #[test]
+    fn an_env_source_kubelet_would_need_more_than_the_pod_for_is_refused() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "demo"}});
+        let container = json!({"env": [
+            {"name": "A", "value": "1"},
+            {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]});
+        assert_eq!(
+            env_of(&pod, &container).unwrap(),
+            [
+                ("A".to_owned(), "1".to_owned()),
+                ("B".to_owned(), "demo".to_owned())
+            ]
+        );
+        let secret = json!({"env": [
+            {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ]});
+        assert_eq!(
+            env_of(&pod, &secret).unwrap_err(),
+            "value or pod name/namespace fieldRef for env C"
         );
     }
 
