@@ -24,9 +24,9 @@ fn vip(i: usize) -> Ipv4Addr {
 
 /// `services` Services; the first `USED` have the app as their endpoint,
 /// the rest 10 addresses each that nothing is sent to.
-fn mesh_yaml(services: usize, app: Ipv4Addr) -> String {
+fn mesh_yaml(services: std::ops::Range<usize>, app: Ipv4Addr) -> String {
     let mut y = String::new();
-    for i in 0..services {
+    for i in services {
         let _ = write!(
             y,
             "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\n\
@@ -74,8 +74,15 @@ async fn measure(services: usize) -> (u64, u64) {
     let dir = std::env::temp_dir().join(format!("remora-rss-{services}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the source directory");
-    std::fs::write(dir.join("mesh.yaml"), mesh_yaml(services, server.ip4()))
+    // Files of at most 500 Services: under the file source's 4 MiB a file.
+    for (n, start) in (0..services).step_by(500).enumerate() {
+        let end = (start + 500).min(services);
+        std::fs::write(
+            dir.join(format!("mesh-{n:03}.yaml")),
+            mesh_yaml(start..end, server.ip4()),
+        )
         .expect("write the mesh");
+    }
     let cp = cp_pod
         .start_control_plane(&[CLIENT], &["--source-dir", &dir.display().to_string()])
         .await;
