@@ -36,6 +36,7 @@ pub mod env {
     pub const DISCOVERY_MAX_SUBSCRIPTIONS: &str = "REMORA_CP_DISCOVERY_MAX_SUBSCRIPTIONS";
     pub const SOURCE_DIR: &str = "REMORA_CP_SOURCE_DIR";
     pub const ROOT_NAMESPACE: &str = "REMORA_CP_ROOT_NAMESPACE";
+    pub const KUBERNETES: &str = "REMORA_CP_KUBERNETES";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -156,6 +157,11 @@ pub struct ServeArgs {
     /// MeshTLSPolicies here without a selector apply to the whole mesh.
     #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
     pub root_namespace: String,
+    /// Watch the Kubernetes API (in-cluster, or the kubeconfig) for the
+    /// mesh's objects (the Kubernetes source); with --source-dir too, the
+    /// directory's objects win over the cluster's.
+    #[arg(long, env = env::KUBERNETES, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kubernetes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -240,6 +246,8 @@ pub struct Config {
     pub discovery: crate::discovery::Settings,
     pub source_dir: Option<PathBuf>,
     pub root_namespace: String,
+    /// `--kubernetes`: the Kubernetes source.
+    pub kubernetes: bool,
 }
 
 fn in_range(
@@ -380,6 +388,7 @@ impl Config {
             },
             source_dir: args.source_dir,
             root_namespace: args.root_namespace,
+            kubernetes: args.kubernetes,
         }))
     }
 }

@@ -1,8 +1,8 @@
 //! remora-cp: the control plane: the mesh CA and its certificate service,
 //! and the discovery service that streams each proxy its config, both gRPC
 //! over TLS on 15012, with an admin server (/live, /ready, /metrics on
-//! 15014). Discovery serves the `MeshView` it is given (`start_with_view`);
-//! sources and translation (issue 9) publish it.
+//! 15014). Discovery serves the `MeshView` the sources' publisher
+//! (`source`) translates, or the one it is given (`start_with_view`).
 //!
 //! This file is the wiring: it loads the root, builds the CA, binds the
 //! listeners, renews what expires, and drains on shutdown.
@@ -17,7 +17,9 @@ pub mod discovery;
 pub mod identity;
 pub mod metrics;
 pub mod service;
+pub mod source;
 pub mod source_dir;
+pub mod source_kube;
 pub mod tls;
 pub mod translate;
 pub mod view;
@@ -98,8 +100,12 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     deadline: Duration,
-    /// The translated mesh, when a source is configured (`--source-dir`).
+    /// The translated mesh, when a source is configured (`--source-dir`,
+    /// `--kubernetes`).
     pub view: Option<watch::Receiver<view::MeshView>>,
+    /// Each translation's store and problems, with a source (status
+    /// write-back reads it; see `source::Snapshot`).
+    pub snapshots: Option<watch::Receiver<Arc<source::Snapshot>>>,
 }
 
 /// Everything the CA is built from, kept to rebuild it with a new intermediate.
@@ -250,25 +256,10 @@ pub async fn start_with_view(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    // The file source, when there is one, is what discovery serves.
-    let source = match &config.source_dir {
-        Some(dir) => Some(
-            source_dir::run(
-                dir.clone(),
-                source_dir::DirLimits::default(),
-                translate::Options {
-                    trust_domain: config.trust_domain.clone(),
-                    cluster_domain: "cluster.local".into(),
-                    root_namespace: config.root_namespace.clone(),
-                },
-                metrics.objects_invalid.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let view = match &source {
-        Some(rx) => share(rx.clone()),
+    // The sources, when there are any, are what discovery serves.
+    let sources = start_sources(&config, &metrics).await?;
+    let view = match &sources {
+        Some(out) => share(out.views.clone()),
         None => view,
     };
     let discovery = proto::discovery::discovery_server::DiscoveryServer::new(
@@ -304,8 +295,35 @@ pub async fn start_with_view(
         drain_rx,
     ));
 
-    let _ = ready_tx.send(Readiness::Ready);
-    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp ready");
+    match &sources {
+        None => {
+            let _ = ready_tx.send(Readiness::Ready);
+        }
+        Some(out) => {
+            // Ready once every source delivered its initial state: at
+            // once for the file source; after every initial list for the
+            // Kubernetes source (not awaited here).
+            let mut source_ready = out.ready.clone();
+            let ready = ready_tx.clone();
+            let wait = async move {
+                if source_ready.wait_for(|r| *r).await.is_ok() {
+                    ready.send_if_modified(|r| {
+                        let starting = *r == Readiness::Starting;
+                        if starting {
+                            *r = Readiness::Ready;
+                        }
+                        starting
+                    });
+                }
+            };
+            if config.kubernetes {
+                tokio::spawn(wait);
+            } else {
+                wait.await;
+            }
+        }
+    }
+    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp started");
     Ok(Running {
         grpc_addr,
         admin_addr,
@@ -315,8 +333,66 @@ pub async fn start_with_view(
         grpc,
         admin,
         deadline: config.drain_deadline,
-        view: source,
+        view: sources.as_ref().map(|s| s.views.clone()),
+        snapshots: sources.map(|s| s.snapshots),
     })
+}
+
+/// Starts the publisher and the sources the flags name (none: `None`):
+/// the Kubernetes layer under the file layer.
+async fn start_sources(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<source::Outputs>> {
+    if config.source_dir.is_none() && !config.kubernetes {
+        return Ok(None);
+    }
+    let mut publisher = source::Publisher::new(
+        translate::Options {
+            trust_domain: config.trust_domain.clone(),
+            cluster_domain: "cluster.local".into(),
+            root_namespace: config.root_namespace.clone(),
+        },
+        source::SourceMetrics {
+            invalid: metrics.objects_invalid.clone(),
+            objects: metrics.source_objects.clone(),
+            problems: metrics.translation_problems.clone(),
+        },
+        source::DEBOUNCE,
+    );
+    let kube = config
+        .kubernetes
+        .then(|| publisher.layer(source::Layer::Kubernetes));
+    let files = config
+        .source_dir
+        .as_ref()
+        .map(|dir| (dir, publisher.layer(source::Layer::Files)));
+    let outputs = publisher.outputs();
+    tokio::spawn(publisher.run());
+    if let Some(layer) = kube {
+        let client = kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API server for --kubernetes (in a pod, its service account; outside, the kubeconfig)",
+        )?;
+        source_kube::spawn(
+            client,
+            layer,
+            source_kube::WatchMetrics {
+                errors: metrics.watch_errors.clone(),
+                relists: metrics.watch_relists.clone(),
+            },
+        );
+        tracing::info!("watching the Kubernetes API");
+    }
+    if let Some((dir, layer)) = files {
+        source_dir::run(
+            dir.clone(),
+            source_dir::DirLimits::default(),
+            metrics.objects_invalid.clone(),
+            layer,
+        )
+        .await?;
+    }
+    Ok(Some(outputs))
 }
 
 /// The token checker `--auth` names.

@@ -1,6 +1,6 @@
 //! The control plane's Prometheus metrics, in one registry served on /metrics.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -23,6 +23,14 @@ pub struct Metrics {
     pub discovery_pushes: IntCounter,
     /// Source objects skipped as invalid, by kind.
     pub objects_invalid: IntCounterVec,
+    /// Objects each source layer holds, by source and kind.
+    pub source_objects: IntGaugeVec,
+    /// Translation problems in the current translation, by kind and reason.
+    pub translation_problems: IntGaugeVec,
+    /// Kubernetes watch and list errors, by kind.
+    pub watch_errors: IntCounterVec,
+    /// Kubernetes (re)lists started, by kind: 1 at start, then one per relist.
+    pub watch_relists: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +88,38 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(objects_invalid.clone()))?;
+        let source_objects = IntGaugeVec::new(
+            Opts::new(
+                "remora_cp_source_objects",
+                "Objects a source layer holds, by source and kind.",
+            ),
+            &["source", "kind"],
+        )?;
+        let translation_problems = IntGaugeVec::new(
+            Opts::new(
+                "remora_cp_translation_problems",
+                "Problems (status conditions) of the current translation, by kind and reason.",
+            ),
+            &["kind", "reason"],
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_kubernetes_watch_errors_total",
+                "Kubernetes list and watch errors, by kind; each is retried with back-off.",
+            ),
+            &["kind"],
+        )?;
+        let watch_relists = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_kubernetes_relists_total",
+                "Kubernetes lists started, by kind: the initial one, then one per relist.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(source_objects.clone()))?;
+        registry.register(Box::new(translation_problems.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(watch_relists.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -96,6 +136,10 @@ impl Metrics {
             discovery_nacks,
             discovery_pushes,
             objects_invalid,
+            source_objects,
+            translation_problems,
+            watch_errors,
+            watch_relists,
         })
     }
 
