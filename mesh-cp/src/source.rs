@@ -78,7 +78,7 @@ pub enum Change {
         objects: Vec<serde_json::Value>,
     },
     /// The layer's whole store, already read and settled (the file source).
-    Replace(Store),
+    Replace(Box<Store>),
     /// The layer has delivered its initial state.
     Synced,
 }
@@ -259,7 +259,7 @@ impl Publisher {
                     skipped(&kind, "", e.to_string());
                 }
             }
-            Change::Replace(store) => state.store = Arc::new(store),
+            Change::Replace(store) => state.store = Arc::new(*store),
             Change::Synced => state.synced = true,
         }
     }
@@ -414,11 +414,11 @@ pub(crate) mod tests {
         let mut out = p.outputs();
         tokio::spawn(p.run());
         files
-            .send(Change::Replace(store(&[service(
+            .send(Change::Replace(Box::new(store(&[service(
                 "shop",
                 "web",
                 "10.96.0.2",
-            )])))
+            )]))))
             .await;
         files.send(Change::Synced).await;
         kube.send(Change::Relist {
@@ -455,7 +455,7 @@ pub(crate) mod tests {
         assert_eq!(m.objects.with_label_values(&["files", "Service"]).get(), 1);
 
         // The file layer's object goes: the cluster's is uncovered.
-        files.send(Change::Replace(Store::default())).await;
+        files.send(Change::Replace(Box::default())).await;
         let view = next(&mut out.views).await;
         assert_eq!(view.version, 2);
         assert_eq!(

@@ -175,7 +175,7 @@ pub async fn run(
             skipped = loaded.skipped.len(),
             "source directory loaded"
         );
-        Change::Replace(loaded.store)
+        Change::Replace(Box::new(loaded.store))
     };
     publisher.send(report(first)).await;
     publisher.send(Change::Synced).await;
