@@ -470,6 +470,22 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_is_off_unless_asked_for() {
+        assert!(!parse(&[]).unwrap().kubernetes);
+        assert!(parse(&["--kubernetes"]).unwrap().kubernetes);
+        assert!(parse(&["--kubernetes", "true"]).unwrap().kubernetes);
+        assert!(!parse(&["--kubernetes", "false"]).unwrap().kubernetes);
+        let c = parse(&["--kubernetes", "--source-dir", "/objects"]).unwrap();
+        assert_eq!(
+            (c.kubernetes, c.source_dir.as_deref()),
+            (true, Some(std::path::Path::new("/objects")))
+        );
+        let err = Cli::try_parse_from(["remora-cp", "--token-file", "/t", "--kubernetes", "yes"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
     fn serve_subcommand_takes_the_same_flags() {
         let cli = Cli::try_parse_from([
             "remora-cp",

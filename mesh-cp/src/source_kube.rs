@@ -33,8 +33,7 @@ use crate::translate::Kind;
 /// Only Secrets with this label are watched: the ones Consumers take their
 /// credentials from. Watching every Secret would hold the whole cluster's
 /// secrets in memory (see docs/control-plane.md).
-pub const SECRET_LABEL: &str = "remora.dev/credentials";
-const SECRET_SELECTOR: &str = "remora.dev/credentials=true";
+pub const SECRET_SELECTOR: &str = "remora.dev/credentials=true";
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 

@@ -644,7 +644,11 @@ fn consumers(store: &Store, problems: &mut Vec<Problem>) -> Vec<remora_api::Cons
                     key: key.clone(),
                     condition: "ResolvedRefs",
                     reason: "SecretNotFound",
-                    message: format!("Secret {secret} has no UTF-8 key {:?}", cred.secret_ref.key),
+                    message: format!(
+                        "Secret {secret} has no UTF-8 key {:?} (from Kubernetes, only Secrets labelled {} are read)",
+                        cred.secret_ref.key,
+                        crate::source_kube::SECRET_SELECTOR
+                    ),
                 });
                 continue 'each;
             };
