@@ -162,9 +162,10 @@ pub struct ServeArgs {
     /// MeshTLSPolicies here without a selector apply to the whole mesh.
     #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
     pub root_namespace: String,
-    /// Talk to the Kubernetes API: elect a leader through a Lease in
-    /// --namespace, and write route and policy status while leading.
-    #[arg(long, env = env::KUBERNETES)]
+    /// Watch the Kubernetes API (in-cluster, or the kubeconfig) for the
+    /// mesh's objects (the Kubernetes source); with --source-dir too, the
+    /// directory's objects win over the cluster's.
+    #[arg(long, env = env::KUBERNETES, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub kubernetes: bool,
     /// This replica's name, its identity in the leader Lease; default the
     /// host name (a pod's name).
@@ -565,6 +566,22 @@ mod tests {
             err.to_string().starts_with("--pod-name \"has space\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kubernetes_is_off_unless_asked_for() {
+        assert!(!parse(&[]).unwrap().kubernetes);
+        assert!(parse(&["--kubernetes"]).unwrap().kubernetes);
+        assert!(parse(&["--kubernetes", "true"]).unwrap().kubernetes);
+        assert!(!parse(&["--kubernetes", "false"]).unwrap().kubernetes);
+        let c = parse(&["--kubernetes", "--source-dir", "/objects"]).unwrap();
+        assert_eq!(
+            (c.kubernetes, c.source_dir.as_deref()),
+            (true, Some(std::path::Path::new("/objects")))
+        );
+        let err = Cli::try_parse_from(["remora-cp", "--token-file", "/t", "--kubernetes", "yes"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
     }
 
     #[test]

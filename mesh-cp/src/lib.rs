@@ -1,8 +1,8 @@
 //! remora-cp: the control plane: the mesh CA and its certificate service,
 //! and the discovery service that streams each proxy its config, both gRPC
 //! over TLS on 15012, with an admin server (/live, /ready, /metrics on
-//! 15014). Discovery serves the `MeshView` it is given (`start_with_view`);
-//! sources and translation (issue 9) publish it.
+//! 15014). Discovery serves the `MeshView` the sources' publisher
+//! (`source`) translates, or the one it is given (`start_with_view`).
 //!
 //! This file is the wiring: it loads the root, builds the CA, binds the
 //! listeners, renews what expires, and drains on shutdown.
@@ -18,7 +18,9 @@ pub mod identity;
 pub mod lease;
 pub mod metrics;
 pub mod service;
+pub mod source;
 pub mod source_dir;
+pub mod source_kube;
 pub mod status;
 pub mod tls;
 pub mod translate;
@@ -100,35 +102,50 @@ pub struct Running {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     deadline: Duration,
-    /// The translated mesh, when a source is configured (`--source-dir`).
+    /// The translated mesh, when a source is configured (`--source-dir`,
+    /// `--kubernetes`).
     pub view: Option<watch::Receiver<view::MeshView>>,
     /// With `--kubernetes`: whether this replica leads.
     pub leader: Option<watch::Receiver<bool>>,
-    /// With `--kubernetes`: where a source publishes the store and its
-    /// problems for status write-back (the Kubernetes source does).
-    pub status_input: Option<watch::Sender<Arc<status::Input>>>,
     lease: Option<JoinHandle<()>>,
+    /// Each translation's store and problems, with a source (status
+    /// write-back reads it; see `source::Snapshot`).
+    pub snapshots: Option<watch::Receiver<Arc<source::Snapshot>>>,
 }
 
-/// With `--kubernetes`: the leader election and the status writer that
-/// runs while leading, fed by the returned sender.
+/// With `--kubernetes`: the leader election, and the status writer that
+/// runs while leading.
 struct Kubernetes {
     leader: watch::Receiver<bool>,
-    status_input: watch::Sender<Arc<status::Input>>,
     lease: JoinHandle<()>,
 }
 
-async fn start_kubernetes(
+/// Starts the leader election and the status writer; the writer gets each
+/// translation's store and problems from `snapshots`.
+fn start_kubernetes(
+    client: kube::Client,
     config: &Config,
     metrics: &Metrics,
+    mut snapshots: watch::Receiver<Arc<source::Snapshot>>,
     drain: &watch::Receiver<bool>,
-) -> anyhow::Result<Kubernetes> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API server (--kubernetes)")?;
+) -> Kubernetes {
     let (leader, lease) = lease::Elector::new(client.clone(), config.lease.clone())
         .spawn(metrics.leader.clone(), drain.clone());
-    let (status_input, input) = watch::channel(Arc::new(status::Input::default()));
+    let input_of = |s: &source::Snapshot| {
+        Arc::new(status::Input {
+            store: s.store.clone(),
+            problems: s.problems.clone(),
+        })
+    };
+    let (input_tx, input) = watch::channel(input_of(&snapshots.borrow_and_update()));
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let next = input_of(&snapshots.borrow_and_update());
+            if input_tx.send(next).is_err() {
+                return;
+            }
+        }
+    });
     tokio::spawn(
         status::Writer::new(client, config.status, metrics.status_writes.clone()).run(
             input,
@@ -137,11 +154,7 @@ async fn start_kubernetes(
         ),
     );
     tracing::info!(lease = %config.lease.name, identity = %config.lease.identity, "leader election started");
-    Ok(Kubernetes {
-        leader,
-        status_input,
-        lease,
-    })
+    Kubernetes { leader, lease }
 }
 
 /// Everything the CA is built from, kept to rebuild it with a new intermediate.
@@ -275,8 +288,11 @@ pub async fn start_with_view(
     let ca = Arc::new(ArcSwap::from_pointee(ca));
 
     let auth = authenticator(&config, &metrics).await?;
-    let kubernetes = match config.kubernetes {
-        true => Some(start_kubernetes(&config, &metrics, &drain_rx).await?),
+    // One client for the Kubernetes source, the Lease and status writes.
+    let client = match config.kubernetes {
+        true => Some(kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API server for --kubernetes (in a pod, its service account; outside, the kubeconfig)",
+        )?),
         false => None,
     };
 
@@ -296,25 +312,20 @@ pub async fn start_with_view(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
-    // The file source, when there is one, is what discovery serves.
-    let source = match &config.source_dir {
-        Some(dir) => Some(
-            source_dir::run(
-                dir.clone(),
-                source_dir::DirLimits::default(),
-                translate::Options {
-                    trust_domain: config.trust_domain.clone(),
-                    cluster_domain: "cluster.local".into(),
-                    root_namespace: config.root_namespace.clone(),
-                },
-                metrics.objects_invalid.clone(),
-            )
-            .await?,
-        ),
-        None => None,
+    // The sources, when there are any, are what discovery serves.
+    let sources = start_sources(&config, &metrics, client.clone()).await?;
+    let kubernetes = match (client, &sources) {
+        (Some(client), Some(out)) => Some(start_kubernetes(
+            client,
+            &config,
+            &metrics,
+            out.snapshots.clone(),
+            &drain_rx,
+        )),
+        _ => None,
     };
-    let view = match &source {
-        Some(rx) => share(rx.clone()),
+    let view = match &sources {
+        Some(out) => share(out.views.clone()),
         None => view,
     };
     let discovery = proto::discovery::discovery_server::DiscoveryServer::new(
@@ -350,8 +361,35 @@ pub async fn start_with_view(
         drain_rx,
     ));
 
-    let _ = ready_tx.send(Readiness::Ready);
-    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp ready");
+    match &sources {
+        None => {
+            let _ = ready_tx.send(Readiness::Ready);
+        }
+        Some(out) => {
+            // Ready once every source delivered its initial state: at
+            // once for the file source; after every initial list for the
+            // Kubernetes source (not awaited here).
+            let mut source_ready = out.ready.clone();
+            let ready = ready_tx.clone();
+            let wait = async move {
+                if source_ready.wait_for(|r| *r).await.is_ok() {
+                    ready.send_if_modified(|r| {
+                        let starting = *r == Readiness::Starting;
+                        if starting {
+                            *r = Readiness::Ready;
+                        }
+                        starting
+                    });
+                }
+            };
+            if config.kubernetes {
+                tokio::spawn(wait);
+            } else {
+                wait.await;
+            }
+        }
+    }
+    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp started");
     Ok(Running {
         grpc_addr,
         admin_addr,
@@ -361,11 +399,64 @@ pub async fn start_with_view(
         grpc,
         admin,
         deadline: config.drain_deadline,
-        view: source,
         leader: kubernetes.as_ref().map(|k| k.leader.clone()),
-        status_input: kubernetes.as_ref().map(|k| k.status_input.clone()),
         lease: kubernetes.map(|k| k.lease),
+        view: sources.as_ref().map(|s| s.views.clone()),
+        snapshots: sources.map(|s| s.snapshots),
     })
+}
+
+/// Starts the publisher and the sources the flags name (none: `None`):
+/// the Kubernetes layer under the file layer.
+async fn start_sources(
+    config: &Config,
+    metrics: &Metrics,
+    client: Option<kube::Client>,
+) -> anyhow::Result<Option<source::Outputs>> {
+    if config.source_dir.is_none() && client.is_none() {
+        return Ok(None);
+    }
+    let mut publisher = source::Publisher::new(
+        translate::Options {
+            trust_domain: config.trust_domain.clone(),
+            cluster_domain: "cluster.local".into(),
+            root_namespace: config.root_namespace.clone(),
+        },
+        source::SourceMetrics {
+            invalid: metrics.objects_invalid.clone(),
+            objects: metrics.source_objects.clone(),
+            problems: metrics.translation_problems.clone(),
+        },
+        source::DEBOUNCE,
+    );
+    let kube = client.map(|c| (c, publisher.layer(source::Layer::Kubernetes)));
+    let files = config
+        .source_dir
+        .as_ref()
+        .map(|dir| (dir, publisher.layer(source::Layer::Files)));
+    let outputs = publisher.outputs();
+    tokio::spawn(publisher.run());
+    if let Some((client, layer)) = kube {
+        source_kube::spawn(
+            client,
+            layer,
+            source_kube::WatchMetrics {
+                errors: metrics.watch_errors.clone(),
+                relists: metrics.watch_relists.clone(),
+            },
+        );
+        tracing::info!("watching the Kubernetes API");
+    }
+    if let Some((dir, layer)) = files {
+        source_dir::run(
+            dir.clone(),
+            source_dir::DirLimits::default(),
+            metrics.objects_invalid.clone(),
+            layer,
+        )
+        .await?;
+    }
+    Ok(Some(outputs))
 }
 
 /// The token checker `--auth` names.

@@ -1,6 +1,6 @@
 //! The control plane's Prometheus metrics, in one registry served on /metrics.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -27,6 +27,14 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Status writes, by kind and result (ok, conflict, not_found, error).
     pub status_writes: IntCounterVec,
+    /// Objects each source layer holds, by source and kind.
+    pub source_objects: IntGaugeVec,
+    /// Translation problems in the current translation, by kind and reason.
+    pub translation_problems: IntGaugeVec,
+    /// Kubernetes watch and list errors, by kind.
+    pub watch_errors: IntCounterVec,
+    /// Kubernetes (re)lists started, by kind: 1 at start, then one per relist.
+    pub watch_relists: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +105,38 @@ impl Metrics {
             &["kind", "result"],
         )?;
         registry.register(Box::new(status_writes.clone()))?;
+        let source_objects = IntGaugeVec::new(
+            Opts::new(
+                "remora_cp_source_objects",
+                "Objects a source layer holds, by source and kind.",
+            ),
+            &["source", "kind"],
+        )?;
+        let translation_problems = IntGaugeVec::new(
+            Opts::new(
+                "remora_cp_translation_problems",
+                "Problems (status conditions) of the current translation, by kind and reason.",
+            ),
+            &["kind", "reason"],
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_kubernetes_watch_errors_total",
+                "Kubernetes list and watch errors, by kind; each is retried with back-off.",
+            ),
+            &["kind"],
+        )?;
+        let watch_relists = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_kubernetes_relists_total",
+                "Kubernetes lists started, by kind: the initial one, then one per relist.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(source_objects.clone()))?;
+        registry.register(Box::new(translation_problems.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(watch_relists.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -115,6 +155,10 @@ impl Metrics {
             objects_invalid,
             leader,
             status_writes,
+            source_objects,
+            translation_problems,
+            watch_errors,
+            watch_relists,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The file source: a directory of Kubernetes objects as YAML (multi-document
-//! `*.yaml`/`*.yml` files) read into a translation [`Store`].
+//! `*.yaml`/`*.yml` files) read into a translation [`Store`], sent whole to
+//! the publisher (`source`) as its file layer.
 //!
 //! This module owns reading the directory within [`DirLimits`] and sorting
 //! out the objects it cannot take: each one is reported with its file and
@@ -12,10 +13,10 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use prometheus::IntCounterVec;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use crate::translate::{translate, Options, Store};
-use crate::view::MeshView;
+use crate::source::{Change, SourceSender};
+use crate::translate::Store;
 
 /// How long changes settle before a reload: an editor's save, or a
 /// `kubectl`-style write of many files, becomes one reload.
@@ -149,17 +150,17 @@ fn changes_content(event: &notify::Event) -> bool {
     !matches!(event.kind, notify::EventKind::Access(_))
 }
 
-/// Loads `dir`, translates it and publishes the view; then reloads on
-/// every change (debounced) and publishes again when the view changed, with
-/// the next version. Skipped objects are logged and counted in `invalid`
-/// (by kind). Fails only if the directory cannot be read or watched at
-/// start; later read errors keep the last view.
+/// Loads `dir` into the publisher's file layer, then reloads on every
+/// change (debounced) and sends the new store whole; the publisher
+/// translates and publishes it. Skipped objects are logged and counted in
+/// `invalid` (by kind). Fails only if the directory cannot be read or
+/// watched at start; later read errors keep the last store.
 pub async fn run(
     dir: PathBuf,
     limits: DirLimits,
-    options: Options,
     invalid: IntCounterVec,
-) -> Result<watch::Receiver<MeshView>, DirError> {
+    publisher: SourceSender,
+) -> Result<(), DirError> {
     let first = load_dir(&dir, &limits)?;
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -171,26 +172,20 @@ pub async fn run(
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| DirError::Watch(dir.clone(), e))?;
-    let publish = move |loaded: Loaded, version: u64| {
+    let report = move |loaded: Loaded| {
         for s in &loaded.skipped {
             tracing::warn!(file = %s.file.display(), kind = %s.kind, reason = %s.reason, "object skipped");
             invalid.with_label_values(&[s.kind.as_str()]).inc();
         }
-        let translation = translate(&loaded.store, &options);
-        for p in &translation.problems {
-            tracing::warn!(kind = p.kind, object = %p.key, condition = p.condition, reason = p.reason, message = %p.message, "translation problem");
-        }
         tracing::info!(
             objects = loaded.objects,
             skipped = loaded.skipped.len(),
-            version,
             "source directory loaded"
         );
-        let mut view = translation.view;
-        view.version = version;
-        view
+        Change::Replace(Box::new(loaded.store))
     };
-    let (tx, rx) = watch::channel(publish(first, 1));
+    publisher.send(report(first)).await;
+    publisher.send(Change::Synced).await;
     tokio::spawn(async move {
         // The watcher stops when dropped; it lives as long as this task.
         let _watcher = watcher;
@@ -200,24 +195,16 @@ pub async fn run(
             let loaded = match load_dir(&dir, &limits) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "reload failed; keeping the last view");
+                    tracing::warn!(error = %e, "reload failed; keeping the last objects");
                     continue;
                 }
             };
-            let version = tx.borrow().version + 1;
-            let mut view = publish(loaded, version);
-            tx.send_if_modified(|current| {
-                view.version = current.version;
-                if *current == view {
-                    return false;
-                }
-                view.version = version;
-                *current = std::mem::take(&mut view);
-                true
-            });
+            if !publisher.send(report(loaded)).await {
+                return;
+            }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,16 +290,28 @@ mod tests {
     async fn a_change_is_published_with_the_next_version() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
-        let invalid = IntCounterVec::new(prometheus::Opts::new("t", "t"), &["kind"]).unwrap();
-        let mut rx = run(
+        let metrics = crate::source::tests::metrics();
+        let invalid = metrics.invalid.clone();
+        let mut publisher = crate::source::Publisher::new(
+            crate::translate::Options::default(),
+            metrics,
+            crate::source::DEBOUNCE,
+        );
+        let files = publisher.layer(crate::source::Layer::Files);
+        let mut rx = publisher.outputs().views;
+        tokio::spawn(publisher.run());
+        run(
             dir.path().to_owned(),
             DirLimits::default(),
-            Options::default(),
             invalid.clone(),
+            files,
         )
         .await
         .unwrap();
-        assert_eq!(rx.borrow().version, 1);
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.version == 1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             rx.borrow().destinations.keys().collect::<Vec<_>>(),
             ["shop/web"]

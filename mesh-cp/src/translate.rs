@@ -1,18 +1,21 @@
 //! Translation: a pure function from the object store (Kubernetes objects,
 //! Gateway API routes, Remora CRDs) to the [`MeshView`] discovery serves.
 //!
-//! This module owns the [`Store`], the rules that turn objects into services,
+//! This module owns the rules that turn objects into services,
 //! backends, routes and inbound configs, and the problems it reports (route
 //! conditions with Gateway API's reasons). A bad object is reported and
 //! left out; it never breaks the translation of anything else.
 
 pub mod gateway;
 mod routes;
+mod store;
+
+pub use store::{Key, Kind, ObjectError, Store};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use remora_api::{
@@ -24,7 +27,6 @@ use crate::crds::{
     AuthorizationPolicy, Consumer, MeshTLSPolicy, PluginPolicy, PolicyTargetRef, TrafficPolicy,
 };
 use crate::view::{Destination, Globals, MeshView, Workload};
-use gateway::{GrpcRoute, HttpRoute};
 use routes::attach_routes;
 
 /// The annotation the injector sets on every pod it injected: such a pod is
@@ -32,150 +34,6 @@ use routes::attach_routes;
 pub const MESHED_ANNOTATION: &str = "remora.dev/status";
 /// The EndpointSlice label naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// A `<namespace>/<name>` key.
-pub type Key = String;
-
-/// Every object translation reads, by kind and `<namespace>/<name>`.
-#[derive(Debug, Clone, Default)]
-pub struct Store {
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub services: BTreeMap<Key, Service>,
-    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
-    pub pods: BTreeMap<Key, Pod>,
-    pub secrets: BTreeMap<Key, Secret>,
-    pub http_routes: BTreeMap<Key, HttpRoute>,
-    pub grpc_routes: BTreeMap<Key, GrpcRoute>,
-    pub consumers: BTreeMap<Key, Consumer>,
-    pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
-    pub mesh_tls_policies: BTreeMap<Key, MeshTLSPolicy>,
-    pub traffic_policies: BTreeMap<Key, TrafficPolicy>,
-    pub plugin_policies: BTreeMap<Key, PluginPolicy>,
-}
-
-/// An object the store cannot take.
-#[derive(Debug, thiserror::Error)]
-pub enum ObjectError {
-    #[error("an object needs apiVersion, kind and metadata.name")]
-    Incomplete,
-    #[error("{api_version} {kind} is not a kind Remora reads")]
-    UnknownKind { api_version: String, kind: String },
-    #[error("{kind} {name}: {message}")]
-    Invalid {
-        kind: String,
-        name: String,
-        message: String,
-    },
-}
-
-impl Store {
-    /// Adds or replaces one object given as JSON (a YAML document read
-    /// into a value), by its apiVersion and kind. Returns its kind.
-    pub fn insert(&mut self, value: serde_json::Value) -> Result<&'static str, ObjectError> {
-        let api_version = value
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let kind = value
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let name = value
-            .pointer("/metadata/name")
-            .and_then(|v| v.as_str())
-            .ok_or(ObjectError::Incomplete)?
-            .to_owned();
-        let ns = value
-            .pointer("/metadata/namespace")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default")
-            .to_owned();
-        let key = format!("{ns}/{name}");
-        fn put<T: serde::de::DeserializeOwned>(
-            map: &mut BTreeMap<Key, T>,
-            key: Key,
-            mut value: serde_json::Value,
-            ns: &str,
-            kind: &str,
-            name: &str,
-        ) -> Result<(), ObjectError> {
-            if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                meta.entry("namespace").or_insert_with(|| ns.into());
-            }
-            let object =
-                serde_path_to_error::deserialize(value).map_err(|e| ObjectError::Invalid {
-                    kind: kind.to_owned(),
-                    name: name.to_owned(),
-                    message: format!("{}: {}", e.path(), e.inner()),
-                })?;
-            map.insert(key, object);
-            Ok(())
-        }
-        let group = api_version.split_once('/').map_or("", |(g, _)| g);
-        let kinds: &'static str = match (group, kind.as_str()) {
-            ("", "Namespace") => {
-                put(&mut self.namespaces, name.clone(), value, &ns, &kind, &name)?;
-                "Namespace"
-            }
-            ("", "Service") => {
-                put(&mut self.services, key, value, &ns, &kind, &name)?;
-                "Service"
-            }
-            ("", "Pod") => {
-                put(&mut self.pods, key, value, &ns, &kind, &name)?;
-                "Pod"
-            }
-            ("", "Secret") => {
-                put(&mut self.secrets, key, value, &ns, &kind, &name)?;
-                "Secret"
-            }
-            ("", "ServiceAccount") => "ServiceAccount",
-            ("discovery.k8s.io", "EndpointSlice") => {
-                put(&mut self.endpoint_slices, key, value, &ns, &kind, &name)?;
-                "EndpointSlice"
-            }
-            ("gateway.networking.k8s.io", "HTTPRoute") => {
-                put(&mut self.http_routes, key, value, &ns, &kind, &name)?;
-                "HTTPRoute"
-            }
-            ("gateway.networking.k8s.io", "GRPCRoute") => {
-                put(&mut self.grpc_routes, key, value, &ns, &kind, &name)?;
-                "GRPCRoute"
-            }
-            ("remora.dev", "Consumer") => {
-                put(&mut self.consumers, key, value, &ns, &kind, &name)?;
-                "Consumer"
-            }
-            ("remora.dev", "AuthorizationPolicy") => {
-                put(
-                    &mut self.authorization_policies,
-                    key,
-                    value,
-                    &ns,
-                    &kind,
-                    &name,
-                )?;
-                "AuthorizationPolicy"
-            }
-            ("remora.dev", "MeshTLSPolicy") => {
-                put(&mut self.mesh_tls_policies, key, value, &ns, &kind, &name)?;
-                "MeshTLSPolicy"
-            }
-            ("remora.dev", "PluginPolicy") => {
-                put(&mut self.plugin_policies, key, value, &ns, &kind, &name)?;
-                "PluginPolicy"
-            }
-            ("remora.dev", "TrafficPolicy") => {
-                put(&mut self.traffic_policies, key, value, &ns, &kind, &name)?;
-                "TrafficPolicy"
-            }
-            _ => return Err(ObjectError::UnknownKind { api_version, kind }),
-        };
-        Ok(kinds)
-    }
-}
 
 /// Startup settings translation needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -616,7 +474,11 @@ fn consumers(store: &Store, problems: &mut Vec<Problem>) -> Vec<remora_api::Cons
                     key: key.clone(),
                     condition: "ResolvedRefs",
                     reason: "SecretNotFound",
-                    message: format!("Secret {secret} has no UTF-8 key {:?}", cred.secret_ref.key),
+                    message: format!(
+                        "Secret {secret} has no UTF-8 key {:?} (from Kubernetes, only Secrets labelled {} are read)",
+                        cred.secret_ref.key,
+                        crate::source_kube::SECRET_SELECTOR
+                    ),
                 });
                 continue 'each;
             };

@@ -198,6 +198,7 @@ class Rbac(unittest.TestCase):
             [
                 {"apiGroups": [""], "resources": ["services", "pods", "serviceaccounts", "namespaces"],
                  "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                  "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"],
@@ -314,6 +315,7 @@ class Values(unittest.TestCase):
         cp = find(objects, "Deployment", "remora-cp")["spec"]["template"]["spec"]
         env = env_of(cp["containers"][0])
         self.assertEqual(env["REMORA_CP_TRUST_DOMAIN"], "prod.example.com")
+        self.assertEqual(env["REMORA_CP_KUBERNETES"], "true")
         self.assertEqual(env["REMORA_CP_ROOT_CERT"], "/etc/remora-cp/root/root-cert.pem")
         self.assertEqual(
             env["REMORA_CP_EXTRA_TRUST_ROOTS"],

@@ -330,7 +330,7 @@ async fn a_consumer_whose_secret_is_missing_is_not_accepted() {
         req.path,
         "/apis/remora.dev/v1alpha1/namespaces/shop/consumers/alice/status"
     );
-    let message = "Secret shop/alice-key has no UTF-8 key \"key\"";
+    let message = "Secret shop/alice-key has no UTF-8 key \"key\" (from Kubernetes, only Secrets labelled remora.dev/credentials=true are read)";
     assert_eq!(
         req.body,
         json!({
