@@ -36,6 +36,8 @@ pub mod env {
     pub const DISCOVERY_MAX_SUBSCRIPTIONS: &str = "REMORA_CP_DISCOVERY_MAX_SUBSCRIPTIONS";
     pub const SOURCE_DIR: &str = "REMORA_CP_SOURCE_DIR";
     pub const ROOT_NAMESPACE: &str = "REMORA_CP_ROOT_NAMESPACE";
+    pub const ADMIN_API_ADDR: &str = "REMORA_CP_ADMIN_API_ADDR";
+    pub const ADMIN_TOKEN_FILE: &str = "REMORA_CP_ADMIN_TOKEN_FILE";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -156,6 +158,15 @@ pub struct ServeArgs {
     /// MeshTLSPolicies here without a selector apply to the whole mesh.
     #[arg(long, env = env::ROOT_NAMESPACE, default_value = "remora-system")]
     pub root_namespace: String,
+    /// The Admin API's listener (plain HTTP; keep it on loopback or behind
+    /// a TLS-terminating port-forward). Served only with --admin-token-file.
+    #[arg(long, env = env::ADMIN_API_ADDR, default_value = "127.0.0.1:15013")]
+    pub admin_api_addr: SocketAddr,
+    /// Turns the Admin API on: the file holding its bearer token (trimmed,
+    /// 16 characters at least), read once at start. Needs --source-dir,
+    /// where the API's objects are written.
+    #[arg(long, env = env::ADMIN_TOKEN_FILE)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -204,6 +215,8 @@ pub enum ConfigError {
     Audience(String),
     #[error("--discovery-max-subscriptions {0} is outside 1..=65536")]
     MaxSubscriptions(u32),
+    #[error("--admin-token-file turns the Admin API on, which writes into --source-dir: give --source-dir too")]
+    AdminApiNeedsSourceDir,
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -240,6 +253,15 @@ pub struct Config {
     pub discovery: crate::discovery::Settings,
     pub source_dir: Option<PathBuf>,
     pub root_namespace: String,
+    /// The Admin API, when `--admin-token-file` is given.
+    pub admin_api: Option<AdminApiSettings>,
+}
+
+/// Where the Admin API listens and its token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminApiSettings {
+    pub addr: SocketAddr,
+    pub token_file: PathBuf,
 }
 
 fn in_range(
@@ -354,6 +376,14 @@ impl Config {
                 return Err(ConfigError::DnsName(name.clone()));
             }
         }
+        let admin_api = match (args.admin_token_file, &args.source_dir) {
+            (Some(token_file), Some(_)) => Some(AdminApiSettings {
+                addr: args.admin_api_addr,
+                token_file,
+            }),
+            (Some(_), None) => return Err(ConfigError::AdminApiNeedsSourceDir),
+            (None, _) => None,
+        };
         let root = match (args.root_cert, args.root_key) {
             (Some(cert), Some(key)) => RootSource::Files { cert, key },
             _ => RootSource::StateDir(args.state_dir),
@@ -380,6 +410,7 @@ impl Config {
             },
             source_dir: args.source_dir,
             root_namespace: args.root_namespace,
+            admin_api,
         }))
     }
 }
@@ -458,6 +489,21 @@ mod tests {
             let err = kube(&["--token-audience", bad]).unwrap_err();
             assert!(matches!(err, ConfigError::Audience(_)), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_admin_api_is_on_with_a_token_file_and_needs_the_source_dir() {
+        assert_eq!(parse(&[]).unwrap().admin_api, None);
+        let c = parse(&["--admin-token-file", "/tok", "--source-dir", "/src"]).unwrap();
+        assert_eq!(
+            c.admin_api,
+            Some(AdminApiSettings {
+                addr: "127.0.0.1:15013".parse().unwrap(),
+                token_file: PathBuf::from("/tok"),
+            })
+        );
+        let err = parse(&["--admin-token-file", "/tok"]).unwrap_err();
+        assert!(matches!(err, ConfigError::AdminApiNeedsSourceDir), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! listeners, renews what expires, and drains on shutdown.
 
 pub mod admin;
+pub mod admin_api;
 pub mod auth;
 pub mod ca;
 pub mod cli;
@@ -92,6 +93,8 @@ fn renewal_due(
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The Admin API's address, when it is on (`--admin-token-file`).
+    pub admin_api_addr: Option<SocketAddr>,
     drain: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
     ready: watch::Sender<Readiness>,
@@ -250,22 +253,30 @@ pub async fn start_with_view(
     )
     .max_decoding_message_size(MAX_GRPC_MESSAGE)
     .max_encoding_message_size(MAX_GRPC_MESSAGE);
+    let options = translate::Options {
+        trust_domain: config.trust_domain.clone(),
+        cluster_domain: "cluster.local".into(),
+        root_namespace: config.root_namespace.clone(),
+    };
     // The file source, when there is one, is what discovery serves.
     let source = match &config.source_dir {
         Some(dir) => Some(
             source_dir::run(
                 dir.clone(),
                 source_dir::DirLimits::default(),
-                translate::Options {
-                    trust_domain: config.trust_domain.clone(),
-                    cluster_domain: "cluster.local".into(),
-                    root_namespace: config.root_namespace.clone(),
-                },
+                options.clone(),
                 metrics.objects_invalid.clone(),
             )
             .await?,
         ),
         None => None,
+    };
+    // The Admin API writes into the file source's directory.
+    let admin_api_addr = match (&config.admin_api, &config.source_dir) {
+        (Some(settings), Some(dir)) => {
+            Some(start_admin_api(settings, dir, options, &metrics, drain_rx.clone()).await?)
+        }
+        _ => None,
     };
     let view = match &source {
         Some(rx) => share(rx.clone()),
@@ -305,10 +316,11 @@ pub async fn start_with_view(
     ));
 
     let _ = ready_tx.send(Readiness::Ready);
-    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp ready");
+    tracing::info!(%grpc_addr, %admin_addr, ?admin_api_addr, identity = %config.identity, "remora-cp ready");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        admin_api_addr,
         drain: drain_tx,
         admin_stop: admin_stop_tx,
         ready: ready_tx,
@@ -317,6 +329,37 @@ pub async fn start_with_view(
         deadline: config.drain_deadline,
         view: source,
     })
+}
+
+/// Binds and serves the Admin API over `dir` until the drain.
+async fn start_admin_api(
+    settings: &config::AdminApiSettings,
+    dir: &std::path::Path,
+    options: translate::Options,
+    metrics: &Metrics,
+    drain: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let token = admin_api::Token::read(&settings.token_file)?;
+    let api = admin_api::AdminApi::open(
+        dir.to_owned(),
+        token,
+        options,
+        metrics.admin_api_requests.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("binding the Admin API listener on {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the Admin API is plain HTTP on a non-loopback address: its token crosses the network in clear");
+    }
+    tokio::spawn(admin_api::serve(
+        listener,
+        api.router(),
+        admin_api::Listener::default(),
+        drain,
+    ));
+    Ok(addr)
 }
 
 /// The token checker `--auth` names.

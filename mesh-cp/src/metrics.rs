@@ -23,6 +23,8 @@ pub struct Metrics {
     pub discovery_pushes: IntCounter,
     /// Source objects skipped as invalid, by kind.
     pub objects_invalid: IntCounterVec,
+    /// Admin API requests, by method and status code.
+    pub admin_api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +82,14 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(objects_invalid.clone()))?;
+        let admin_api_requests = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_admin_api_requests_total",
+                "Admin API requests, by method (GET, PUT, DELETE, other) and status code.",
+            ),
+            &["method", "code"],
+        )?;
+        registry.register(Box::new(admin_api_requests.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -96,6 +106,7 @@ impl Metrics {
             discovery_nacks,
             discovery_pushes,
             objects_invalid,
+            admin_api_requests,
         })
     }
 
