@@ -154,7 +154,7 @@ async fn puts_take_effect_are_checked_behind_the_token_and_survive_a_restart() {
     pushed_after(&proxy, WEB_SUB, before).await;
     let flagged = |i: usize| {
         let req = Req::get("/");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             req.header("x-canary", "1")
         } else {
             req
