@@ -2,7 +2,9 @@
 //! and the discovery service that streams each proxy its config, both gRPC
 //! over TLS on 15012, with an admin server (/live, /ready, /metrics on
 //! 15014). Discovery serves the `MeshView` it is given (`start_with_view`);
-//! sources and translation (issue 9) publish it.
+//! sources and translation (issue 9) publish it. With `--admin-token-file`,
+//! the Admin API (`admin_api`, 127.0.0.1:15013) writes objects into the
+//! file source's directory.
 //!
 //! This file is the wiring: it loads the root, builds the CA, binds the
 //! listeners, renews what expires, and drains on shutdown.
