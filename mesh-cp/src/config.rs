@@ -42,6 +42,8 @@ pub mod env {
     pub const LEASE_DURATION: &str = "REMORA_CP_LEASE_DURATION";
     pub const LEASE_RENEW_INTERVAL: &str = "REMORA_CP_LEASE_RENEW_INTERVAL";
     pub const STATUS_WRITES_PER_SECOND: &str = "REMORA_CP_STATUS_WRITES_PER_SECOND";
+    pub const ADMIN_API_ADDR: &str = "REMORA_CP_ADMIN_API_ADDR";
+    pub const ADMIN_TOKEN_FILE: &str = "REMORA_CP_ADMIN_TOKEN_FILE";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -184,6 +186,15 @@ pub struct ServeArgs {
     /// Status writes per second at most, 1 to 1000.
     #[arg(long, env = env::STATUS_WRITES_PER_SECOND, default_value_t = 20)]
     pub status_writes_per_second: u32,
+    /// The Admin API's listener (plain HTTP; keep it on loopback or behind
+    /// a TLS-terminating port-forward). Served only with --admin-token-file.
+    #[arg(long, env = env::ADMIN_API_ADDR, default_value = "127.0.0.1:15013")]
+    pub admin_api_addr: SocketAddr,
+    /// Turns the Admin API on: the file holding its bearer token (trimmed,
+    /// 16 characters at least), read once at start. Needs --source-dir,
+    /// where the API's objects are written.
+    #[arg(long, env = env::ADMIN_TOKEN_FILE)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -236,6 +247,8 @@ pub enum ConfigError {
     StatusWrites(u32),
     #[error(transparent)]
     Lease(#[from] crate::lease::SettingsError),
+    #[error("--admin-token-file turns the Admin API on, which writes into --source-dir: give --source-dir too")]
+    AdminApiNeedsSourceDir,
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -276,6 +289,8 @@ pub struct Config {
     pub kubernetes: bool,
     pub lease: crate::lease::Settings,
     pub status: crate::status::Settings,
+    /// The Admin API, when `--admin-token-file` is given.
+    pub admin_api: Option<AdminApiSettings>,
 }
 
 /// The host name, a pod's name in Kubernetes.
@@ -284,6 +299,13 @@ fn host_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default()
+}
+
+/// Where the Admin API listens and its token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminApiSettings {
+    pub addr: SocketAddr,
+    pub token_file: PathBuf,
 }
 
 fn in_range(
@@ -410,6 +432,14 @@ impl Config {
         if !(min..=max).contains(&args.status_writes_per_second) {
             return Err(ConfigError::StatusWrites(args.status_writes_per_second));
         }
+        let admin_api = match (args.admin_token_file, &args.source_dir) {
+            (Some(token_file), Some(_)) => Some(AdminApiSettings {
+                addr: args.admin_api_addr,
+                token_file,
+            }),
+            (Some(_), None) => return Err(ConfigError::AdminApiNeedsSourceDir),
+            (None, _) => None,
+        };
         let root = match (args.root_cert, args.root_key) {
             (Some(cert), Some(key)) => RootSource::Files { cert, key },
             _ => RootSource::StateDir(args.state_dir),
@@ -442,6 +472,7 @@ impl Config {
                 writes_per_second: args.status_writes_per_second,
                 ..crate::status::Settings::default()
             },
+            admin_api,
         }))
     }
 }
@@ -582,6 +613,21 @@ mod tests {
         let err = Cli::try_parse_from(["remora-cp", "--token-file", "/t", "--kubernetes", "yes"])
             .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn the_admin_api_is_on_with_a_token_file_and_needs_the_source_dir() {
+        assert_eq!(parse(&[]).unwrap().admin_api, None);
+        let c = parse(&["--admin-token-file", "/tok", "--source-dir", "/src"]).unwrap();
+        assert_eq!(
+            c.admin_api,
+            Some(AdminApiSettings {
+                addr: "127.0.0.1:15013".parse().unwrap(),
+                token_file: PathBuf::from("/tok"),
+            })
+        );
+        let err = parse(&["--admin-token-file", "/tok"]).unwrap_err();
+        assert!(matches!(err, ConfigError::AdminApiNeedsSourceDir), "{err}");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! over TLS on 15012, with an admin server (/live, /ready, /metrics on
 //! 15014). Discovery serves the `MeshView` the sources' publisher
 //! (`source`) translates, or the one it is given (`start_with_view`).
+//! With `--admin-token-file`, the Admin API (`admin_api`, 127.0.0.1:15013)
+//! writes objects into the file source's directory.
 //!
 //! This file is the wiring: it loads the root, builds the CA, binds the
 //! listeners, renews what expires, and drains on shutdown.
 
 pub mod admin;
+pub mod admin_api;
 pub mod auth;
 pub mod ca;
 pub mod cli;
@@ -96,6 +99,8 @@ fn renewal_due(
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The Admin API's address, when it is on (`--admin-token-file`).
+    pub admin_api_addr: Option<SocketAddr>,
     drain: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
     ready: watch::Sender<Readiness>,
@@ -324,6 +329,20 @@ pub async fn start_with_view(
         )),
         _ => None,
     };
+    // The Admin API writes into the file source's directory.
+    let admin_api_addr = match (&config.admin_api, &config.source_dir) {
+        (Some(settings), Some(dir)) => Some(
+            start_admin_api(
+                settings,
+                dir,
+                translate_options(&config),
+                &metrics,
+                drain_rx.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let view = match &sources {
         Some(out) => share(out.views.clone()),
         None => view,
@@ -389,10 +408,11 @@ pub async fn start_with_view(
             }
         }
     }
-    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, "remora-cp started");
+    tracing::info!(%grpc_addr, %admin_addr, ?admin_api_addr, identity = %config.identity, "remora-cp started");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        admin_api_addr,
         drain: drain_tx,
         admin_stop: admin_stop_tx,
         ready: ready_tx,
@@ -406,6 +426,15 @@ pub async fn start_with_view(
     })
 }
 
+/// What translation needs from the settings.
+fn translate_options(config: &Config) -> translate::Options {
+    translate::Options {
+        trust_domain: config.trust_domain.clone(),
+        cluster_domain: "cluster.local".into(),
+        root_namespace: config.root_namespace.clone(),
+    }
+}
+
 /// Starts the publisher and the sources the flags name (none: `None`):
 /// the Kubernetes layer under the file layer.
 async fn start_sources(
@@ -417,11 +446,7 @@ async fn start_sources(
         return Ok(None);
     }
     let mut publisher = source::Publisher::new(
-        translate::Options {
-            trust_domain: config.trust_domain.clone(),
-            cluster_domain: "cluster.local".into(),
-            root_namespace: config.root_namespace.clone(),
-        },
+        translate_options(config),
         source::SourceMetrics {
             invalid: metrics.objects_invalid.clone(),
             objects: metrics.source_objects.clone(),
@@ -457,6 +482,37 @@ async fn start_sources(
         .await?;
     }
     Ok(Some(outputs))
+}
+
+/// Binds and serves the Admin API over `dir` until the drain.
+async fn start_admin_api(
+    settings: &config::AdminApiSettings,
+    dir: &std::path::Path,
+    options: translate::Options,
+    metrics: &Metrics,
+    drain: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let token = admin_api::Token::read(&settings.token_file)?;
+    let api = admin_api::AdminApi::open(
+        dir.to_owned(),
+        token,
+        options,
+        metrics.admin_api_requests.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("binding the Admin API listener on {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the Admin API is plain HTTP on a non-loopback address: its token crosses the network in clear");
+    }
+    tokio::spawn(admin_api::serve(
+        listener,
+        api.router(),
+        admin_api::Listener::default(),
+        drain,
+    ));
+    Ok(addr)
 }
 
 /// The token checker `--auth` names.

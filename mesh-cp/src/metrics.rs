@@ -35,6 +35,8 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     /// Kubernetes (re)lists started, by kind: 1 at start, then one per relist.
     pub watch_relists: IntCounterVec,
+    /// Admin API requests, by method and status code.
+    pub admin_api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,6 +139,14 @@ impl Metrics {
         registry.register(Box::new(translation_problems.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
         registry.register(Box::new(watch_relists.clone()))?;
+        let admin_api_requests = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_admin_api_requests_total",
+                "Admin API requests, by method (GET, PUT, DELETE, other) and status code.",
+            ),
+            &["method", "code"],
+        )?;
+        registry.register(Box::new(admin_api_requests.clone()))?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(token_reloads.clone()))?;
@@ -159,6 +169,7 @@ impl Metrics {
             translation_problems,
             watch_errors,
             watch_relists,
+            admin_api_requests,
         })
     }
 

@@ -27,6 +27,7 @@ use crate::crds::{
     AuthorizationPolicy, Consumer, MeshTLSPolicy, PluginPolicy, PolicyTargetRef, TrafficPolicy,
 };
 use crate::view::{Destination, Globals, MeshView, Workload};
+use remora_proxy::PluginCheck;
 use routes::attach_routes;
 
 /// The annotation the injector sets on every pod it injected: such a pod is
@@ -79,11 +80,12 @@ pub struct Translation {
 pub fn translate(store: &Store, options: &Options) -> Translation {
     let mut problems = Vec::new();
     let backends = backends(store, options);
-    let plugins = PluginAttachments::new(store, &mut problems);
+    let check = plugin_check(store, &backends);
+    let plugins = PluginAttachments::new(store, &check, &mut problems);
     let routes = attach_routes(store, &backends, &plugins, &mut problems);
     let mut view = MeshView {
         globals: Globals {
-            consumers: consumers(store, &mut problems),
+            consumers: consumers(store, &check, &mut problems),
             ..Globals::default()
         },
         ..MeshView::default()
@@ -376,25 +378,49 @@ fn apply_traffic_policy(backend: &mut Backend, policy: &TrafficPolicy) {
     }
 }
 
+/// The proxy's own plugin compiler in check mode, knowing the backends and
+/// consumers this store defines (traffic-split and anonymous consumers
+/// refer to them).
+fn plugin_check(store: &Store, backends: &BTreeMap<String, Backend>) -> PluginCheck {
+    let consumers = store.consumers.values().map(|c| {
+        c.spec
+            .username
+            .clone()
+            .unwrap_or_else(|| c.metadata.name.clone().unwrap_or_default())
+    });
+    PluginCheck::new(backends.keys().cloned(), consumers)
+}
+
 /// PluginPolicies by what they target: `(kind, <namespace>/<name>)` to
 /// the merged plugin configs, the oldest policy winning a plugin both name.
 /// Services, HTTPRoutes and GRPCRoutes are targets; a Namespace or a port-scoped
 /// target is reported (`Accepted=False`, `Unsupported`) and left out.
-/// Plugin configs are checked by the proxy's plugin schemas when it loads
-/// them (not yet by remora-cp).
+/// Plugin configs are checked with the proxy's plugin compiler: a policy
+/// with a bad one is reported (`Accepted=False`, `Invalid`, naming the
+/// plugin and field) and left out whole.
 #[derive(Debug, Default)]
 struct PluginAttachments {
     by_target: BTreeMap<(&'static str, Key), remora_api::Plugins>,
 }
 
 impl PluginAttachments {
-    fn new(store: &Store, problems: &mut Vec<Problem>) -> Self {
+    fn new(store: &Store, check: &PluginCheck, problems: &mut Vec<Problem>) -> Self {
         let mut list: Vec<&PluginPolicy> = store.plugin_policies.values().collect();
         list.sort_by_key(|p| age_key(&p.metadata));
         let mut out = Self::default();
         for policy in list {
             let key = key_of(&policy.metadata);
             let (ns, _) = split(&key);
+            if let Err(message) = check.plugins("spec.plugins", &policy.spec.plugins) {
+                problems.push(Problem {
+                    kind: "PluginPolicy",
+                    key: key.clone(),
+                    condition: "Accepted",
+                    reason: "Invalid",
+                    message,
+                });
+                continue;
+            }
             for target in &policy.spec.target_refs {
                 let kind = match (target.kind.as_str(), target.port) {
                     ("Service", None) if matches!(target.group.as_str(), "" | "core") => "Service",
@@ -451,8 +477,13 @@ fn age_key(meta: &ObjectMeta) -> (Option<k8s_openapi::jiff::Timestamp>, Key) {
 }
 
 /// Mesh-wide consumers, their credentials read from Secrets. A consumer
-/// whose Secret or key is missing is left out and reported.
-fn consumers(store: &Store, problems: &mut Vec<Problem>) -> Vec<remora_api::Consumer> {
+/// whose Secret or key is missing, or whose plugin configs the proxy's
+/// compiler refuses (`Invalid`), is left out and reported.
+fn consumers(
+    store: &Store,
+    check: &PluginCheck,
+    problems: &mut Vec<Problem>,
+) -> Vec<remora_api::Consumer> {
     let mut out: Vec<remora_api::Consumer> = Vec::new();
     let mut list: Vec<&Consumer> = store.consumers.values().collect();
     list.sort_by_key(|c| age_key(&c.metadata));
@@ -504,11 +535,22 @@ fn consumers(store: &Store, problems: &mut Vec<Problem>) -> Vec<remora_api::Cons
             });
             continue;
         }
-        out.push(remora_api::Consumer {
+        let translated = remora_api::Consumer {
             username,
             desc: consumer.spec.desc.clone(),
             plugins,
-        });
+        };
+        if let Err(message) = check.consumer("spec", &translated) {
+            problems.push(Problem {
+                kind: "Consumer",
+                key: key.clone(),
+                condition: "Accepted",
+                reason: "Invalid",
+                message,
+            });
+            continue;
+        }
+        out.push(translated);
     }
     out
 }

@@ -262,7 +262,7 @@ fn check_bad_files_name_file_and_field_and_exit_1() {
     );
     golden("check-bad.out", &text(&out.stdout));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).ends_with("; 11 errors\n"));
+    assert!(text(&out.stdout).ends_with("; 12 errors\n"));
 }
 
 #[test]

@@ -53,6 +53,7 @@ use tracing::{info, warn};
 
 pub use admin::{AppProbeAction, AppProbeCheck, AppProbes, AppProbesError};
 pub use config::Config;
+pub use plugins::PluginCheck;
 
 use crate::config::IpFamilyMode;
 use crate::direction::Direction;

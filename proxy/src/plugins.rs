@@ -266,6 +266,9 @@ pub(crate) struct Env {
     names: Arc<Names>,
     /// `remora_plugin_body_skipped_total{plugin,reason}`.
     body_skipped: ::prometheus::IntCounterVec,
+    /// Check only (remora-cp): configs are compiled to be checked, nothing
+    /// is started and nothing on this host is opened.
+    checking: bool,
 }
 
 /// Names a config defines.
@@ -297,7 +300,25 @@ impl Env {
             dropped: prometheus::dropped(metrics),
             names: Arc::default(),
             body_skipped: response_rewrite::body_skipped(metrics),
+            checking: false,
         }
+    }
+
+    /// An environment that only checks: its metrics are in a registry of
+    /// its own that nothing serves, made once per process.
+    fn checking(names: Names) -> Self {
+        static BASE: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
+        let base = BASE.get_or_init(|| Env {
+            checking: true,
+            ..Env::new(&Metrics::new())
+        });
+        base.with_names(names)
+    }
+
+    /// Whether configs are only checked (see [`check`]): a plugin that
+    /// would start a task or open a file of the proxy's host skips that.
+    pub(crate) fn is_checking(&self) -> bool {
+        self.checking
     }
 
     /// This environment for compiling `config`, which defines `names`.
@@ -559,7 +580,7 @@ pub(crate) fn compile(config: &MeshConfig, env: &Env) -> Result<Compiled, Plugin
         // would run both with one config each; one config is clearer.
         global = Chain::merged(&global, &layer).0.to_vec();
     }
-    let consumers = compile_consumers(config, env)?;
+    let consumers = compile_consumers(&config.consumers, env, &|i| format!("consumers[{i}]"))?;
     let mut inbound = HashMap::new();
     for (pi, port) in config.inbound.ports.iter().enumerate() {
         if port.plugins.is_empty() && port.routes.iter().all(|r| r.plugins.is_empty()) {
@@ -594,10 +615,16 @@ pub(crate) fn compile(config: &MeshConfig, env: &Env) -> Result<Compiled, Plugin
     })
 }
 
-fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, PluginError> {
+/// Compiles `list`; `at(i)` names where consumer `i` sits.
+fn compile_consumers(
+    list: &[remora_api::Consumer],
+    env: &Env,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Consumers, PluginError> {
     let mut consumers = Consumers::default();
-    for (ci, c) in config.consumers.iter().enumerate() {
-        let at = format!("consumers[{ci}].plugins");
+    for (ci, c) in list.iter().enumerate() {
+        let place = at(ci);
+        let at = format!("{place}.plugins");
         let mut plugins = Vec::new();
         let mut credentials = Vec::new();
         for (name, value) in &c.plugins {
@@ -611,7 +638,7 @@ fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, Plugin
             }
         }
         let header = HeaderValue::from_str(&c.username).map_err(|_| PluginError::Field {
-            at: format!("consumers[{ci}]"),
+            at: place.clone(),
             plugin: "consumer",
             field: ".username".into(),
             message: "not a header value".into(),
@@ -635,6 +662,57 @@ fn compile_consumers(config: &MeshConfig, env: &Env) -> Result<Consumers, Plugin
     }
     Ok(consumers)
 }
+
+/// Plugin configs checked as the proxy compiles them, for remora-cp: the
+/// same registry, schemas and range checks, so a bad field is caught before
+/// any proxy sees it. What only the proxy's host can tell (a log file that
+/// cannot be opened there) is left to the proxy.
+#[derive(Debug)]
+pub struct PluginCheck {
+    env: Env,
+}
+
+impl PluginCheck {
+    /// A check for configs that may refer to these backends
+    /// (traffic-split's `upstream_id`) and consumers (`anonymous_consumer`).
+    pub fn new(
+        backends: impl IntoIterator<Item = String>,
+        consumers: impl IntoIterator<Item = String>,
+    ) -> Self {
+        PluginCheck {
+            env: Env::checking(Names {
+                backends: backends.into_iter().collect(),
+                consumers: consumers.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// Checks one `plugins` map (a service's, a route's, a policy's); `at`
+    /// names where it sits, e.g. `spec.plugins`. The error names the
+    /// plugin and the field.
+    pub fn plugins(&self, at: &str, plugins: &Plugins) -> Result<(), String> {
+        compile_layer(at, plugins, &self.env)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Checks one consumer's plugins, credentials included; `at` names
+    /// the consumer, e.g. `spec` (its plugins are `spec.plugins`).
+    pub fn consumer(&self, at: &str, consumer: &remora_api::Consumer) -> Result<(), String> {
+        compile_consumers(std::slice::from_ref(consumer), &self.env, &|_| {
+            at.to_owned()
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What a check compiles a plugin into when building the real one would
+/// touch the proxy's host (see [`Env::is_checking`]); it never runs.
+#[derive(Debug)]
+struct Checked;
+
+impl Plugin for Checked {}
 
 /// A JSON error response in APISIX's shape: `{"message": "..."}`.
 pub(crate) fn reject(status: StatusCode, message: &str) -> Response<Body> {

@@ -16,6 +16,7 @@ mod admin;
 mod apps;
 mod binaries;
 mod control_plane;
+pub mod file_mesh;
 pub mod grpc_apps;
 pub mod http_apps;
 mod iptables;

@@ -10,257 +10,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use remora_e2e::grpc_apps::pb::echo_client::EchoClient;
 use remora_e2e::grpc_apps::pb::{ChatMessage, SayRequest};
-use remora_e2e::http_apps::{eventually, send_many, HttpApp, HttpClient, Outcome, Req};
+use remora_e2e::http_apps::{eventually, send_many, HttpClient, Req};
 use remora_e2e::{
-    assert_closed_without_data, within, write_readable, App, ControlPlane, Metrics, Pod,
-    ProxyHandle, TestNet, CLIENT, DEFAULT_INIT_ARGS,
+    assert_closed_without_data, within, write_readable, App, Pod, TestNet, CLIENT,
+    DEFAULT_INIT_ARGS,
 };
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const V2_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
-const APP_PORT: u16 = 8081;
-/// How long a change in the source directory may take to reach a proxy
-/// (debounce, coalescing, push): generous, never asserted as a latency.
-const PROPAGATION: Duration = Duration::from_secs(10);
-/// remora-cp's admin port in its pod.
-const CP_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15014);
-
-fn web() -> SocketAddr {
-    SocketAddr::from((WEB_VIP, 80))
-}
-
-/// The directory remora-cp reads; files are replaced atomically.
-struct SourceDir(PathBuf);
-
-impl SourceDir {
-    fn new(test: &str) -> SourceDir {
-        let dir = std::env::temp_dir().join(format!(
-            "remora-e2e-discovery-{test}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        SourceDir(dir)
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-
-    fn write(&self, name: &str, yaml: &str) {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.0.join(format!("{name}.yaml"))).unwrap();
-    }
-}
-
-impl Drop for SourceDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Service `web` (VIP 10.96.0.10:80, round robin) with `endpoints`, and
-/// service `web-v2` (10.96.0.11:80) with `v2`.
-fn services(endpoints: &[Ipv4Addr], v2: Ipv4Addr) -> String {
-    let list = endpoints
-        .iter()
-        .map(|ip| format!("  - addresses: [{ip}]\n"))
-        .collect::<String>();
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  clusterIPs: [{WEB_VIP}]
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: {APP_PORT}}}]
-endpoints:
-{list}---
-apiVersion: v1
-kind: Service
-metadata: {{name: web-v2, namespace: default}}
-spec:
-  clusterIPs: [{V2_VIP}]
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-v2-1, namespace: default, labels: {{kubernetes.io/service-name: web-v2}}}}
-addressType: IPv4
-ports: [{{name: http, port: {APP_PORT}}}]
-endpoints:
-  - addresses: [{v2}]
----
-apiVersion: remora.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {{name: web, namespace: default}}
-spec:
-  targetRefs: [{{kind: Service, name: web}}]
-  loadBalancer: roundRobin
-"#
-    )
-}
-
-/// Requests flagged `x-canary: 1` go to web-v2, the rest to web.
-const CANARY_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: canary, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
-  rules:
-    - matches: [{headers: [{name: x-canary, value: "1"}]}]
-      backendRefs: [{name: web-v2, port: 80}]
-    - backendRefs: [{name: web, port: 80}]
-"#;
-
-/// Pods: remora-cp's, three apps (a, b, v2), and a meshed client.
-struct Mesh {
-    net: TestNet,
-    cp_pod: Pod,
-    dir: SourceDir,
-    apps: Vec<HttpApp>,
-    ips: Vec<Ipv4Addr>,
-    client: Pod,
-}
-
-impl Mesh {
-    async fn new(test: &str) -> Mesh {
-        let net = TestNet::new(test);
-        let cp_pod = net.pod("cp");
-        let client = net.pod("client");
-        let mut apps = Vec::new();
-        let mut ips = Vec::new();
-        for name in ["a", "b", "v2"] {
-            let pod = net.pod(&format!("srv{name}"));
-            apps.push(pod.spawn_http_app(APP_PORT, name));
-            ips.push(pod.ip4());
-        }
-        let dir = SourceDir::new(test);
-        let mesh = Mesh {
-            net,
-            cp_pod,
-            dir,
-            apps,
-            ips,
-            client,
-        };
-        mesh.dir
-            .write("services", &services(&mesh.ips[..2], mesh.ips[2]));
-        mesh
-    }
-
-    async fn start_cp(&self, pod: &Pod) -> ControlPlane {
-        pod.start_control_plane(&[CLIENT], &["--source-dir", &self.dir.arg()])
-            .await
-    }
-
-    /// The client's sidecar, in discovery mode against `addrs`.
-    async fn mesh_client(&self, addrs: &str, roots: &std::path::Path) -> ProxyHandle {
-        let roots = roots.display().to_string();
-        self.client
-            .mesh_with(&[], &discovery_args(addrs, &roots, "client").strs())
-            .await
-    }
-
-    /// What each app received so far, by name.
-    fn received(&self) -> BTreeMap<String, usize> {
-        self.apps
-            .iter()
-            .map(|a| (a.name().to_owned(), a.received()))
-            .collect()
-    }
-}
-
-fn discovery_args(addrs: &str, roots: &str, pod: &str) -> Vec<String> {
-    [
-        "--discovery-addr",
-        addrs,
-        "--ca-roots",
-        roots,
-        "--pod-name",
-        pod,
-        "--pod-namespace",
-        "default",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-trait Args {
-    fn strs(&self) -> Vec<&str>;
-}
-
-impl Args for Vec<String> {
-    fn strs(&self) -> Vec<&str> {
-        self.iter().map(String::as_str).collect()
-    }
-}
-
-/// Counts answers by app, failing on any error or non-200.
-fn tally(results: Vec<Outcome>) -> BTreeMap<String, usize> {
-    let mut by_app = BTreeMap::new();
-    for (i, result) in results {
-        let reply = result.unwrap_or_else(|e| panic!("request {i}: {e}"));
-        assert_eq!(reply.status, 200, "request {i}: {:?}", reply.remora_error());
-        *by_app.entry(reply.body).or_insert(0) += 1;
-    }
-    by_app
-}
-
-fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
-
-async fn dump(proxy: &ProxyHandle) -> Value {
-    let r = proxy.get("/config_dump").await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
-}
-
-/// The version of the last push applied for `subscription`.
-async fn version(proxy: &ProxyHandle, subscription: &str) -> u64 {
-    dump(proxy).await["discovery"]["versions"][subscription]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Waits until `subscription` has been pushed a version past `after`.
-async fn pushed_after(proxy: &ProxyHandle, subscription: &str, after: u64) {
-    eventually(
-        PROPAGATION,
-        &format!("a push of {subscription} after version {after}"),
-        || async {
-            let now = version(proxy, subscription).await;
-            if now > after {
-                Ok(())
-            } else {
-                Err(format!("version {now}"))
-            }
-        },
-    )
-    .await
-}
-
-async fn cp_metrics(pod: &Pod) -> Metrics {
-    let r = pod.http("GET", CP_ADMIN, "/metrics").await.unwrap();
-    Metrics::parse(&r.body)
-}
-
-const WEB_SUB: &str = "address 10.96.0.10:80";
+use remora_e2e::file_mesh::*;
 
 #[tokio::test]
 async fn a_vip_routes_to_its_endpoint_slice_and_routes_and_endpoints_change_live() {
@@ -322,12 +83,13 @@ async fn a_nacked_object_leaves_traffic_alone_and_is_counted_once() {
     let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
 
-    // remora-cp does not check consumers' plugin configs yet; the proxy's
-    // plugin compiler refuses a plugin it does not know.
+    // remora-cp checks plugin configs with the proxy's compiler, but a log
+    // file is on the proxy's host: only the proxy finds that its directory
+    // does not exist, and refuses the consumers (globals) push.
     let before = proxy.metrics().await;
     m.dir.write(
         "consumer",
-        "apiVersion: remora.dev/v1alpha1\nkind: Consumer\nmetadata: {name: jack, namespace: default}\nspec: {plugins: {no-such-plugin: {}}}\n",
+        "apiVersion: remora.dev/v1alpha1\nkind: Consumer\nmetadata: {name: jack, namespace: default}\nspec: {plugins: {file-logger: {path: /nonexistent-remora-dir/access.log}}}\n",
     );
     proxy
         .wait_metrics("the globals push rejected", |m| {
@@ -353,7 +115,10 @@ async fn a_nacked_object_leaves_traffic_alone_and_is_counted_once() {
     assert_eq!(nacks, 1.0);
     let d = dump(&proxy).await;
     let error = d["lastError"].as_str().unwrap_or_default();
-    assert!(error.contains("no-such-plugin"), "{d}");
+    assert!(
+        error.contains("file-logger.path: plugin file-logger: /nonexistent-remora-dir/access.log cannot be opened"),
+        "{d}"
+    );
     // Traffic as before: every request answered by the same endpoints.
     let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 5), ("b", 5)]));

@@ -933,3 +933,73 @@ spec:
         );
     }
 }
+
+#[test]
+fn a_bad_plugin_config_leaves_its_policy_or_consumer_out_with_the_field() {
+    let t = run(r#"
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: bad, namespace: shop, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  plugins:
+    limit-count: {count: 0, time_window: 60}
+---
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: good, namespace: shop, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  plugins:
+    traffic-split: {rules: [{weighted_upstreams: [{upstream_id: "shop/reviews-v2:9080", weight: 1}]}]}
+---
+apiVersion: remora.dev/v1alpha1
+kind: Consumer
+metadata: {name: jack, namespace: shop}
+spec: {plugins: {no-such-plugin: {}}}
+---
+apiVersion: remora.dev/v1alpha1
+kind: Consumer
+metadata: {name: jill, namespace: shop}
+spec: {plugins: {key-auth: {key: jills-key}}}
+"#);
+    let service = &t.view.destinations["shop/reviews"].service;
+    assert_eq!(
+        service.plugins.keys().collect::<Vec<_>>(),
+        ["traffic-split"]
+    );
+    let users: Vec<&str> = t
+        .view
+        .globals
+        .consumers
+        .iter()
+        .map(|c| c.username.as_str())
+        .collect();
+    assert_eq!(users, ["jill"]);
+    let problems: Vec<(&str, &str, &str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.key.as_str(), p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        problems[0],
+        (
+            "PluginPolicy",
+            "shop/bad",
+            "Invalid",
+            "spec.plugins.limit-count.count: plugin limit-count: 0 is out of range: 1 to 1000000000"
+        )
+    );
+    assert_eq!(
+        (problems[1].0, problems[1].1, problems[1].2),
+        ("Consumer", "shop/jack", "Invalid")
+    );
+    assert!(
+        problems[1]
+            .3
+            .starts_with("spec.plugins.no-such-plugin: unknown plugin \"no-such-plugin\""),
+        "{}",
+        problems[1].3
+    );
+}

@@ -121,9 +121,16 @@ impl<T: Send + 'static> Batcher<T> {
         sink: S,
         env: &Env,
     ) -> Result<Self, Fault> {
+        let (queue, entries) = mpsc::channel(settings.capacity);
+        if env.is_checking() {
+            // A check (remora-cp): nothing is sent, so nothing starts.
+            return Ok(Batcher {
+                queue,
+                full: env.dropped.with_label_values(&[plugin, "queue_full"]),
+            });
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Fault::new("", "needs the proxy's runtime to start its sender"))?;
-        let (queue, entries) = mpsc::channel(settings.capacity);
         let undelivered = env.dropped.with_label_values(&[plugin, "undelivered"]);
         runtime.spawn(run(entries, sink, settings, undelivered, plugin));
         Ok(Batcher {

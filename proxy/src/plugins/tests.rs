@@ -334,3 +334,48 @@ fn committed_plugin_schemas_are_current() {
         "a schema for a plugin the proxy does not know"
     );
 }
+
+#[test]
+fn a_check_names_the_field_and_leaves_the_hosts_files_alone() {
+    let check = PluginCheck::new(["default/web:80".to_owned()], ["jack".to_owned()]);
+    let layer = |v: serde_json::Value| -> Plugins { serde_json::from_value(v).unwrap() };
+    assert_eq!(
+        check.plugins(
+            "spec.plugins",
+            &layer(json!({"limit-count": {"count": 0, "time_window": 60}}))
+        ),
+        Err("spec.plugins.limit-count.count: plugin limit-count: 0 is out of range: 1 to 1000000000".to_owned())
+    );
+    let err = check
+        .plugins("spec.plugins", &layer(json!({"no-such": {}})))
+        .unwrap_err();
+    assert!(
+        err.starts_with("spec.plugins.no-such: unknown plugin \"no-such\""),
+        "{err}"
+    );
+    // A log file only the proxy's host has: not opened, not refused.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent").join("access.log");
+    assert_eq!(
+        check.plugins(
+            "spec.plugins",
+            &layer(json!({"file-logger": {"path": path}, "http-logger": {"uri": "http://127.0.0.1:9/logs"}}))
+        ),
+        Ok(())
+    );
+    assert!(!path.exists());
+    assert_eq!(
+        check.plugins(
+            "spec.plugins",
+            &layer(json!({"file-logger": {"path": "relative.log"}}))
+        ),
+        Err("spec.plugins.file-logger.path: plugin file-logger: \"relative.log\" is not an absolute path".to_owned())
+    );
+    let consumer = remora_api::Consumer {
+        username: "jack".into(),
+        desc: None,
+        plugins: layer(json!({"key-auth": {}})),
+    };
+    let err = check.consumer("spec", &consumer).unwrap_err();
+    assert!(err.starts_with("spec.plugins.key-auth"), "{err}");
+}
