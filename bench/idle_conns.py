@@ -48,6 +48,9 @@ def main():
     p.add_argument("port", type=int)
     p.add_argument("count", type=int)
     p.add_argument("--hold", type=float, default=60.0)
+    # The scenario's request target, e.g. /?apikey=... where a plugin
+    # scenario authenticates requests: without it each request is a 401.
+    p.add_argument("--path", default="/")
     args = p.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -65,7 +68,8 @@ def main():
     signal.signal(signal.SIGINT, on_term)
 
     request = (
-        "GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: remora-bench-idle\r\n\r\n" % args.host
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: remora-bench-idle\r\n\r\n"
+        % (args.path, args.host)
     ).encode()
     socks = []
     failures = 0

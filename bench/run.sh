@@ -682,7 +682,8 @@ half_direct_rate() {
 
 measure_idle_conns() {    # RSS with IDLE_N idle keep-alive connections through the proxy
     local sc="$1" hp="${2%%\?*}"; local host="${hp%:*}" port="${hp##*:}" f="$OUT/$1-idle.r$ROUND.log" pid n=300 max=0 v i
-    start_bg "$f" ip netns exec "$NS_C" python3 "$BENCH/idle_conns.py" "$host" "$port" "$IDLE_N" --hold 60
+    local path="/"; [ "$hp" = "$2" ] || path="/?${2#*\?}"   # the scenario's query (e.g. its apikey)
+    start_bg "$f" ip netns exec "$NS_C" python3 "$BENCH/idle_conns.py" "$host" "$port" "$IDLE_N" --hold 60 --path "$path"
     pid=$BG_PID
     until grep -q '^READY' "$f" 2>/dev/null; do
         kill -0 "$pid" 2>/dev/null || break
