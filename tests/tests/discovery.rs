@@ -5,8 +5,9 @@
 //! harmless, a dead control plane that leaves traffic flowing and resyncs
 //! on restart, failover between two replicas, hostile control-plane
 //! addresses, unknown destinations passed through, a STRICT
-//! MeshTLSPolicy delivered to the server's sidecar, and a GRPCRoute
-//! routing a real tonic client's calls by method and header.
+//! MeshTLSPolicy delivered to the server's sidecar, a GRPCRoute
+//! routing a real tonic client's calls by method and header, and an idle
+//! destination unsubscribed and subscribed again.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -566,6 +567,82 @@ async fn an_unknown_destination_passes_through_after_the_bounded_wait() {
     let direct = SocketAddr::from((m.ips[0], APP_PORT));
     let got = tally(send_many(&m.client, direct, 3, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 3)]));
+}
+
+#[tokio::test]
+async fn an_idle_destination_is_unsubscribed_and_the_next_request_subscribes_again() {
+    let m = Mesh::new("disc_idle").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    let roots = cp.roots_path().display().to_string();
+    let mut args = discovery_args(&cp.ca_addr(), &roots, "client");
+    // The shortest idle time the flag takes.
+    args.extend(["--discovery-idle-unsubscribe".to_owned(), "10s".to_owned()]);
+    let proxy = m.client.mesh_with(&[], &args.strs()).await;
+    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
+    let last_used = std::time::Instant::now();
+    assert_eq!(got, counts(&[("a", 2), ("b", 2)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    assert!(d["discovery"]["versions"][WEB_SUB].is_u64(), "{d}");
+
+    // No connection for 10 s: dropped at the next sweep (every 1 s).
+    eventually(
+        Duration::from_secs(20),
+        "the idle destination unsubscribed",
+        || async {
+            let n = proxy
+                .metrics()
+                .await
+                .get("remora_discovery_unsubscribes_total", &[]);
+            if n == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .await;
+    let idle_for = last_used.elapsed();
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(13)).contains(&idle_for),
+        "unsubscribed after {idle_for:?} without traffic"
+    );
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 0, "the config dropped it: {d}");
+    assert_eq!(d["discovery"]["versions"].get(WEB_SUB), None, "{d}");
+    let unsubscribed = eventually(PROPAGATION, "remora-cp saw the Unsubscribe", || async {
+        let n = cp_metrics(&m.cp_pod)
+            .await
+            .get("remora_cp_discovery_unsubscribes_total", &[]);
+        if n == 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    assert_eq!(unsubscribed, 1.0);
+
+    // The next request subscribes again (the on-demand wait) and routes
+    // by the config as before.
+    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 2), ("b", 2)]));
+    assert_eq!(m.received(), counts(&[("a", 4), ("b", 4), ("v2", 0)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_unsubscribes_total", &[]), 1.0);
+    assert_eq!(
+        metrics.get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
+    );
+    assert_eq!(
+        cp_metrics(&m.cp_pod).await.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "destination")]
+        ),
+        0.0
+    );
 }
 
 /// A PEM block no control plane chains to: the silent one never gets as

@@ -9,6 +9,12 @@
 //! goes through the [`Assembly`] into `State::apply`; it is ACKed, or NACKed
 //! with the reason, and the last good config stays.
 //!
+//! While a stream is open, destinations unused for
+//! `--discovery-idle-unsubscribe` are unsubscribed and dropped from the
+//! config (their pools and metric series go with the compile that drops
+//! them; connections in flight keep the snapshot they hold). While
+//! remora-cp is away nothing is dropped: the config in force stays.
+//!
 //! When the stream breaks, or cannot be opened, the client waits (back-off
 //! 250 ms doubling to 10 s, ±10 %; reset once a stream delivered a push) and
 //! tries the next address, round robin. The config in force stays while
@@ -91,6 +97,8 @@ pub(crate) struct DiscoveryMetrics {
     /// 1 while a stream is open.
     pub(crate) connected: IntGauge,
     pub(crate) reconnects: IntCounter,
+    /// Destinations unsubscribed for being idle.
+    pub(crate) unsubscribes: IntCounter,
 }
 
 impl DiscoveryMetrics {
@@ -110,6 +118,11 @@ impl DiscoveryMetrics {
             "remora_discovery_reconnects_total",
             "Discovery streams that ended or failed to open, each followed by a new try",
         )?;
+        let unsubscribes = IntCounter::new(
+            "remora_discovery_unsubscribes_total",
+            "Destinations unsubscribed and dropped from the config after no connection or request for --discovery-idle-unsubscribe",
+        )?;
+        registry.register(Box::new(unsubscribes.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
@@ -118,6 +131,7 @@ impl DiscoveryMetrics {
             rejected: pushes.with_label_values(&["rejected"]),
             connected,
             reconnects,
+            unsubscribes,
         })
     }
 }
@@ -177,6 +191,18 @@ pub(crate) fn resource(dest: &Dest) -> pb::Resource {
         }),
     };
     pb::Resource { kind: Some(kind) }
+}
+
+fn unsubscribe(dest: &Dest) -> pb::DiscoveryRequest {
+    request(pb::discovery_request::Kind::Unsubscribe(pb::Unsubscribe {
+        resource: Some(resource(dest)),
+    }))
+}
+
+/// How often idle destinations are looked for: a tenth of the idle time,
+/// 1 s to 1 min, so one is dropped at most 10 % late.
+pub(crate) fn sweep_period(idle: Duration) -> Duration {
+    (idle / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 fn subscribe(dest: &Dest) -> pb::DiscoveryRequest {
@@ -249,6 +275,9 @@ struct Client {
     limits: ParseLimits,
     retired: Retired,
     data_plane: tokio::runtime::Handle,
+    /// The newest view version applied: the version of a config that only
+    /// drops destinations.
+    version: u64,
 }
 
 /// Starts the discovery thread. `identity` is the certificate client's
@@ -285,6 +314,7 @@ pub(crate) fn spawn(
         },
         retired: Retired::default(),
         data_plane: tokio::runtime::Handle::current(),
+        version: 0,
     };
     std::thread::Builder::new()
         .name("remora-discovery".into())
@@ -466,6 +496,8 @@ impl Client {
         });
         let mut message = first;
         let mut retire = tokio::time::interval(RETIRE_CHECK);
+        let mut sweep = tokio::time::interval(sweep_period(self.config.idle_unsubscribe));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match message {
                 Ok(Some(response)) => {
@@ -497,9 +529,54 @@ impl Client {
                         }
                     }
                     _ = retire.tick() => self.retired.collect(),
+                    _ = sweep.tick() => {
+                        for message in self.unsubscribe_idle() {
+                            if tx.try_send(message).is_err() {
+                                return Err(StreamError::NotReading { addr: addr.to_owned() });
+                            }
+                        }
+                    }
                 }
             };
         }
+    }
+
+    /// Takes out the destinations idle for `--discovery-idle-unsubscribe`,
+    /// drops them from the config, and returns their Unsubscribes.
+    fn unsubscribe_idle(&mut self) -> Vec<pb::DiscoveryRequest> {
+        let idle = self
+            .shared
+            .on_demand
+            .take_idle(self.config.idle_unsubscribe);
+        if idle.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = idle.iter().map(Dest::to_string).collect();
+        info!(destinations = ?keys, idle = ?self.config.idle_unsubscribe, "unsubscribing idle destinations");
+        self.metrics.unsubscribes.inc_by(idle.len() as u64);
+        self.shared.status(|s| {
+            for key in &keys {
+                s.versions.remove(key);
+            }
+        });
+        match self.assembly.remove(&keys, self.version, &self.limits) {
+            Ok(Some(config)) => {
+                let entered = self.data_plane.enter();
+                let applied = self.state.apply_retiring(config);
+                drop(entered);
+                match applied {
+                    Ok(previous) => self.retired.keep(previous),
+                    Err(e) => {
+                        warn!(error = %e, "the config without the idle destinations was refused; it stays in force")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "the config without the idle destinations does not assemble; it stays in force")
+            }
+        }
+        idle.iter().map(unsubscribe).collect()
     }
 
     /// Applies one push; returns its ACK or NACK.
@@ -580,6 +657,7 @@ impl Client {
         match applied {
             Ok(previous) => {
                 self.retired.keep(previous);
+                self.version = self.version.max(push.version);
                 Ok(())
             }
             Err(e) => {
