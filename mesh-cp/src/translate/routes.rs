@@ -239,7 +239,11 @@ impl Context<'_> {
             ));
         }
         // Each rule once, whatever its parents: its references resolved and
-        // checked as the proxy will check it.
+        // checked as the proxy will check it. The proxy refuses a port
+        // with a route name twice: a name an earlier rule of this route has
+        // leaves the later rule out (below, one another route on the port
+        // has is qualified with this route's `<ns>/<name>/`).
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
         let translated: Vec<Route> = route
             .rules
             .iter()
@@ -247,8 +251,16 @@ impl Context<'_> {
             .filter_map(|(i, rule)| {
                 let name = rule
                     .name
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("{ns}/{route_name}/rule-{i}"));
+                    .map_or_else(|| format!("{ns}/{route_name}/rule-{i}"), str::to_owned);
+                if let Some(first) = names.get(&name) {
+                    problems.push(problem(
+                        "Accepted",
+                        "UnsupportedValue",
+                        format!("rules[{i}].name: {name:?} is also the name of rules[{first}]"),
+                    ));
+                    return None;
+                }
+                names.insert(name.clone(), i);
                 self.rule(route, i, name, rule, &key, &problem, problems)
             })
             .collect();
@@ -319,11 +331,27 @@ impl Context<'_> {
                             }
                         }
                     }
-                    attached
-                        .routes
-                        .entry((svc_key.clone(), *port))
-                        .or_default()
-                        .push(translated.clone());
+                    let on_port = attached.routes.entry((svc_key.clone(), *port)).or_default();
+                    let mut translated = translated.clone();
+                    let taken = |r: &Route, on_port: &[Route]| {
+                        on_port.iter().any(|other| other.name == r.name)
+                    };
+                    if taken(&translated, on_port) {
+                        let name = translated.name.take().unwrap_or_default();
+                        translated.name = Some(format!("{ns}/{route_name}/{name}"));
+                        if taken(&translated, on_port) {
+                            problems.push(problem(
+                                "Accepted",
+                                "Conflicted",
+                                format!(
+                                    "rule name {name:?} on {svc_key}:{port} is taken by an older \
+                                     route"
+                                ),
+                            ));
+                            continue;
+                        }
+                    }
+                    on_port.push(translated);
                 }
             }
             ports_attached.extend(free.into_iter().map(|p| (svc_key.clone(), p)));

@@ -1264,3 +1264,85 @@ fn a_grpc_method_regex_the_proxy_would_refuse_is_reported_as_method() {
         )]
     );
 }
+
+#[test]
+fn a_rule_name_is_used_once_per_port_as_the_proxy_requires() {
+    // Two routes with a rule of the same name on one port: the younger
+    // one's is qualified with its route.
+    let other = |name: &str, path: &str| {
+        http_route(&format!(
+            "    - name: main\n      matches: [{{path: {{value: {path}}}}}]\n      backendRefs: [{{name: reviews, port: 9080}}]\n"
+        ))
+        .replace("name: r,", &format!("name: {name},"))
+    };
+    let t = run(&format!(
+        "{}---\n{}",
+        other("one", "/a"),
+        other("two", "/b")
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(route_names(&t), ["main", "shop/two/main"]);
+    // Qualified names are names like any other.
+    let three = other("zzz", "/c").replace("name: main", "name: shop/two/main");
+    let t = run(&format!(
+        "{}---\n{}---\n{three}",
+        other("one", "/a"),
+        other("two", "/b")
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(
+        route_names(&t),
+        ["main", "shop/two/main", "shop/zzz/shop/two/main"]
+    );
+    // When the qualified name is taken too (by an older route, here
+    // `p` < `q`), the rule is Conflicted on that port and left out there.
+    let p = other("p", "/p").replace("name: main", "name: shop/q/main");
+    let t = run(&format!(
+        "{}---\n{p}---\n{}",
+        other("one", "/a"),
+        other("q", "/q")
+    ));
+    assert_eq!(
+        problems(&t),
+        [(
+            "Accepted",
+            "Conflicted",
+            "rule name \"main\" on shop/reviews:9080 is taken by an older route"
+        )]
+    );
+    assert!(t.problems.iter().all(|p| p.key == "shop/q"));
+    assert_eq!(route_names(&t), ["main", "shop/q/main"]);
+
+    // Within one route, a name given twice (or a given name equal to an
+    // unnamed rule's): the later rule is left out and named.
+    let t = run(&http_route(
+        r#"    - name: main
+      matches: [{path: {value: /a}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - name: main
+      matches: [{path: {value: /b}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - name: shop/r/rule-3
+      matches: [{path: {value: /c}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - matches: [{path: {value: /d}}]
+      backendRefs: [{name: reviews, port: 9080}]
+"#,
+    ));
+    assert_eq!(
+        problems(&t),
+        [
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[1].name: \"main\" is also the name of rules[0]"
+            ),
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[3].name: \"shop/r/rule-3\" is also the name of rules[2]"
+            ),
+        ]
+    );
+    assert_eq!(route_names(&t), ["main", "shop/r/rule-3"]);
+}
