@@ -6,7 +6,8 @@
 //! on restart, failover between two replicas, hostile control-plane
 //! addresses, unknown destinations passed through, a STRICT
 //! MeshTLSPolicy delivered to the server's sidecar, a GRPCRoute
-//! routing a real tonic client's calls by method and header, and an idle
+//! routing a real tonic client's calls by method and header, an HTTPRoute
+//! mirror to a Service port, and an idle
 //! destination unsubscribed and subscribed again.
 
 use std::collections::BTreeMap;
@@ -567,6 +568,47 @@ async fn an_unknown_destination_passes_through_after_the_bounded_wait() {
     let direct = SocketAddr::from((m.ips[0], APP_PORT));
     let got = tally(send_many(&m.client, direct, 3, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 3)]));
+}
+
+/// Every request to web is mirrored to web-v2 (Gateway API's shape: a
+/// Service port), and answered by web.
+const MIRROR_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirror, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+    - filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web-v2, port: 80}, percent: 100}
+      backendRefs: [{name: web, port: 80}]
+"#;
+
+#[tokio::test]
+async fn an_http_route_mirror_to_a_service_port_reaches_it() {
+    let m = Mesh::new("disc_mirror").await;
+    m.dir.write("route", MIRROR_ROUTE);
+    let cp = m.start_cp(&m.cp_pod).await;
+    let proxy = m.mesh_client(&cp.ca_addr(), &cp.roots_path()).await;
+    // The destination web carries web-v2's backend for the mirror: the
+    // push is applied, not NACKed.
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+    eventually(PROPAGATION, "10 mirrored requests at v2", || async {
+        let received = m.received();
+        if received == counts(&[("a", 5), ("b", 5), ("v2", 10)]) {
+            Ok(())
+        } else {
+            Err(format!("{received:?}"))
+        }
+    })
+    .await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metrics.get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
+    );
+    assert_eq!(dump(&proxy).await["counts"]["services"], 1);
 }
 
 #[tokio::test]
