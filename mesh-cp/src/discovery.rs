@@ -367,7 +367,10 @@ impl StreamState {
             Kind::Unsubscribe(u) => {
                 let key = Key::from_proto(u.resource.as_ref())?;
                 if !matches!(key, Key::Globals | Key::Inbound) {
-                    self.subscriptions.remove(&key);
+                    if self.subscriptions.remove(&key) {
+                        tracing::info!(workload = %self.peer.workload, resource = %key, "unsubscribed");
+                        self.metrics.discovery_unsubscribes.inc();
+                    }
                     self.due.remove(&key);
                 }
             }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub discovery_nacks: IntCounterVec,
     /// Pushes sent.
     pub discovery_pushes: IntCounter,
+    /// Destination subscriptions dropped by proxies.
+    pub discovery_unsubscribes: IntCounter,
     /// Source objects skipped as invalid, by kind.
     pub objects_invalid: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
@@ -85,7 +87,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(discovery_streams.clone()))?;
         registry.register(Box::new(discovery_nacks.clone()))?;
+        let discovery_unsubscribes = IntCounter::new(
+            "remora_cp_discovery_unsubscribes_total",
+            "Destination subscriptions a proxy dropped (Unsubscribe), e.g. after its idle time.",
+        )?;
         registry.register(Box::new(discovery_pushes.clone()))?;
+        registry.register(Box::new(discovery_unsubscribes.clone()))?;
         let objects_invalid = IntCounterVec::new(
             Opts::new(
                 "remora_cp_objects_invalid_total",
@@ -162,6 +169,7 @@ impl Metrics {
             discovery_streams,
             discovery_nacks,
             discovery_pushes,
+            discovery_unsubscribes,
             objects_invalid,
             leader,
             status_writes,

@@ -131,12 +131,18 @@ pub fn translate(store: &Store, options: &Options) -> Translation {
                     }]
                 }
             }
+            // Every backend the port names, mirror targets too: a proxy
+            // gets this destination alone and refuses a name it lacks.
             for name in sp
                 .routes
                 .iter()
-                .flat_map(|r| &r.backend_refs)
-                .chain(&sp.backend_refs)
-                .map(|b| &b.name)
+                .flat_map(|r| {
+                    r.backend_refs
+                        .iter()
+                        .flat_map(|b| std::iter::once(&b.name).chain(routes::mirrors(&b.filters)))
+                        .chain(routes::mirrors(&r.filters))
+                })
+                .chain(sp.backend_refs.iter().map(|b| &b.name))
             {
                 if let Some(b) = backends.get(name) {
                     named.insert(name.clone(), b.clone());

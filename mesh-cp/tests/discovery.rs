@@ -268,6 +268,20 @@ async fn unsubscribe_stops_the_pushes_and_a_nack_is_counted() {
         .send_replace(Arc::new(view(2, &["10.1.0.7:9080"], "10.1.0.9:9080")));
     proxy.quiet().await;
     assert_eq!(metric(&metrics(&cp).await, NACKS), 1);
+    // Counted once: a second Unsubscribe of it drops nothing.
+    proxy
+        .send(Kind::Unsubscribe(pb::Unsubscribe {
+            resource: Some(addr("10.96.0.10", 9080)),
+        }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metric(
+            &metrics(&cp).await,
+            "remora_cp_discovery_unsubscribes_total"
+        ),
+        1
+    );
     cp.running.shutdown().await;
 }
 

@@ -35,6 +35,7 @@ pub mod env {
     pub const DISCOVERY_ADDR: &str = "REMORA_DISCOVERY_ADDR";
     pub const DISCOVERY_WAIT: &str = "REMORA_DISCOVERY_WAIT";
     pub const DISCOVERY_MAX_DESTINATIONS: &str = "REMORA_DISCOVERY_MAX_DESTINATIONS";
+    pub const DISCOVERY_IDLE_UNSUBSCRIBE: &str = "REMORA_DISCOVERY_IDLE_UNSUBSCRIBE";
     pub const POD_NAME: &str = "REMORA_POD_NAME";
     pub const POD_NAMESPACE: &str = "REMORA_POD_NAMESPACE";
 }
@@ -53,6 +54,9 @@ pub const DISCOVERY_WAIT_RANGE: std::ops::RangeInclusive<Duration> =
 /// The range of `--discovery-max-destinations` (remora-cp's own default
 /// limit per stream is 1024).
 pub const DISCOVERY_MAX_DESTINATIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+/// The range of `--discovery-idle-unsubscribe`.
+pub const DISCOVERY_IDLE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(24 * 3600);
 /// At most this many `--discovery-addr` entries.
 pub const MAX_DISCOVERY_ADDRS: usize = 16;
 
@@ -171,6 +175,12 @@ pub struct Args {
     #[arg(long, env = env::DISCOVERY_MAX_DESTINATIONS, default_value_t = 1024)]
     pub discovery_max_destinations: usize,
 
+    /// A destination with no connection or request for this long is
+    /// unsubscribed and dropped from the config (10s to 24h); the next
+    /// connection to it subscribes again.
+    #[arg(long, env = env::DISCOVERY_IDLE_UNSUBSCRIBE, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub discovery_idle_unsubscribe: Duration,
+
     /// This pod's name, for discovery (the downward API's metadata.name).
     #[arg(long, env = env::POD_NAME)]
     pub pod_name: Option<String>,
@@ -237,6 +247,8 @@ pub struct DiscoveryConfig {
     pub pod_namespace: String,
     pub wait: Duration,
     pub max_destinations: usize,
+    /// Unused this long, a destination is unsubscribed.
+    pub idle_unsubscribe: Duration,
 }
 
 /// The certificate client's settings (`--ca-addr` and friends).
@@ -456,6 +468,15 @@ fn discovery_config(args: &Args) -> Result<Option<DiscoveryConfig>, ConfigError>
             ),
         ));
     }
+    if !DISCOVERY_IDLE_RANGE.contains(&args.discovery_idle_unsubscribe) {
+        return Err(invalid(
+            "discovery-idle-unsubscribe",
+            format!(
+                "must be 10s to 24h, not {}",
+                humantime::format_duration(args.discovery_idle_unsubscribe)
+            ),
+        ));
+    }
     Ok(Some(DiscoveryConfig {
         addrs,
         server_name: args.ca_server_name.clone(),
@@ -464,6 +485,7 @@ fn discovery_config(args: &Args) -> Result<Option<DiscoveryConfig>, ConfigError>
         pod_namespace,
         wait: args.discovery_wait,
         max_destinations: args.discovery_max_destinations,
+        idle_unsubscribe: args.discovery_idle_unsubscribe,
     }))
 }
 
@@ -776,16 +798,20 @@ mod tests {
         );
         assert_eq!(d.wait, Duration::from_secs(2));
         assert_eq!(d.max_destinations, 1024);
+        assert_eq!(d.idle_unsubscribe, Duration::from_secs(600));
         let d = with(&[
             "--discovery-addr=cp:1",
             "--discovery-wait=10ms",
             "--discovery-max-destinations=65536",
+            "--discovery-idle-unsubscribe=10s",
         ])
         .expect("valid")
         .discovery
         .expect("discovery configured");
         assert_eq!(d.wait, Duration::from_millis(10));
         assert_eq!(d.max_destinations, 65536);
+        assert_eq!(d.idle_unsubscribe, Duration::from_secs(10));
+        assert!(with(&["--discovery-addr=cp:1", "--discovery-idle-unsubscribe=24h"]).is_ok());
         assert!(with(&["--discovery-addr=cp:1", "--discovery-wait=30s"]).is_ok());
         let sixteen = vec!["cp:1"; 16].join(",");
         assert!(with(&["--discovery-addr", &sixteen]).is_ok());
@@ -811,6 +837,14 @@ mod tests {
             (
                 &["--discovery-addr=cp:1", "--discovery-wait=31s"],
                 "--discovery-wait: must be 10ms to 30s, not 31s",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-idle-unsubscribe=9s"],
+                "--discovery-idle-unsubscribe: must be 10s to 24h, not 9s",
+            ),
+            (
+                &["--discovery-addr=cp:1", "--discovery-idle-unsubscribe=25h"],
+                "--discovery-idle-unsubscribe: must be 10s to 24h, not 1day 1h",
             ),
             (
                 &["--discovery-addr=cp:1", "--discovery-max-destinations=0"],

@@ -323,6 +323,11 @@ impl Proxy {
                 snapshot = self.state.load();
             }
         }
+        // The destination stays subscribed while this connection lasts.
+        let _in_use = match (direction, on_demand) {
+            (Direction::Outbound, Some(discovery)) => discovery.on_demand.in_use(&Dest::Addr(dst)),
+            _ => None,
+        };
         if direction == Direction::Inbound {
             let port = port_label(&snapshot, dst.port());
             if snapshot.inbound.mode_for(dst.port()) == InboundMode::Strict {

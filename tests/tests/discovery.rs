@@ -5,8 +5,10 @@
 //! harmless, a dead control plane that leaves traffic flowing and resyncs
 //! on restart, failover between two replicas, hostile control-plane
 //! addresses, unknown destinations passed through, a STRICT
-//! MeshTLSPolicy delivered to the server's sidecar, and a GRPCRoute
-//! routing a real tonic client's calls by method and header.
+//! MeshTLSPolicy delivered to the server's sidecar, a GRPCRoute
+//! routing a real tonic client's calls by method and header, an HTTPRoute
+//! mirror to a Service port, and an idle
+//! destination unsubscribed and subscribed again.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -331,6 +333,124 @@ async fn an_unknown_destination_passes_through_after_the_bounded_wait() {
     let direct = SocketAddr::from((m.ips[0], APP_PORT));
     let got = tally(send_many(&m.client, direct, 3, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 3)]));
+}
+
+/// Every request to web is mirrored to web-v2 (Gateway API's shape: a
+/// Service port), and answered by web.
+const MIRROR_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirror, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+    - filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web-v2, port: 80}, percent: 100}
+      backendRefs: [{name: web, port: 80}]
+"#;
+
+#[tokio::test]
+async fn an_http_route_mirror_to_a_service_port_reaches_it() {
+    let m = Mesh::new("disc_mirror").await;
+    m.dir.write("route", MIRROR_ROUTE);
+    let cp = m.start_cp(&m.cp_pod).await;
+    let proxy = m.mesh_client(&cp.ca_addr(), &cp.roots_path()).await;
+    // The destination web carries web-v2's backend for the mirror: the
+    // push is applied, not NACKed.
+    let got = tally(send_many(&m.client, web(), 10, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 5), ("b", 5)]));
+    eventually(PROPAGATION, "10 mirrored requests at v2", || async {
+        let received = m.received();
+        if received == counts(&[("a", 5), ("b", 5), ("v2", 10)]) {
+            Ok(())
+        } else {
+            Err(format!("{received:?}"))
+        }
+    })
+    .await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metrics.get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
+    );
+    assert_eq!(dump(&proxy).await["counts"]["services"], 1);
+}
+
+#[tokio::test]
+async fn an_idle_destination_is_unsubscribed_and_the_next_request_subscribes_again() {
+    let m = Mesh::new("disc_idle").await;
+    let cp = m.start_cp(&m.cp_pod).await;
+    let roots = cp.roots_path().display().to_string();
+    let mut args = discovery_args(&cp.ca_addr(), &roots, "client");
+    // The shortest idle time the flag takes.
+    args.extend(["--discovery-idle-unsubscribe".to_owned(), "10s".to_owned()]);
+    let proxy = m.client.mesh_with(&[], &args.strs()).await;
+    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
+    let last_used = std::time::Instant::now();
+    assert_eq!(got, counts(&[("a", 2), ("b", 2)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    assert!(d["discovery"]["versions"][WEB_SUB].is_u64(), "{d}");
+
+    // No connection for 10 s: dropped at the next sweep (every 1 s).
+    eventually(
+        Duration::from_secs(20),
+        "the idle destination unsubscribed",
+        || async {
+            let n = proxy
+                .metrics()
+                .await
+                .get("remora_discovery_unsubscribes_total", &[]);
+            if n == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .await;
+    // Never before the idle time (the wait above bounds how late).
+    let idle_for = last_used.elapsed();
+    assert!(
+        idle_for >= Duration::from_secs(10),
+        "unsubscribed after {idle_for:?} without traffic"
+    );
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 0, "the config dropped it: {d}");
+    assert_eq!(d["discovery"]["versions"].get(WEB_SUB), None, "{d}");
+    let unsubscribed = eventually(PROPAGATION, "remora-cp saw the Unsubscribe", || async {
+        let n = cp_metrics(&m.cp_pod)
+            .await
+            .get("remora_cp_discovery_unsubscribes_total", &[]);
+        if n == 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    assert_eq!(unsubscribed, 1.0);
+
+    // The next request subscribes again (the on-demand wait) and routes
+    // by the config as before.
+    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
+    assert_eq!(got, counts(&[("a", 2), ("b", 2)]));
+    assert_eq!(m.received(), counts(&[("a", 4), ("b", 4), ("v2", 0)]));
+    let d = dump(&proxy).await;
+    assert_eq!(d["counts"]["services"], 1, "{d}");
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.get("remora_discovery_unsubscribes_total", &[]), 1.0);
+    assert_eq!(
+        metrics.get("remora_discovery_pushes_total", &[("result", "rejected")]),
+        0.0
+    );
+    assert_eq!(
+        cp_metrics(&m.cp_pod).await.get(
+            "remora_cp_discovery_nacks_total",
+            &[("resource", "destination")]
+        ),
+        0.0
+    );
 }
 
 /// A PEM block no control plane chains to: the silent one never gets as

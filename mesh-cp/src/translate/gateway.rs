@@ -7,7 +7,9 @@
 //! wire names.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use remora_api::{GrpcMethodMatch, HeaderMatch, HeaderModifier, RouteFilter, RouteMatch};
+use remora_api::{
+    GrpcMethodMatch, HeaderMatch, HeaderModifier, RequestRedirect, RouteMatch, UrlRewrite,
+};
 use serde::{Deserialize, Serialize};
 
 /// `gateway.networking.k8s.io/v1` HTTPRoute.
@@ -59,23 +61,26 @@ pub struct HttpRouteRule {
     #[serde(default)]
     pub matches: Vec<RouteMatch>,
     #[serde(default)]
-    pub filters: Vec<RouteFilter>,
+    pub filters: Vec<HttpRouteFilter>,
     #[serde(default)]
-    pub backend_refs: Vec<BackendRef>,
+    pub backend_refs: Vec<BackendRef<HttpRouteFilter>>,
     #[serde(default)]
     pub timeouts: Option<remora_api::Timeouts>,
     #[serde(default)]
     pub retry: Option<remora_api::Retry>,
 }
 
-/// A rule's backend: a Service and port, weighted.
+/// A rule's backend: a Service and port, weighted, with the filters
+/// applied only to requests sent to it (`F`: the route kind's filters).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BackendRef {
+pub struct BackendRef<F> {
     #[serde(flatten)]
     pub target: ServiceRef,
     #[serde(default = "one")]
     pub weight: u32,
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<F>,
 }
 
 fn one() -> u32 {
@@ -115,7 +120,7 @@ pub struct GrpcRouteRule {
     #[serde(default)]
     pub filters: Vec<GrpcRouteFilter>,
     #[serde(default)]
-    pub backend_refs: Vec<BackendRef>,
+    pub backend_refs: Vec<BackendRef<GrpcRouteFilter>>,
 }
 
 /// `GRPCRouteMatch`: a method and headers, all of which must hold.
@@ -139,6 +144,32 @@ pub enum GrpcRouteFilter {
     },
     ResponseHeaderModifier {
         response_header_modifier: HeaderModifier,
+    },
+    RequestMirror {
+        request_mirror: Mirror,
+    },
+}
+
+/// `HTTPRouteFilter`, the types Remora implements: on the wire
+/// `{type: URLRewrite, urlRewrite: {...}}`. Header modifiers, redirects and
+/// rewrites have the model's shape (Gateway API's fields); a mirror names a
+/// Service port and is resolved to a backend on attachment. Any other type
+/// (`ExtensionRef`, `CORS`) is refused with its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum HttpRouteFilter {
+    RequestHeaderModifier {
+        request_header_modifier: HeaderModifier,
+    },
+    ResponseHeaderModifier {
+        response_header_modifier: HeaderModifier,
+    },
+    RequestRedirect {
+        request_redirect: RequestRedirect,
+    },
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite {
+        url_rewrite: UrlRewrite,
     },
     RequestMirror {
         request_mirror: Mirror,

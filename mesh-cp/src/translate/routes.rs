@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use remora_api::{Backend, Route, RouteFilter, RouteMatch};
 
-use super::gateway::{self, GrpcRoute, GrpcRouteFilter, HttpRoute, ParentRef, ServiceRef};
+use super::gateway::{
+    self, GrpcRoute, GrpcRouteFilter, HttpRoute, HttpRouteFilter, ParentRef, ServiceRef,
+};
 use super::{age_key, backend_key, key_of, split, Key, PluginAttachments, Problem, Store};
 
 const GRPC_ROUTE: &str = "GRPCRoute";
@@ -34,11 +36,16 @@ struct Rule<'a> {
     name: Option<&'a str>,
     matches: Vec<RouteMatch>,
     filters: Vec<Filter<'a>>,
-    backend_refs: &'a [gateway::BackendRef],
+    backend_refs: Vec<RuleBackend<'a>>,
     timeouts: remora_api::Timeouts,
     retry: Option<remora_api::Retry>,
-    /// Why the rule cannot be used (it is left out and reported).
-    invalid: Option<String>,
+}
+
+/// A backendRef of a rule, with its own filters.
+struct RuleBackend<'a> {
+    target: &'a ServiceRef,
+    weight: u32,
+    filters: Vec<Filter<'a>>,
 }
 
 enum Filter<'a> {
@@ -46,6 +53,62 @@ enum Filter<'a> {
     Model(RouteFilter),
     /// A mirror to a Service port, resolved to a backend on attachment.
     Mirror(&'a gateway::Mirror),
+}
+
+/// A route kind's filter as attachment reads it.
+trait AsFilter {
+    fn as_filter(&self) -> Filter<'_>;
+}
+
+impl AsFilter for HttpRouteFilter {
+    fn as_filter(&self) -> Filter<'_> {
+        match self {
+            Self::RequestHeaderModifier {
+                request_header_modifier: m,
+            } => model(RouteFilter::RequestHeaderModifier, m),
+            Self::ResponseHeaderModifier {
+                response_header_modifier: m,
+            } => model(RouteFilter::ResponseHeaderModifier, m),
+            Self::RequestRedirect { request_redirect } => {
+                model(RouteFilter::RequestRedirect, request_redirect)
+            }
+            Self::UrlRewrite { url_rewrite } => model(RouteFilter::UrlRewrite, url_rewrite),
+            Self::RequestMirror { request_mirror } => Filter::Mirror(request_mirror),
+        }
+    }
+}
+
+impl AsFilter for GrpcRouteFilter {
+    fn as_filter(&self) -> Filter<'_> {
+        match self {
+            Self::RequestHeaderModifier {
+                request_header_modifier: m,
+            } => model(RouteFilter::RequestHeaderModifier, m),
+            Self::ResponseHeaderModifier {
+                response_header_modifier: m,
+            } => model(RouteFilter::ResponseHeaderModifier, m),
+            Self::RequestMirror { request_mirror } => Filter::Mirror(request_mirror),
+        }
+    }
+}
+
+/// A filter already in the model's shape.
+fn model<'a, T: Clone>(make: fn(T) -> RouteFilter, settings: &T) -> Filter<'a> {
+    Filter::Model(make(settings.clone()))
+}
+
+fn filters_of<F: AsFilter>(filters: &[F]) -> Vec<Filter<'_>> {
+    filters.iter().map(AsFilter::as_filter).collect()
+}
+
+fn backends_of<F: AsFilter>(refs: &[gateway::BackendRef<F>]) -> Vec<RuleBackend<'_>> {
+    refs.iter()
+        .map(|r| RuleBackend {
+            target: &r.target,
+            weight: r.weight,
+            filters: filters_of(&r.filters),
+        })
+        .collect()
 }
 
 impl<'a> RouteObject<'a> {
@@ -57,11 +120,10 @@ impl<'a> RouteObject<'a> {
             .map(|rule| Rule {
                 name: rule.name.as_deref(),
                 matches: rule.matches.clone(),
-                filters: rule.filters.iter().cloned().map(Filter::Model).collect(),
-                backend_refs: &rule.backend_refs,
+                filters: filters_of(&rule.filters),
+                backend_refs: backends_of(&rule.backend_refs),
                 timeouts: rule.timeouts.unwrap_or_default(),
                 retry: rule.retry.clone(),
-                invalid: None,
             })
             .collect();
         Self {
@@ -77,54 +139,21 @@ impl<'a> RouteObject<'a> {
             .spec
             .rules
             .iter()
-            .enumerate()
-            .map(|(i, rule)| {
-                let invalid = rule
+            .map(|rule| Rule {
+                name: rule.name.as_deref(),
+                matches: rule
                     .matches
                     .iter()
-                    .position(|m| {
-                        m.method
-                            .as_ref()
-                            .is_some_and(|m| m.service.is_none() && m.method.is_none())
+                    .map(|m| RouteMatch {
+                        grpc_method: m.method.clone(),
+                        headers: m.headers.clone(),
+                        ..RouteMatch::default()
                     })
-                    .map(|j| {
-                        format!("rules[{i}].matches[{j}].method: set service, method or both")
-                    });
-                Rule {
-                    name: rule.name.as_deref(),
-                    matches: rule
-                        .matches
-                        .iter()
-                        .map(|m| RouteMatch {
-                            grpc_method: m.method.clone(),
-                            headers: m.headers.clone(),
-                            ..RouteMatch::default()
-                        })
-                        .collect(),
-                    filters: rule
-                        .filters
-                        .iter()
-                        .map(|f| match f {
-                            GrpcRouteFilter::RequestHeaderModifier {
-                                request_header_modifier,
-                            } => Filter::Model(RouteFilter::RequestHeaderModifier(
-                                request_header_modifier.clone(),
-                            )),
-                            GrpcRouteFilter::ResponseHeaderModifier {
-                                response_header_modifier,
-                            } => Filter::Model(RouteFilter::ResponseHeaderModifier(
-                                response_header_modifier.clone(),
-                            )),
-                            GrpcRouteFilter::RequestMirror { request_mirror } => {
-                                Filter::Mirror(request_mirror)
-                            }
-                        })
-                        .collect(),
-                    backend_refs: &rule.backend_refs,
-                    timeouts: remora_api::Timeouts::default(),
-                    retry: None,
-                    invalid,
-                }
+                    .collect(),
+                filters: filters_of(&rule.filters),
+                backend_refs: backends_of(&rule.backend_refs),
+                timeouts: remora_api::Timeouts::default(),
+                retry: None,
             })
             .collect();
         Self {
@@ -209,9 +238,32 @@ impl Context<'_> {
                 "the route has no parentRefs".into(),
             ));
         }
-        for why in route.rules.iter().filter_map(|r| r.invalid.as_ref()) {
-            problems.push(problem("Accepted", "UnsupportedValue", why.clone()));
-        }
+        // Each rule once, whatever its parents: its references resolved and
+        // checked as the proxy will check it. The proxy refuses a port
+        // with a route name twice: a name an earlier rule of this route has
+        // leaves the later rule out (below, one another route on the port
+        // has is qualified with this route's `<ns>/<name>/`).
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let translated: Vec<Route> = route
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                let name = rule
+                    .name
+                    .map_or_else(|| format!("{ns}/{route_name}/rule-{i}"), str::to_owned);
+                if let Some(first) = names.get(&name) {
+                    problems.push(problem(
+                        "Accepted",
+                        "UnsupportedValue",
+                        format!("rules[{i}].name: {name:?} is also the name of rules[{first}]"),
+                    ));
+                    return None;
+                }
+                names.insert(name.clone(), i);
+                self.rule(route, i, name, rule, &key, &problem, problems)
+            })
+            .collect();
         for parent in route.parent_refs {
             let is_service = parent.kind.as_deref() == Some("Service")
                 && matches!(parent.group.as_deref(), Some("" | "core"));
@@ -261,25 +313,9 @@ impl Context<'_> {
                     free.push(port);
                 }
             }
-            for (i, rule) in route.rules.iter().enumerate() {
-                if rule.invalid.is_some() {
-                    continue;
-                }
-                let translated = Route {
-                    name: Some(
-                        rule.name
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| format!("{ns}/{route_name}/rule-{i}")),
-                    ),
-                    matches: rule.matches.clone(),
-                    filters: self.filters(ns, rule, &problem, problems),
-                    backend_refs: self.backend_refs(ns, rule, &problem, problems),
-                    timeouts: rule.timeouts,
-                    retry: rule.retry.clone(),
-                    plugins: self.plugins.get(route.kind, &key),
-                };
+            for translated in &translated {
                 for port in &free {
-                    for m in match_keys(&translated) {
+                    for m in match_keys(translated) {
                         let slot = (svc_key.clone(), *port, m.clone());
                         match attached.claimed.get(&slot) {
                             Some(owner) if *owner != key => problems.push(problem(
@@ -295,11 +331,27 @@ impl Context<'_> {
                             }
                         }
                     }
-                    attached
-                        .routes
-                        .entry((svc_key.clone(), *port))
-                        .or_default()
-                        .push(translated.clone());
+                    let on_port = attached.routes.entry((svc_key.clone(), *port)).or_default();
+                    let mut translated = translated.clone();
+                    let taken = |r: &Route, on_port: &[Route]| {
+                        on_port.iter().any(|other| other.name == r.name)
+                    };
+                    if taken(&translated, on_port) {
+                        let name = translated.name.take().unwrap_or_default();
+                        translated.name = Some(format!("{ns}/{route_name}/{name}"));
+                        if taken(&translated, on_port) {
+                            problems.push(problem(
+                                "Accepted",
+                                "Conflicted",
+                                format!(
+                                    "rule name {name:?} on {svc_key}:{port} is taken by an older \
+                                     route"
+                                ),
+                            ));
+                            continue;
+                        }
+                    }
+                    on_port.push(translated);
                 }
             }
             ports_attached.extend(free.into_iter().map(|p| (svc_key.clone(), p)));
@@ -307,41 +359,83 @@ impl Context<'_> {
         ports_attached
     }
 
-    fn backend_refs(
+    /// One rule as a model route, or `None` when the proxy would refuse
+    /// it: the model's own checks (`MeshConfig::validate`, what the proxy
+    /// runs on every config it loads) run on the rule alone, and each
+    /// problem is reported as `Accepted=False` `UnsupportedValue` with the
+    /// rule's field. Only that rule is left out; the route's other rules
+    /// attach.
+    #[allow(clippy::too_many_arguments)]
+    fn rule(
         &self,
-        ns: &str,
+        route: &RouteObject<'_>,
+        i: usize,
+        name: String,
         rule: &Rule<'_>,
+        key: &str,
         problem: &impl Fn(&'static str, &'static str, String) -> Problem,
         problems: &mut Vec<Problem>,
-    ) -> Vec<remora_api::BackendRef> {
-        let mut refs = Vec::new();
-        for backend in rule.backend_refs {
-            match self.resolve(ns, &backend.target) {
-                Ok(name) => refs.push(remora_api::BackendRef {
-                    name,
-                    weight: backend.weight,
-                    filters: Vec::new(),
-                }),
+    ) -> Option<Route> {
+        let (filters, filter_at) = self.filters(split(key).0, &rule.filters, problem, problems);
+        let mut backend_refs = Vec::new();
+        let mut ref_at = Vec::new();
+        for (j, backend) in rule.backend_refs.iter().enumerate() {
+            match self.resolve(split(key).0, backend.target) {
+                Ok(name) => {
+                    let (filters, at) =
+                        self.filters(split(key).0, &backend.filters, problem, problems);
+                    backend_refs.push(remora_api::BackendRef {
+                        name,
+                        weight: backend.weight,
+                        filters,
+                    });
+                    ref_at.push((j, at));
+                }
                 Err((reason, message)) => problems.push(problem("ResolvedRefs", reason, message)),
             }
         }
-        refs
+        let translated = Route {
+            name: Some(name),
+            matches: rule.matches.clone(),
+            filters,
+            backend_refs,
+            timeouts: rule.timeouts,
+            retry: rule.retry.clone(),
+            plugins: self.plugins.get(route.kind, key),
+        };
+        let errors = check(&translated, self.backends);
+        if errors.is_empty() {
+            return Some(translated);
+        }
+        for e in errors {
+            let field = field_path(route.kind, &e.path, &filter_at, &ref_at);
+            problems.push(problem(
+                "Accepted",
+                "UnsupportedValue",
+                format!("rules[{i}]{field}: {}", e.message),
+            ));
+        }
+        None
     }
 
-    /// The rule's filters in the model's shape. A mirror whose target does
-    /// not resolve, or whose share is not a percentage, is left out and
-    /// reported: the requests themselves still go to their backends.
+    /// Filters in the model's shape, with the index each had in the
+    /// object. A mirror whose target does not resolve, or whose share is
+    /// not a percentage, is left out and reported: the requests themselves
+    /// still go to their backends.
     fn filters(
         &self,
         ns: &str,
-        rule: &Rule<'_>,
+        filters: &[Filter<'_>],
         problem: &impl Fn(&'static str, &'static str, String) -> Problem,
         problems: &mut Vec<Problem>,
-    ) -> Vec<RouteFilter> {
-        let mut out = Vec::new();
-        for filter in &rule.filters {
+    ) -> (Vec<RouteFilter>, Vec<usize>) {
+        let (mut out, mut at) = (Vec::new(), Vec::new());
+        for (i, filter) in filters.iter().enumerate() {
             match filter {
-                Filter::Model(f) => out.push(f.clone()),
+                Filter::Model(f) => {
+                    out.push(f.clone());
+                    at.push(i);
+                }
                 Filter::Mirror(mirror) => {
                     let percent = match (mirror.percent, mirror.fraction) {
                         (Some(p), None) if p <= 100 => p,
@@ -368,7 +462,8 @@ impl Context<'_> {
                             out.push(RouteFilter::RequestMirror(remora_api::RequestMirror {
                                 backend_ref: remora_api::BackendObjectRef { name },
                                 percent,
-                            }))
+                            }));
+                            at.push(i);
                         }
                         Err((reason, message)) => {
                             problems.push(problem("ResolvedRefs", reason, message))
@@ -377,7 +472,7 @@ impl Context<'_> {
                 }
             }
         }
-        out
+        (out, at)
     }
 
     /// The backend a Service reference names, or a ResolvedRefs reason.
@@ -432,4 +527,123 @@ fn match_keys(route: &Route) -> BTreeSet<String> {
         .iter()
         .map(|m| serde_json::to_string(m).unwrap_or_default())
         .collect()
+}
+
+/// Where the model's checks put the one route of [`check`]'s config.
+const PROBE: &str = "outbound.services[0].ports[0].routes[0]";
+
+/// The model's checks on one route, alone on an HTTP port with the
+/// backends it names: the problems in the route itself (its own path under
+/// [`PROBE`]). Plugins are left out: they are the PluginPolicy's, checked
+/// on their own.
+fn check(route: &Route, backends: &BTreeMap<String, Backend>) -> Vec<remora_api::FieldError> {
+    let named = route
+        .backend_refs
+        .iter()
+        .flat_map(|b| std::iter::once(&b.name).chain(mirrors(&b.filters)))
+        .chain(mirrors(&route.filters));
+    let mut used = BTreeMap::new();
+    for name in named {
+        if let Some(b) = backends.get(name) {
+            used.insert(name.clone(), b.clone());
+        }
+    }
+    let config = remora_api::MeshConfig {
+        version: "check".into(),
+        outbound: remora_api::OutboundConfig {
+            services: vec![remora_api::Service {
+                name: "check".into(),
+                addresses: Vec::new(),
+                hostnames: vec!["check".into()],
+                ports: vec![remora_api::ServicePort {
+                    port: 80,
+                    name: None,
+                    protocol: remora_api::Protocol::Http,
+                    routes: vec![Route {
+                        plugins: remora_api::Plugins::new(),
+                        ..route.clone()
+                    }],
+                    backend_refs: Vec::new(),
+                }],
+                plugins: remora_api::Plugins::new(),
+            }],
+        },
+        inbound: remora_api::InboundConfig::default(),
+        backends: used,
+        http: remora_api::HttpSettings::default(),
+        global_rules: Vec::new(),
+        consumers: Vec::new(),
+    };
+    match config.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e
+            .errors()
+            .filter_map(|e| {
+                let rest = e.path.strip_prefix(PROBE)?;
+                Some(remora_api::FieldError {
+                    path: rest.to_owned(),
+                    message: e.message.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The backends a filter list mirrors to.
+pub(super) fn mirrors(filters: &[RouteFilter]) -> impl Iterator<Item = &String> {
+    filters.iter().filter_map(|f| match f {
+        RouteFilter::RequestMirror(m) => Some(&m.backend_ref.name),
+        _ => None,
+    })
+}
+
+/// A path in the model's route (`.backendRefs[0].filters[1].x`) as the
+/// route object's: list indices as the object has them (filters or refs
+/// left out shift the model's), and a GRPCRoute's `method` for the model's
+/// `grpcMethod`.
+fn field_path(
+    kind: &str,
+    path: &str,
+    filter_at: &[usize],
+    ref_at: &[(usize, Vec<usize>)],
+) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    let mut filters = filter_at;
+    while !rest.is_empty() {
+        let cut = rest
+            .char_indices()
+            .skip(1)
+            .find(|(_, c)| matches!(c, '.' | '['))
+            .map_or(rest.len(), |(n, _)| n);
+        let (segment, tail) = rest.split_at(cut);
+        let index = tail
+            .strip_prefix('[')
+            .and_then(|t| t.split_once(']'))
+            .and_then(|(n, t)| Some((n.parse::<usize>().ok()?, t)));
+        match (segment, index) {
+            (".filters", Some((n, t))) => {
+                out.push_str(&format!(
+                    ".filters[{}]",
+                    filters.get(n).copied().unwrap_or(n)
+                ));
+                rest = t;
+            }
+            (".backendRefs", Some((n, t))) => {
+                let (j, at) = ref_at.get(n).map_or((n, &[][..]), |(j, at)| (*j, &at[..]));
+                out.push_str(&format!(".backendRefs[{j}]"));
+                filters = at;
+                rest = t;
+            }
+            (".grpcMethod", _) if kind == GRPC_ROUTE => {
+                out.push_str(".method");
+                rest = tail;
+            }
+            _ => {
+                out.push_str(segment);
+                rest = tail;
+            }
+        }
+    }
+    out
 }

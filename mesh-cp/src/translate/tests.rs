@@ -91,6 +91,17 @@ fn run(extra: &str) -> Translation {
             .validate()
             .unwrap_or_else(|e| panic!("{workload:?}: {e}\n{config:#?}"));
     }
+    // And each destination alone, as a proxy subscribed to it gets it.
+    for (key, dest) in &t.view.destinations {
+        let view = MeshView {
+            destinations: BTreeMap::from([(key.clone(), dest.clone())]),
+            ..MeshView::default()
+        };
+        let config = assemble(&view, None);
+        config
+            .validate()
+            .unwrap_or_else(|e| panic!("destination {key} alone: {e}\n{config:#?}"));
+    }
     t
 }
 
@@ -793,11 +804,6 @@ fn grpc_route_problems_are_reported_and_the_rest_stays() {
         got,
         [
             (
-                "Accepted",
-                "UnsupportedValue",
-                "rules[1].matches[0].method: set service, method or both"
-            ),
-            (
                 "ResolvedRefs",
                 "UnsupportedValue",
                 "backendRef shop/reviews-v2 needs a port"
@@ -806,6 +812,11 @@ fn grpc_route_problems_are_reported_and_the_rest_stays() {
                 "ResolvedRefs",
                 "BackendNotFound",
                 "Service shop/ghost does not exist"
+            ),
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[1].matches[0].method: set service, method or both"
             ),
         ]
     );
@@ -1002,4 +1013,406 @@ spec: {plugins: {key-auth: {key: jills-key}}}
         "{}",
         problems[1].3
     );
+}
+
+/// An HTTPRoute on `reviews` with the given rules (YAML, indented 4).
+fn http_route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, group: core, name: reviews}}]\n  rules:\n{rules}"
+    )
+}
+
+fn problems(t: &Translation) -> Vec<(&str, &str, &str)> {
+    t.problems
+        .iter()
+        .map(|p| (p.condition, p.reason, p.message.as_str()))
+        .collect()
+}
+
+const GHOST: (&str, &str, &str) = (
+    "ResolvedRefs",
+    "BackendNotFound",
+    "Service shop/ghost does not exist",
+);
+
+fn mirror(name: &str, percent: u8) -> RouteFilter {
+    RouteFilter::RequestMirror(remora_api::RequestMirror {
+        backend_ref: remora_api::BackendObjectRef { name: name.into() },
+        percent,
+    })
+}
+
+fn set_header(name: &str, value: &str) -> HeaderModifier {
+    HeaderModifier {
+        set: vec![HttpHeader {
+            name: name.into(),
+            value: value.into(),
+        }],
+        ..HeaderModifier::default()
+    }
+}
+
+#[test]
+fn an_http_route_takes_gateway_api_filters_and_mirrors_to_a_service_port() {
+    let t = run(&http_route(
+        r#"    - matches: [{path: {type: PathPrefix, value: /v1}}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: reviews-v2, port: 9080}, percent: 10}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: reviews-v2, port: 9080}, fraction: {numerator: 1, denominator: 4}}
+        - type: URLRewrite
+          urlRewrite: {hostname: internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+      backendRefs: [{name: reviews, port: 9080}]
+    - matches: [{path: {type: Exact, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+"#,
+    ));
+    assert_eq!(problems(&t), []);
+    let r = routes(&t);
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        r[0].filters,
+        [
+            mirror("shop/reviews-v2:9080", 10),
+            mirror("shop/reviews-v2:9080", 25),
+            RouteFilter::UrlRewrite(remora_api::UrlRewrite {
+                hostname: Some("internal".into()),
+                path: Some(remora_api::PathModifier::ReplacePrefixMatch("/v2".into())),
+            }),
+        ]
+    );
+    assert_eq!(
+        r[1].filters,
+        [RouteFilter::RequestRedirect(remora_api::RequestRedirect {
+            scheme: None,
+            hostname: None,
+            path: Some(remora_api::PathModifier::ReplaceFullPath("/new".into())),
+            port: None,
+            status_code: 301,
+        })]
+    );
+    // The mirror's backend travels with the destination.
+    assert_eq!(
+        t.view.destinations["shop/reviews"]
+            .backends
+            .keys()
+            .collect::<Vec<_>>(),
+        ["shop/reviews-v2:9080", "shop/reviews:9080"]
+    );
+
+    // A mirror to a missing Service: BackendNotFound, the mirror left out,
+    // the rule and its other filters kept.
+    let t = run(&http_route(
+        r#"    - filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: ghost, port: 9080}}
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-env, value: prod}]}
+      backendRefs: [{name: reviews, port: 9080}]
+"#,
+    ));
+    assert_eq!(problems(&t), [GHOST]);
+    assert_eq!(
+        routes(&t)[0].filters,
+        [RouteFilter::RequestHeaderModifier(set_header(
+            "x-env", "prod"
+        ))]
+    );
+}
+
+#[test]
+fn an_http_route_filter_remora_lacks_is_refused_with_its_name() {
+    let mut s = Store::default();
+    let doc: serde_json::Value = serde_saphyr::from_str(&http_route(
+        "    - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: Y, name: z}}]\n",
+    ))
+    .unwrap();
+    let err = s.insert(doc).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "HTTPRoute r: spec.rules[0].filters[0].type: unknown variant `ExtensionRef`"
+        ),
+        "{err}"
+    );
+    // A stray field in a mirror is named.
+    let doc: serde_json::Value = serde_saphyr::from_str(&http_route(
+        "    - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews}, port: 1}}]\n",
+    ))
+    .unwrap();
+    let err = s.insert(doc).unwrap_err().to_string();
+    assert!(
+        err.starts_with("HTTPRoute r: spec.rules[0].filters[0]: unknown field `port`, expected one of `backendRef`, `percent`, `fraction`"),
+        "{err}"
+    );
+    assert!(s.http_routes.is_empty());
+}
+
+#[test]
+fn backend_ref_filters_apply_to_their_backend_on_both_route_kinds() {
+    let t = run(&http_route(
+        r#"    - backendRefs:
+        - name: reviews
+          port: 9080
+          weight: 3
+          filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {set: [{name: x-version, value: v1}]}
+        - name: reviews-v2
+          port: 9080
+          filters:
+            - type: RequestMirror
+              requestMirror: {backendRef: {name: reviews, port: 9080}, percent: 50}
+            - type: ResponseHeaderModifier
+              responseHeaderModifier: {remove: [x-debug]}
+"#,
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(
+        routes(&t)[0].backend_refs,
+        [
+            remora_api::BackendRef {
+                name: "shop/reviews:9080".into(),
+                weight: 3,
+                filters: vec![RouteFilter::RequestHeaderModifier(set_header(
+                    "x-version",
+                    "v1"
+                ))],
+            },
+            remora_api::BackendRef {
+                name: "shop/reviews-v2:9080".into(),
+                weight: 1,
+                filters: vec![
+                    mirror("shop/reviews:9080", 50),
+                    RouteFilter::ResponseHeaderModifier(HeaderModifier {
+                        remove: vec!["x-debug".into()],
+                        ..HeaderModifier::default()
+                    }),
+                ],
+            },
+        ]
+    );
+
+    let t = run(&GRPC.replace(
+        "- {name: reviews-v2, port: 9080, weight: 10}",
+        "- {name: reviews-v2, port: 9080, weight: 10, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-v, value: \"2\"}]}}]}",
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(
+        routes(&t)[0].backend_refs[1].filters,
+        [RouteFilter::RequestHeaderModifier(HeaderModifier {
+            add: vec![HttpHeader {
+                name: "x-v".into(),
+                value: "2".into()
+            }],
+            ..HeaderModifier::default()
+        })]
+    );
+
+    // A redirect answers before a backend is chosen: the proxy refuses it
+    // on a backendRef, so remora-cp leaves the rule out and names the field
+    // (the index the object gives it, past a mirror that was left out).
+    let t = run(&http_route(
+        r#"    - backendRefs:
+        - {name: ghost, port: 9080}
+        - name: reviews
+          port: 9080
+          filters:
+            - type: RequestMirror
+              requestMirror: {backendRef: {name: ghost, port: 9080}}
+            - type: RequestRedirect
+              requestRedirect: {statusCode: 301}
+    - name: kept
+      backendRefs: [{name: reviews, port: 9080}]
+"#,
+    ));
+    assert_eq!(
+        problems(&t),
+        [
+            GHOST,
+            GHOST,
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[0].backendRefs[1].filters[1]: RequestRedirect answers before any backend \
+                 is chosen: put it in the route's filters"
+            ),
+        ]
+    );
+    assert_eq!(route_names(&t), ["kept"]);
+}
+
+/// Each value the proxy would refuse, the message remora-cp reports for it.
+#[test]
+fn what_the_proxy_would_refuse_leaves_the_rule_out_with_its_field() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "matches: [{path: {type: RegularExpression, value: '/(a'}}]",
+            "rules[0].matches[0].path.value: regex does not compile: regex parse error:\n    /(a\n     ^\nerror: unclosed group",
+        ),
+        (
+            "matches: [{path: {type: PathPrefix, value: api}}]",
+            "rules[0].matches[0].path.value: \"api\" must start with /",
+        ),
+        (
+            "matches: [{headers: [{type: RegularExpression, name: x-a, value: '[z-a]'}]}]",
+            "rules[0].matches[0].headers[0].value: regex does not compile: regex parse error:\n    [z-a]\n     ^^^\nerror: invalid character class range, the start must be <= the end",
+        ),
+        (
+            "matches: [{headers: [{name: 'bad header', value: x}]}]",
+            "rules[0].matches[0].headers[0].name: \"bad header\" is not a valid HTTP header name",
+        ),
+        (
+            "matches: [{queryParams: [{type: RegularExpression, name: q, value: '*'}]}]",
+            "rules[0].matches[0].queryParams[0].value: regex does not compile: regex parse error:\n    *\n    ^\nerror: repetition operator missing expression",
+        ),
+        (
+            "timeouts: {request: 1s, backendRequest: 2s}",
+            "rules[0].timeouts.backendRequest: must not be longer than timeouts.request",
+        ),
+        (
+            "filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'x:y', value: v}]}}]",
+            "rules[0].filters[0].requestHeaderModifier.set[0].name: \"x:y\" is not a valid HTTP header name",
+        ),
+        (
+            "filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}}]",
+            "rules[0].filters[0].requestHeaderModifier: set, add or remove at least one header",
+        ),
+        (
+            "matches: [{path: {type: Exact, value: /a}}]\n      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]",
+            "rules[0].filters[0].urlRewrite.path: ReplacePrefixMatch needs every match of the route to have a PathPrefix path",
+        ),
+        (
+            "filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]",
+            "rules[0].filters[0].requestRedirect.statusCode: 200 is not a redirect: use 301, 302, 303, 307 or 308",
+        ),
+        (
+            "retry: {attempts: 11}",
+            "rules[0].retry.attempts: must be 0 to 10, not 11",
+        ),
+    ];
+    for (rule, want) in cases {
+        let t = run(&http_route(&format!(
+            "    - {rule}\n      backendRefs: [{{name: reviews, port: 9080}}]\n    - name: kept\n      backendRefs: [{{name: reviews, port: 9080}}]\n"
+        )));
+        assert_eq!(
+            problems(&t),
+            [("Accepted", "UnsupportedValue", *want)],
+            "{rule}"
+        );
+        assert!(t
+            .problems
+            .iter()
+            .all(|p| p.kind == "HTTPRoute" && p.key == "shop/r"));
+        // Only the bad rule is left out.
+        assert_eq!(route_names(&t), ["kept"], "{rule}");
+    }
+}
+
+#[test]
+fn a_grpc_method_regex_the_proxy_would_refuse_is_reported_as_method() {
+    let t = run(&GRPC.replace("method: 'Get.*'", "method: 'Get('"));
+    assert_eq!(
+        problems(&t),
+        [(
+            "Accepted",
+            "UnsupportedValue",
+            "rules[0].matches[3].method.method: regex does not compile: regex parse error:\n    Get(\n       ^\nerror: unclosed group"
+        )]
+    );
+    assert_eq!(route_names(&t), ["catch-all"]);
+    let t = run(&GRPC.replace("method: Get}", "method: Get/x}"));
+    assert_eq!(
+        problems(&t),
+        [(
+            "Accepted",
+            "UnsupportedValue",
+            "rules[0].matches[0].method.method: \"Get/x\" is not a gRPC method name, e.g. GetReview"
+        )]
+    );
+}
+
+#[test]
+fn a_rule_name_is_used_once_per_port_as_the_proxy_requires() {
+    // Two routes with a rule of the same name on one port: the younger
+    // one's is qualified with its route.
+    let other = |name: &str, path: &str| {
+        http_route(&format!(
+            "    - name: main\n      matches: [{{path: {{value: {path}}}}}]\n      backendRefs: [{{name: reviews, port: 9080}}]\n"
+        ))
+        .replace("name: r,", &format!("name: {name},"))
+    };
+    let t = run(&format!(
+        "{}---\n{}",
+        other("one", "/a"),
+        other("two", "/b")
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(route_names(&t), ["main", "shop/two/main"]);
+    // Qualified names are names like any other.
+    let three = other("zzz", "/c").replace("name: main", "name: shop/two/main");
+    let t = run(&format!(
+        "{}---\n{}---\n{three}",
+        other("one", "/a"),
+        other("two", "/b")
+    ));
+    assert_eq!(problems(&t), []);
+    assert_eq!(
+        route_names(&t),
+        ["main", "shop/two/main", "shop/zzz/shop/two/main"]
+    );
+    // When the qualified name is taken too (by an older route, here
+    // `p` < `q`), the rule is Conflicted on that port and left out there.
+    let p = other("p", "/p").replace("name: main", "name: shop/q/main");
+    let t = run(&format!(
+        "{}---\n{p}---\n{}",
+        other("one", "/a"),
+        other("q", "/q")
+    ));
+    assert_eq!(
+        problems(&t),
+        [(
+            "Accepted",
+            "Conflicted",
+            "rule name \"main\" on shop/reviews:9080 is taken by an older route"
+        )]
+    );
+    assert!(t.problems.iter().all(|p| p.key == "shop/q"));
+    assert_eq!(route_names(&t), ["main", "shop/q/main"]);
+
+    // Within one route, a name given twice (or a given name equal to an
+    // unnamed rule's): the later rule is left out and named.
+    let t = run(&http_route(
+        r#"    - name: main
+      matches: [{path: {value: /a}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - name: main
+      matches: [{path: {value: /b}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - name: shop/r/rule-3
+      matches: [{path: {value: /c}}]
+      backendRefs: [{name: reviews, port: 9080}]
+    - matches: [{path: {value: /d}}]
+      backendRefs: [{name: reviews, port: 9080}]
+"#,
+    ));
+    assert_eq!(
+        problems(&t),
+        [
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[1].name: \"main\" is also the name of rules[0]"
+            ),
+            (
+                "Accepted",
+                "UnsupportedValue",
+                "rules[3].name: \"shop/r/rule-3\" is also the name of rules[2]"
+            ),
+        ]
+    );
+    assert_eq!(route_names(&t), ["main", "shop/r/rule-3"]);
 }

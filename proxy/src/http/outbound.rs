@@ -39,18 +39,22 @@ impl HttpProxy {
         let mut port = snapshot.service_for(conn.orig_dst, &authority).cloned();
         // Discovery mode: a host name the config does not know is asked for
         // once; the first requests wait (bounded) for the answer.
+        // Discovery mode: a host name stays subscribed while a request to it
+        // is in flight (to the response head; the connection's own guard, by
+        // original destination, covers the rest).
+        let host = self
+            .state
+            .discovery()
+            .and_then(|d| Some((d, host_dest(&authority, conn.orig_dst.port())?)));
         if port.is_none() {
-            let dest = self
-                .state
-                .discovery()
-                .and_then(|d| Some((d, host_dest(&authority, conn.orig_dst.port())?)));
-            if let Some((discovery, dest)) = dest {
-                let asked = discovery.on_demand.ask(dest).await;
+            if let Some((discovery, dest)) = &host {
+                let asked = discovery.on_demand.ask(dest.clone()).await;
                 debug!(%authority, ?asked, "host asked for on demand");
                 snapshot = self.state.load();
                 port = snapshot.service_for(conn.orig_dst, &authority).cloned();
             }
         }
+        let _in_use = host.and_then(|(discovery, dest)| discovery.on_demand.in_use(&dest));
         let mut labels = RequestLabels {
             service: port.as_ref().map(|p| p.service.clone()).unwrap_or_default(),
             ..RequestLabels::default()

@@ -167,11 +167,25 @@ impl Assembly {
         Ok(config)
     }
 
-    /// Forgets a destination (unsubscribed). Unused until subscriptions
-    /// that go unused are dropped.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn remove(&mut self, key: &str) {
-        self.destinations.remove(key);
+    /// Forgets destinations (unsubscribed): the config without them, at
+    /// `version`, or `None` when none was held. On error nothing changes.
+    pub(crate) fn remove(
+        &mut self,
+        keys: &[String],
+        version: u64,
+        limits: &ParseLimits,
+    ) -> Result<Option<MeshConfig>, AssemblyError> {
+        let mut next = self.clone();
+        let held = keys
+            .iter()
+            .filter(|k| next.destinations.remove(k.as_str()).is_some())
+            .count();
+        if held == 0 {
+            return Ok(None);
+        }
+        let config = next.assemble(version, limits)?;
+        *self = next;
+        Ok(Some(config))
     }
 
     fn assemble(&self, version: u64, limits: &ParseLimits) -> Result<MeshConfig, AssemblyError> {
@@ -286,10 +300,13 @@ mod tests {
         // Not found by host, then the address unsubscribed: nothing left.
         let c = a.apply(host(), None, 4, &limits).unwrap();
         assert_eq!(c.outbound.services.len(), 1);
-        a.remove("address 10.96.0.10:80");
-        let c = a.apply(host(), None, 5, &limits).unwrap();
+        let gone = ["address 10.96.0.10:80".to_owned()];
+        let c = a.remove(&gone, 5, &limits).unwrap().unwrap();
+        assert_eq!(c.version, "5");
         assert_eq!(c.outbound.services.len(), 0);
         assert_eq!(c.backends.len(), 0);
+        // Gone already: nothing to apply.
+        assert!(a.remove(&gone, 6, &limits).unwrap().is_none());
     }
 
     #[test]

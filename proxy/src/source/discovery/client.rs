@@ -9,6 +9,12 @@
 //! goes through the [`Assembly`] into `State::apply`; it is ACKed, or NACKed
 //! with the reason, and the last good config stays.
 //!
+//! While a stream is open, destinations unused for
+//! `--discovery-idle-unsubscribe` are unsubscribed and dropped from the
+//! config (their pools and metric series go with the compile that drops
+//! them; connections in flight keep the snapshot they hold). While
+//! remora-cp is away nothing is dropped: the config in force stays.
+//!
 //! When the stream breaks, or cannot be opened, the client waits (back-off
 //! 250 ms doubling to 10 s, ±10 %; reset once a stream delivered a push) and
 //! tries the next address, round robin. The config in force stays while
@@ -91,6 +97,8 @@ pub(crate) struct DiscoveryMetrics {
     /// 1 while a stream is open.
     pub(crate) connected: IntGauge,
     pub(crate) reconnects: IntCounter,
+    /// Destinations unsubscribed for being idle.
+    pub(crate) unsubscribes: IntCounter,
 }
 
 impl DiscoveryMetrics {
@@ -110,6 +118,11 @@ impl DiscoveryMetrics {
             "remora_discovery_reconnects_total",
             "Discovery streams that ended or failed to open, each followed by a new try",
         )?;
+        let unsubscribes = IntCounter::new(
+            "remora_discovery_unsubscribes_total",
+            "Destinations unsubscribed and dropped from the config after no connection or request for --discovery-idle-unsubscribe",
+        )?;
+        registry.register(Box::new(unsubscribes.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
@@ -118,6 +131,7 @@ impl DiscoveryMetrics {
             rejected: pushes.with_label_values(&["rejected"]),
             connected,
             reconnects,
+            unsubscribes,
         })
     }
 }
@@ -177,6 +191,18 @@ pub(crate) fn resource(dest: &Dest) -> pb::Resource {
         }),
     };
     pb::Resource { kind: Some(kind) }
+}
+
+fn unsubscribe(dest: &Dest) -> pb::DiscoveryRequest {
+    request(pb::discovery_request::Kind::Unsubscribe(pb::Unsubscribe {
+        resource: Some(resource(dest)),
+    }))
+}
+
+/// How often idle destinations are looked for: a tenth of the idle time,
+/// 1 s to 1 min, so one is dropped at most 10 % late.
+pub(crate) fn sweep_period(idle: Duration) -> Duration {
+    (idle / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 fn subscribe(dest: &Dest) -> pb::DiscoveryRequest {
@@ -249,6 +275,9 @@ struct Client {
     limits: ParseLimits,
     retired: Retired,
     data_plane: tokio::runtime::Handle,
+    /// The newest view version applied: the version of a config that only
+    /// drops destinations.
+    version: u64,
 }
 
 /// Starts the discovery thread. `identity` is the certificate client's
@@ -260,32 +289,11 @@ pub(crate) fn spawn(
     state: Arc<State>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), StartError> {
-    let server_name = ServerName::try_from(config.server_name.clone())?;
-    let metrics = DiscoveryMetrics::register(metrics.registry())?;
-    let (shared, requests) = Discovery::new(config.wait, config.max_destinations);
-    let shared = Arc::new(shared);
-    state.set_discovery(shared.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(StartError::Thread)?;
-    let client = Client {
-        config: config.clone(),
-        server_name,
-        roots,
-        identity,
-        state,
-        shared,
-        requests,
-        metrics,
-        assembly: Assembly::default(),
-        limits: ParseLimits {
-            max_bytes: super::super::MAX_CONFIG_BYTES as usize,
-            ..ParseLimits::DEFAULT
-        },
-        retired: Retired::default(),
-        data_plane: tokio::runtime::Handle::current(),
-    };
+    let client = Client::new(config, roots, identity, state, metrics)?;
     std::thread::Builder::new()
         .name("remora-discovery".into())
         .spawn(move || {
@@ -298,6 +306,41 @@ pub(crate) fn spawn(
 }
 
 impl Client {
+    /// A client that has not connected yet, registered as the state's
+    /// discovery; its pushes compile on the current runtime (the data
+    /// plane's).
+    fn new(
+        config: &DiscoveryConfig,
+        roots: Vec<CertificateDer<'static>>,
+        identity: Option<watch::Receiver<Arc<IdentityState>>>,
+        state: Arc<State>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, StartError> {
+        let server_name = ServerName::try_from(config.server_name.clone())?;
+        let metrics = DiscoveryMetrics::register(metrics.registry())?;
+        let (shared, requests) = Discovery::new(config.wait, config.max_destinations);
+        let shared = Arc::new(shared);
+        state.set_discovery(shared.clone());
+        Ok(Client {
+            config: config.clone(),
+            server_name,
+            roots,
+            identity,
+            state,
+            shared,
+            requests,
+            metrics,
+            assembly: Assembly::default(),
+            limits: ParseLimits {
+                max_bytes: super::super::MAX_CONFIG_BYTES as usize,
+                ..ParseLimits::DEFAULT
+            },
+            retired: Retired::default(),
+            data_plane: tokio::runtime::Handle::current(),
+            version: 0,
+        })
+    }
+
     async fn run(mut self) {
         // With `--ca-addr`, the first stream waits a little for the first
         // certificate, so that remora-cp learns the identity from it.
@@ -466,6 +509,8 @@ impl Client {
         });
         let mut message = first;
         let mut retire = tokio::time::interval(RETIRE_CHECK);
+        let mut sweep = tokio::time::interval(sweep_period(self.config.idle_unsubscribe));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match message {
                 Ok(Some(response)) => {
@@ -497,14 +542,72 @@ impl Client {
                         }
                     }
                     _ = retire.tick() => self.retired.collect(),
+                    _ = sweep.tick() => {
+                        for message in self.unsubscribe_idle() {
+                            if tx.try_send(message).is_err() {
+                                return Err(StreamError::NotReading { addr: addr.to_owned() });
+                            }
+                        }
+                    }
                 }
             };
         }
     }
 
+    /// Takes out the destinations idle for `--discovery-idle-unsubscribe`,
+    /// drops them from the config, and returns their Unsubscribes.
+    fn unsubscribe_idle(&mut self) -> Vec<pb::DiscoveryRequest> {
+        let idle = self
+            .shared
+            .on_demand
+            .take_idle(self.config.idle_unsubscribe);
+        if idle.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = idle.iter().map(Dest::to_string).collect();
+        info!(destinations = ?keys, idle = ?self.config.idle_unsubscribe, "unsubscribing idle destinations");
+        self.metrics.unsubscribes.inc_by(idle.len() as u64);
+        self.shared.status(|s| {
+            for key in &keys {
+                s.versions.remove(key);
+            }
+        });
+        match self.assembly.remove(&keys, self.version, &self.limits) {
+            Ok(Some(config)) => {
+                let entered = self.data_plane.enter();
+                let applied = self.state.apply_retiring(config);
+                drop(entered);
+                match applied {
+                    Ok(previous) => self.retired.keep(previous),
+                    Err(e) => {
+                        warn!(error = %e, "the config without the idle destinations was refused; it stays in force")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "the config without the idle destinations does not assemble; it stays in force")
+            }
+        }
+        idle.iter().map(unsubscribe).collect()
+    }
+
     /// Applies one push; returns its ACK or NACK.
     fn push(&mut self, push: pb::Push) -> pb::DiscoveryRequest {
         let nonce = push.nonce;
+        // A destination not held: pushed before remora-cp read this
+        // proxy's Unsubscribe. Nothing of it is kept (memory follows what
+        // the app talks to), and it is no config problem to NACK.
+        if let Some((_, Some(dest))) = part_of(push.resource.as_ref()) {
+            if !self.shared.on_demand.holds(&dest) {
+                debug!(destination = %dest, nonce, "push for a destination not subscribed; ignored");
+                return request(pb::discovery_request::Kind::Ack(pb::Ack {
+                    nonce,
+                    accepted: true,
+                    message: String::new(),
+                }));
+            }
+        }
         let result = self.apply(&push);
         let (accepted, message) = match result {
             Ok(()) => {
@@ -527,12 +630,6 @@ impl Client {
     fn apply(&mut self, push: &pb::Push) -> Result<(), String> {
         let (part, dest) = part_of(push.resource.as_ref())
             .ok_or_else(|| "the push names no resource the proxy knows".to_owned())?;
-        // Only what was asked for: memory follows what the app talks to.
-        if let Some(dest) = &dest {
-            if !self.shared.on_demand.holds(dest) {
-                return Err(format!("{dest}: not subscribed"));
-            }
-        }
         let result = self.apply_part(part.clone(), push);
         // Answered either way: the waiters stop waiting.
         if let Some(dest) = &dest {
@@ -580,6 +677,7 @@ impl Client {
         match applied {
             Ok(previous) => {
                 self.retired.keep(previous);
+                self.version = self.version.max(push.version);
                 Ok(())
             }
             Err(e) => {
@@ -593,6 +691,91 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accepted(nonce: u64) -> pb::DiscoveryRequest {
+        request(pb::discovery_request::Kind::Ack(pb::Ack {
+            nonce,
+            accepted: true,
+            message: String::new(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_destination_is_unsubscribed_and_dropped_and_a_late_push_ignored() {
+        let state = Arc::new(State::new(
+            Arc::new(crate::config::defaults()),
+            crate::metrics::Metrics::new(),
+        ));
+        let config = DiscoveryConfig {
+            addrs: vec![("cp".into(), 15012)],
+            server_name: "remora-cp.remora-system.svc".into(),
+            ca_roots: "/r.pem".into(),
+            pod_name: "web-1".into(),
+            pod_namespace: "shop".into(),
+            wait: Duration::from_secs(2),
+            max_destinations: 8,
+            idle_unsubscribe: Duration::from_secs(10),
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let mut client = Client::new(&config, Vec::new(), None, state.clone(), &metrics).unwrap();
+        let vip: std::net::SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let dest = Dest::Addr(vip);
+        let shared = client.shared.clone();
+        let asking = {
+            let (shared, dest) = (shared.clone(), dest.clone());
+            tokio::spawn(async move { shared.on_demand.ask(dest).await })
+        };
+        assert_eq!(client.requests.recv().await, Some(dest.clone()));
+        let json = serde_json::json!({
+            "key": "shop/reviews",
+            "service": {"name": "reviews", "addresses": ["10.96.0.10"],
+                        "ports": [{"port": 80, "backendRefs": [{"name": "reviews"}]}]},
+            "backends": {"reviews": {"endpoints": [{"address": "10.1.0.5:80"}]}},
+        })
+        .to_string();
+        let push = |nonce, version| pb::Push {
+            nonce,
+            version,
+            resource: Some(resource(&dest)),
+            state: Some(pb::push::State::Json(json.clone())),
+        };
+        assert_eq!(client.push(push(1, 3)), accepted(1));
+        assert_eq!(
+            asking.await.unwrap(),
+            super::super::on_demand::Asked::Answered
+        );
+        assert!(state.load().service_by_addr(vip).is_some());
+        assert_eq!(shared.snapshot().versions.get(WEB), Some(&3));
+
+        // In use for a minute: kept. Idle for 10 s after: unsubscribed.
+        let connection = shared.on_demand.in_use(&dest).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(client.unsubscribe_idle(), []);
+        drop(connection);
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(client.unsubscribe_idle(), []);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(client.unsubscribe_idle(), [unsubscribe(&dest)]);
+        let snapshot = state.load();
+        assert!(snapshot.service_by_addr(vip).is_none());
+        assert_eq!(snapshot.version(), "3");
+        assert_eq!(client.metrics.unsubscribes.get(), 1);
+        assert_eq!(shared.snapshot().versions.get(WEB), None);
+        assert!(!shared.on_demand.holds(&dest));
+
+        // A push remora-cp sent before it read the Unsubscribe: ACKed,
+        // not kept, not counted as applied or rejected.
+        assert_eq!(client.push(push(2, 4)), accepted(2));
+        assert!(state.load().service_by_addr(vip).is_none());
+        assert_eq!(
+            (client.metrics.applied.get(), client.metrics.rejected.get()),
+            (1, 0)
+        );
+        assert_eq!(client.unsubscribe_idle(), []);
+        assert_eq!(client.metrics.unsubscribes.get(), 1);
+    }
+
+    const WEB: &str = "address 10.96.0.10:80";
 
     #[test]
     fn failover_goes_round_robin() {

@@ -10,13 +10,22 @@
 //! number of destinations is bounded (`--discovery-max-destinations`); past
 //! it a new destination passes through at once. A destination waits once:
 //! when remora-cp does not answer in time, later connections pass through
-//! at once until it does. Subscriptions are kept while the proxy runs (not
-//! dropped when unused).
+//! at once until it does.
+//!
+//! Each connection (by original destination) and each request (by host
+//! name) to a destination held here holds a [`InUse`] guard for as long as
+//! it runs. A destination no guard has held for `--discovery-idle-unsubscribe`
+//! is taken out by [`OnDemand::take_idle`] (the client then unsubscribes and
+//! drops its config), so memory follows what the app talks to now; the next
+//! connection to it asks again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
@@ -62,14 +71,54 @@ pub(crate) fn host_dest(authority: &str, port: u16) -> Option<Dest> {
     valid.then(|| Dest::Host(host.to_ascii_lowercase(), port))
 }
 
-/// The destinations asked for, each with whether remora-cp has answered.
+/// The destinations asked for, each with whether remora-cp has answered
+/// and how it is used.
 #[derive(Debug)]
 pub(crate) struct OnDemand {
-    entries: Mutex<HashMap<Dest, watch::Sender<bool>>>,
+    entries: Mutex<HashMap<Dest, Entry>>,
     /// To the discovery client: subscribe to this.
     requests: mpsc::Sender<Dest>,
     wait: Duration,
     max: usize,
+    /// Use times are kept as milliseconds since this.
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    answered: watch::Sender<bool>,
+    usage: Arc<Usage>,
+}
+
+/// How a destination is used: guards held now, and when the last one
+/// ended (or the entry was made).
+#[derive(Debug, Default)]
+struct Usage {
+    active: AtomicUsize,
+    /// Milliseconds since [`OnDemand::epoch`].
+    last: AtomicU64,
+}
+
+/// A connection or request using a destination; while one is held, the
+/// destination is not idle.
+#[derive(Debug)]
+pub(crate) struct InUse {
+    usage: Arc<Usage>,
+    epoch: Instant,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        // The time first: a sweep that sees no guard sees this release.
+        self.usage
+            .last
+            .fetch_max(millis(self.epoch), Ordering::SeqCst);
+        self.usage.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn millis(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What [`OnDemand::ask`] did.
@@ -92,11 +141,12 @@ impl OnDemand {
             requests: tx,
             wait,
             max,
+            epoch: Instant::now(),
         };
         (on_demand, rx)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Dest, watch::Sender<bool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Dest, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -105,7 +155,7 @@ impl OnDemand {
     pub(crate) async fn ask(&self, dest: Dest) -> Asked {
         let mut answered = {
             let mut entries = self.lock();
-            match entries.get(&dest) {
+            match entries.get(&dest).map(|e| &e.answered) {
                 Some(tx) if *tx.borrow() => return Asked::Answered,
                 Some(tx) => tx.subscribe(),
                 None => {
@@ -117,7 +167,17 @@ impl OnDemand {
                         return Asked::Full;
                     }
                     let (tx, rx) = watch::channel(false);
-                    entries.insert(dest.clone(), tx);
+                    let usage = Usage {
+                        active: AtomicUsize::new(0),
+                        last: AtomicU64::new(millis(self.epoch)),
+                    };
+                    entries.insert(
+                        dest.clone(),
+                        Entry {
+                            answered: tx,
+                            usage: Arc::new(usage),
+                        },
+                    );
                     rx
                 }
             }
@@ -139,9 +199,44 @@ impl OnDemand {
     /// remora-cp answered `dest` (a config, not found, or a push the proxy
     /// refused): the waiters go on.
     pub(crate) fn answered(&self, dest: &Dest) {
-        if let Some(tx) = self.lock().get(dest) {
-            tx.send_replace(true);
+        if let Some(entry) = self.lock().get(dest) {
+            entry.answered.send_replace(true);
         }
+    }
+
+    /// Marks `dest` in use while the guard lives; `None` when it is not
+    /// held (a known destination the config got another way).
+    pub(crate) fn in_use(&self, dest: &Dest) -> Option<InUse> {
+        let entries = self.lock();
+        let usage = entries.get(dest)?.usage.clone();
+        usage.active.fetch_add(1, Ordering::SeqCst);
+        Some(InUse {
+            usage,
+            epoch: self.epoch,
+        })
+    }
+
+    /// Takes out every answered destination no guard has held for `idle`, in order:
+    /// the client unsubscribes them. A later connection asks again.
+    pub(crate) fn take_idle(&self, idle: Duration) -> Vec<Dest> {
+        let now = millis(self.epoch);
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut entries = self.lock();
+        let mut taken: Vec<Dest> = entries
+            .iter()
+            .filter(|(_, e)| {
+                // A pending one has waiters: it ends by an answer or the wait.
+                *e.answered.borrow()
+                    && e.usage.active.load(Ordering::SeqCst) == 0
+                    && now.saturating_sub(e.usage.last.load(Ordering::SeqCst)) >= idle
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dest in &taken {
+            entries.remove(dest);
+        }
+        taken.sort();
+        taken
     }
 
     /// Whether `dest` was asked for.
@@ -232,5 +327,83 @@ mod tests {
         assert_eq!(od.ask(addr("10.96.0.12:80")).await, Asked::Full);
         assert!(od.holds(&other) && !od.holds(&addr("10.96.0.12:80")));
         assert_eq!(od.destinations(), vec![dest, other]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destination_unused_for_the_idle_time_is_taken_out_and_asked_again() {
+        let idle = Duration::from_secs(10);
+        let (od, mut requests) = OnDemand::new(Duration::from_secs(30), 4);
+        let od = std::sync::Arc::new(od);
+        let (a, b, pending) = (
+            addr("10.96.0.10:80"),
+            addr("10.96.0.11:80"),
+            addr("10.96.0.12:80"),
+        );
+        let ask = |dest: &Dest| {
+            let (od, dest) = (od.clone(), dest.clone());
+            tokio::spawn(async move { od.ask(dest).await })
+        };
+        for dest in [&a, &b] {
+            let asking = ask(dest);
+            assert_eq!(requests.recv().await.as_ref(), Some(dest));
+            od.answered(dest);
+            assert_eq!(asking.await.unwrap(), Asked::Answered);
+        }
+        // Asked for, and not answered until its wait (30 s) ends.
+        let waiting = ask(&pending);
+        assert_eq!(requests.recv().await, Some(pending.clone()));
+
+        // `a` has a long connection; `b` had one that ended at 4 s.
+        let long = od.in_use(&a).expect("held");
+        let short = od.in_use(&b).expect("held");
+        assert!(od.in_use(&addr("10.96.0.99:80")).is_none(), "not held");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        drop(short);
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(od.take_idle(idle), Vec::<Dest>::new());
+        // 10 s after its connection ended `b` goes; `a` is in use, and
+        // `pending` has a waiter: neither goes.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(od.take_idle(idle), vec![b.clone()]);
+        assert!(!od.holds(&b) && od.holds(&a) && od.holds(&pending));
+        // At 34 s: the wait ended (30 s), so `pending` is idle since it was
+        // asked. `a`'s connection, 34 s old, ends: idle counts from its end.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(waiting.await.unwrap(), Asked::TimedOut);
+        drop(long);
+        assert_eq!(od.take_idle(idle), vec![pending]);
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(od.take_idle(idle), Vec::<Dest>::new());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(od.take_idle(idle), vec![a]);
+        assert_eq!(od.destinations(), Vec::<Dest>::new());
+
+        // The next connection to `b` subscribes again, and waits again.
+        let again = ask(&b);
+        assert_eq!(requests.recv().await, Some(b.clone()));
+        od.answered(&b);
+        assert_eq!(again.await.unwrap(), Asked::Answered);
+        assert_eq!(od.destinations(), vec![b]);
+    }
+
+    #[test]
+    fn idle_destinations_are_looked_for_every_tenth_of_the_idle_time() {
+        use super::super::client::sweep_period;
+        assert_eq!(
+            sweep_period(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_secs(600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_secs(86_400)),
+            Duration::from_secs(60)
+        );
     }
 }
