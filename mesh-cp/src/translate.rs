@@ -436,6 +436,24 @@ impl PluginAttachments {
                     ("GRPCRoute", None) if target.group == "gateway.networking.k8s.io" => {
                         "GRPCRoute"
                     }
+                    // As policy attachment allows: the policy's own namespace.
+                    ("Namespace", None) if matches!(target.group.as_str(), "" | "core") => {
+                        if target.name != ns {
+                            problems.push(Problem {
+                                kind: "PluginPolicy",
+                                key: key.clone(),
+                                condition: "ResolvedRefs",
+                                reason: "RefNotPermitted",
+                                message: format!(
+                                    "targetRef Namespace {}: a policy attaches to its own \
+                                     namespace ({ns}) only",
+                                    target.name
+                                ),
+                            });
+                            continue;
+                        }
+                        "Namespace"
+                    }
                     _ => {
                         problems.push(Problem {
                             kind: "PluginPolicy",
@@ -443,8 +461,8 @@ impl PluginAttachments {
                             condition: "Accepted",
                             reason: "Unsupported",
                             message: format!(
-                                "targetRef {} {}{}: only whole Services, HTTPRoutes and \
-                                 GRPCRoutes are supported yet",
+                                "targetRef {} {}{}: only whole Services, HTTPRoutes, \
+                                 GRPCRoutes and Namespaces are supported",
                                 target.kind,
                                 target.name,
                                 target
@@ -456,10 +474,11 @@ impl PluginAttachments {
                         continue;
                     }
                 };
-                let merged = out
-                    .by_target
-                    .entry((kind, format!("{ns}/{}", target.name)))
-                    .or_default();
+                let target_key = match kind {
+                    "Namespace" => ns.to_owned(),
+                    _ => format!("{ns}/{}", target.name),
+                };
+                let merged = out.by_target.entry((kind, target_key)).or_default();
                 for (name, config) in &policy.spec.plugins {
                     merged.entry(name.clone()).or_insert_with(|| config.clone());
                 }
@@ -469,10 +488,24 @@ impl PluginAttachments {
     }
 
     fn get(&self, kind: &'static str, key: &str) -> remora_api::Plugins {
-        self.by_target
+        let mut plugins = self
+            .by_target
             .get(&(kind, key.to_owned()))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // A Service also gets its Namespace's policies; its own win for
+        // the same plugin (the more specific target).
+        if kind == "Service" {
+            let (ns, _) = split(key);
+            if let Some(wide) = self.by_target.get(&("Namespace", ns.to_owned())) {
+                for (name, config) in wide {
+                    plugins
+                        .entry(name.clone())
+                        .or_insert_with(|| config.clone());
+                }
+            }
+        }
+        plugins
     }
 }
 

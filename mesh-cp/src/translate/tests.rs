@@ -544,14 +544,20 @@ spec:
             "cors": {},
         })
     );
+    // The Service's own policy wins limit-count; cors comes from the
+    // Namespace's.
     let service = &t.view.destinations["shop/reviews"].service;
     assert_eq!(
         serde_json::to_value(&service.plugins).unwrap(),
-        serde_json::json!({"limit-count": {"count": 5, "time_window": 60, "rejected_code": 429}})
+        serde_json::json!({
+            "limit-count": {"count": 5, "time_window": 60, "rejected_code": 429},
+            "cors": {},
+        })
     );
+    // A Service without a policy of its own gets the Namespace's.
     assert_eq!(
-        t.view.destinations["shop/reviews-v2"].service.plugins,
-        BTreeMap::new()
+        serde_json::to_value(&t.view.destinations["shop/reviews-v2"].service.plugins).unwrap(),
+        serde_json::json!({"limit-count": {"count": 1, "time_window": 1}, "cors": {}})
     );
     let unsupported: Vec<(&str, &str)> = t
         .problems
@@ -560,18 +566,41 @@ spec:
         .collect();
     assert_eq!(
         unsupported,
-        [
-            (
-                "Unsupported",
-                "targetRef Namespace shop: only whole Services, HTTPRoutes and GRPCRoutes are \
-                 supported yet"
-            ),
-            (
-                "Unsupported",
-                "targetRef Service reviews port 9080: only whole Services, HTTPRoutes and \
-                 GRPCRoutes are supported yet"
-            ),
-        ]
+        [(
+            "Unsupported",
+            "targetRef Service reviews port 9080: only whole Services, HTTPRoutes, GRPCRoutes \
+             and Namespaces are supported"
+        )]
+    );
+}
+
+#[test]
+fn a_plugin_policy_attaches_to_its_own_namespace_only() {
+    let t = run(r#"
+apiVersion: remora.dev/v1alpha1
+kind: PluginPolicy
+metadata: {name: elsewhere, namespace: shop}
+spec:
+  targetRefs: [{kind: Namespace, name: billing}]
+  plugins:
+    cors: {}
+"#);
+    assert_eq!(
+        t.view.destinations["shop/reviews"].service.plugins,
+        BTreeMap::new()
+    );
+    let problems: Vec<(&str, &str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.condition, p.reason, p.message.as_str()))
+        .collect();
+    assert_eq!(
+        problems,
+        [(
+            "ResolvedRefs",
+            "RefNotPermitted",
+            "targetRef Namespace billing: a policy attaches to its own namespace (shop) only"
+        )]
     );
 }
 
