@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::source::{Layer, Outputs, Publisher, SourceMetrics};
 use crate::translate::Options;
 use crate::view::MeshView;
+use clap::Parser as _;
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 /// A request waiting for its answer, by path and list-or-watch.
@@ -84,6 +85,8 @@ struct Script {
     answers: BTreeMap<(String, bool), VecDeque<(StatusCode, String)>>,
     /// Every request, as `path?query`.
     requests: Vec<String>,
+    /// Every request, as (method, path).
+    calls: Vec<(String, String)>,
 }
 
 /// The mock API server: a request is answered with the next canned answer
@@ -131,7 +134,11 @@ impl ApiServer {
                         let path = request.uri().path().to_owned();
                         let query = request.uri().query().unwrap_or_default().to_owned();
                         let watch = query.contains("watch=true");
-                        script.lock().unwrap().requests.push(format!("{path}?{query}"));
+                        let method = request.method().to_string();
+                        let mut s = script.lock().unwrap();
+                        s.requests.push(format!("{path}?{query}"));
+                        s.calls.push((method, path.clone()));
+                        drop(s);
                         waiting.push(((path, watch), send));
                     }
                     _ = wake.notified() => {}
@@ -235,6 +242,7 @@ struct Harness {
     api: ApiServer,
     out: Outputs,
     metrics: Metrics,
+    client: kube::Client,
 }
 
 /// Starts the source on a mock API server whose lists are `lists` (by
@@ -263,15 +271,21 @@ fn start(lists: &[(&str, Option<&str>)]) -> Harness {
     let layer = publisher.layer(Layer::Kubernetes);
     let out = publisher.outputs();
     tokio::spawn(publisher.run());
+    let client = kube::Client::new(service, "default");
     super::spawn(
-        kube::Client::new(service, "default"),
+        client.clone(),
         layer,
         WatchMetrics {
             errors: metrics.watch_errors.clone(),
             relists: metrics.watch_relists.clone(),
         },
     );
-    Harness { api, out, metrics }
+    Harness {
+        api,
+        out,
+        metrics,
+        client,
+    }
 }
 
 impl Harness {
@@ -726,5 +740,115 @@ async fn an_invalid_route_is_counted_and_the_others_apply() {
             Some("shop/good/rule-0".to_owned()),
             vec![("shop/reviews:9080".to_owned(), 3)]
         )]
+    );
+}
+
+/// The wiring of `--kubernetes` (lib.rs): the Kubernetes layer's objects
+/// reach the status writer through the publisher's snapshots, and it
+/// writes once this replica holds the Lease, all on one client.
+#[tokio::test]
+async fn the_kubernetes_layer_feeds_leader_election_and_status_write_back() {
+    let route = json!({
+        "metadata": {"name": "r", "namespace": "shop", "uid": "uid-r", "generation": 1,
+                     "resourceVersion": "7", "creationTimestamp": "2026-12-01T11:00:00Z"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+                 "rules": [{"backendRefs": [{"name": "ghost", "port": 9080}]}]},
+    });
+    let h = start(&[
+        (
+            SERVICES,
+            Some(&list_of(
+                "v1",
+                "ServiceList",
+                "1001",
+                vec![service("reviews", "10.96.0.10", "5")],
+            )),
+        ),
+        (
+            ROUTES,
+            Some(&list_of(
+                "gateway.networking.k8s.io/v1",
+                "HTTPRouteList",
+                "1001",
+                vec![route.clone()],
+            )),
+        ),
+    ]);
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/remora-system/leases/remora-cp";
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/remora-system/leases";
+    let route_status = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status";
+    h.api.answer(
+        lease,
+        false,
+        StatusCode::NOT_FOUND,
+        status(
+            404,
+            "NotFound",
+            "leases.coordination.k8s.io \"remora-cp\" not found",
+        )
+        .to_string(),
+    );
+    h.api.answer(
+        leases,
+        false,
+        StatusCode::CREATED,
+        json!({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+               "metadata": {"name": "remora-cp", "namespace": "remora-system", "resourceVersion": "501"},
+               "spec": {"holderIdentity": "cp-0", "leaseDurationSeconds": 15,
+                        "acquireTime": "2026-12-02T12:00:00.000000Z",
+                        "renewTime": "2026-12-02T12:00:00.000000Z", "leaseTransitions": 0}})
+        .to_string(),
+    );
+    let mut echoed = route.clone();
+    echoed["apiVersion"] = "gateway.networking.k8s.io/v1".into();
+    echoed["kind"] = "HTTPRoute".into();
+    echoed["metadata"]["resourceVersion"] = "8".into();
+    h.api
+        .answer(route_status, false, StatusCode::OK, echoed.to_string());
+    let cli = crate::config::Cli::try_parse_from([
+        "remora-cp",
+        "--token-file",
+        "/t",
+        "--kubernetes",
+        "--pod-name",
+        "cp-0",
+    ])
+    .unwrap();
+    let config = crate::config::Config::from_args(cli.serve).unwrap();
+    let (_drain, drain_rx) = watch::channel(false);
+    let k = crate::start_kubernetes(
+        h.client.clone(),
+        &config,
+        &h.metrics,
+        h.out.snapshots.clone(),
+        &drain_rx,
+    );
+    let calls = || h.api.script.lock().unwrap().calls.clone();
+    eventually(|| {
+        calls()
+            .iter()
+            .any(|(m, p)| m == "PATCH" && p == route_status)
+    })
+    .await;
+    assert!(*k.leader.borrow(), "leading once the Lease was created");
+    let writes: Vec<(String, String)> = calls()
+        .into_iter()
+        .filter(|(m, p)| m != "GET" || p == lease)
+        .filter(|(_, p)| p.starts_with("/apis/coordination") || p.ends_with("/status"))
+        .collect();
+    assert_eq!(
+        writes[..3],
+        [
+            ("GET".to_owned(), lease.to_owned()),
+            ("POST".to_owned(), leases.to_owned()),
+            ("PATCH".to_owned(), route_status.to_owned()),
+        ]
+    );
+    assert_eq!(
+        h.metrics
+            .status_writes
+            .with_label_values(&["HTTPRoute", "ok"])
+            .get(),
+        1
     );
 }
