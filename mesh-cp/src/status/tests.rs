@@ -353,7 +353,7 @@ fn policies_get_accepted_with_the_translations_reason() {
     let plugin = json!({
         "apiVersion": "remora.dev/v1alpha1", "kind": "PluginPolicy",
         "metadata": {"name": "limits", "namespace": "shop", "generation": 1, "resourceVersion": "5"},
-        "spec": {"targetRefs": [{"kind": "Namespace", "name": "shop"}], "plugins": {}}
+        "spec": {"targetRefs": [{"kind": "Service", "name": "reviews", "port": 9080}], "plugins": {}}
     });
     let traffic = json!({
         "apiVersion": "remora.dev/v1alpha1", "kind": "TrafficPolicy",
@@ -368,7 +368,7 @@ fn policies_get_accepted_with_the_translations_reason() {
     // Translation's own words, passed through.
     let message = &input.problems[0].message;
     assert!(
-        message.starts_with("targetRef Namespace shop: only whole Services"),
+        message.starts_with("targetRef Service reviews port 9080: only whole Services"),
         "{message}"
     );
     // The TrafficPolicy's status is already right: one write only.
