@@ -347,7 +347,7 @@ async fn the_binary_starts_ready_and_drains_on_sigterm() {
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(
-        logs.contains("remora-cp ready") && logs.contains("draining") && logs.contains("stopped"),
+        logs.contains("remora-cp started") && logs.contains("draining") && logs.contains("stopped"),
         "{logs}"
     );
     assert!(
