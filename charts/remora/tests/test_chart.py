@@ -431,8 +431,9 @@ class RealBinaries(unittest.TestCase):
                 proc.terminate()
                 proc.wait(timeout=10)
 
-    def start_control_plane(self, values, tmp):
-        """remora-cp with the rendered environment; its /ready answer."""
+    def start_control_plane(self, values, tmp, kubernetes=None):
+        """remora-cp with the rendered environment (REMORA_CP_KUBERNETES
+        overridden by `kubernetes`); its /live and /ready answers."""
         binary = TARGET / "debug" / "remora-cp"
         self.assertTrue(binary.exists(), f"{binary}: build it first (cargo build -p remora-cp)")
         objects = render(values)
@@ -440,20 +441,23 @@ class RealBinaries(unittest.TestCase):
         env = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
         env["REMORA_CP_NAMESPACE"] = NAMESPACE  # the downward API's value
         env["REMORA_CP_STATE_DIR"] = str(tmp / "state")
+        if kubernetes is not None:
+            env["REMORA_CP_KUBERNETES"] = kubernetes
         if "REMORA_CP_TOKEN_FILE" in env:
             tokens = find(objects, "Secret", "remora-cp-tokens")["stringData"]["tokens.yaml"]
             (tmp / "tokens.yaml").write_text(tokens)
             env["REMORA_CP_TOKEN_FILE"] = str(tmp / "tokens.yaml")
-        else:
-            # TokenReview needs an API server only per request: a kubeconfig
-            # naming one where none listens is enough to start.
-            (tmp / "kubeconfig").write_text(yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config", "current-context": "c",
-                "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-            }))
-            env["KUBECONFIG"] = str(tmp / "kubeconfig")
+        # TokenReview, the watches and the Lease need an API server only once
+        # they talk to it: a kubeconfig naming one where none listens is
+        # enough to start (in a pod, the service account's is used).
+        (tmp / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+        }))
+        env["KUBECONFIG"] = str(tmp / "kubeconfig")
+        kubernetes = env.get("REMORA_CP_KUBERNETES") == "true"
         admin = free_port()
         env["REMORA_CP_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"
         env["REMORA_CP_ADMIN_ADDR"] = f"127.0.0.1:{admin}"
@@ -462,19 +466,39 @@ class RealBinaries(unittest.TestCase):
             proc = subprocess.Popen([str(binary), *container["args"]], env=env,
                                     stdout=subprocess.DEVNULL, stderr=err)
         try:
-            result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/ready")
-            self.assertIsNone(proc.poll(), f"remora-cp exited: {log.read_text()}")
-            self.assertEqual((result.returncode, result.stdout), (0, "ready\n"), result.stderr)
+            if kubernetes:
+                # Live at once; ready only once every watch has listed,
+                # which needs the API server this test does not have.
+                result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/live")
+                self.assertIsNone(proc.poll(), f"remora-cp exited: {log.read_text()}")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                ready = subprocess.run(["curl", "-sS", "--max-time", "2", "-o", "/dev/stderr", "-w", "%{http_code}",
+                                        f"http://127.0.0.1:{admin}/ready"], capture_output=True, text=True)
+                self.assertEqual((ready.stdout, ready.stderr), ("503", "starting\n"))
+            else:
+                result = curl_until_ok(proc, f"http://127.0.0.1:{admin}/ready")
+                self.assertIsNone(proc.poll(), f"remora-cp exited: {log.read_text()}")
+                self.assertEqual((result.returncode, result.stdout), (0, "ready\n"), result.stderr)
             self.assertTrue((tmp / "state" / "root-cert.pem").exists(), "the root is generated into the state dir")
         finally:
             proc.terminate()
             proc.wait(timeout=15)
 
     def test_control_plane_starts_with_the_charts_settings(self):
-        for values in ({}, {"controlPlane": {"auth": "token-file", "tokens": [
-                {"token": "3f0c", "namespace": "shop", "serviceAccount": "web"}]}}):
+        tokens = {"auth": "token-file", "tokens": [{"token": "3f0c", "namespace": "shop", "serviceAccount": "web"}]}
+        for values in ({}, {"controlPlane": tokens}):
             with self.subTest(values=values), tempfile.TemporaryDirectory() as tmp:
                 self.start_control_plane(values, pathlib.Path(tmp))
+
+    def test_the_chart_runs_the_kubernetes_source(self):
+        env = env_of(find(render({}), "Deployment", "remora-cp")["spec"]["template"]["spec"]["containers"][0])
+        self.assertEqual(env.get("REMORA_CP_KUBERNETES"), "true")
+        self.assertIn("REMORA_CP_POD_NAME", env)
+
+    def test_control_plane_is_ready_with_the_charts_settings_but_the_kubernetes_source(self):
+        # The same settings with the watches off: ready at once.
+        with tempfile.TemporaryDirectory() as tmp:
+            self.start_control_plane({}, pathlib.Path(tmp), kubernetes="false")
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
