@@ -119,7 +119,7 @@ impl Server {
             "/live" | "/ready" if req.method() == Method::GET => {
                 return text(StatusCode::OK, "ok\n");
             }
-            "/metrics" if req.method() == Method::GET => return self.metrics(),
+            "/metrics" if req.method() == Method::GET => return self.serve_metrics(),
             "/live" | "/ready" | "/metrics" => {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
@@ -187,7 +187,7 @@ impl Server {
 }
 
 impl Server {
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    fn serve_metrics(&self) -> Response<Full<Bytes>> {
         match prometheus::TextEncoder::new().encode_to_string(&self.metrics.gather()) {
             Ok(body) => {
                 let mut response = Response::new(Full::new(Bytes::from(body)));
