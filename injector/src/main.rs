@@ -1,5 +1,6 @@
 //! remora-injector: parses the flags once, sets up the serving certificate,
-//! decides on native sidecars (asking the API server with `auto`), and runs the webhook until SIGTERM or Ctrl-C (docs/injector.md).
+//! decides on native sidecars (asking the API server with `auto`), and runs
+//! the webhook until SIGTERM or Ctrl-C (docs/injector.md).
 
 use std::sync::Arc;
 
