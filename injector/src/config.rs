@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::native_sidecar;
 use crate::quantity::Quantity;
 use crate::settings::{
     Identity, Settings, DEFAULT_CA_ADDR, DEFAULT_CA_ROOTS_CONFIG_MAP, DEFAULT_TOKEN_AUDIENCE,
@@ -111,10 +112,11 @@ pub struct Args {
           value_parser = ["Always", "IfNotPresent", "Never"])]
     pub image_pull_policy: String,
 
-    /// Inject the proxy as a native sidecar (Kubernetes 1.29+); `false`
-    /// injects it as the first regular container instead.
-    #[arg(long, env = ENV_NATIVE_SIDECAR, default_value_t = true, action = clap::ArgAction::Set)]
-    pub native_sidecar: bool,
+    /// Inject the proxy as a native sidecar (`true`, Kubernetes 1.29+) or as
+    /// the first regular container (`false`); `auto` asks the API server's
+    /// version at start and falls back to `false` when it cannot.
+    #[arg(long, env = ENV_NATIVE_SIDECAR, default_value = "auto")]
+    pub native_sidecar: native_sidecar::Mode,
 
     /// The proxy's CPU request.
     #[arg(long, env = ENV_PROXY_CPU, default_value = "100m")]
@@ -330,6 +332,10 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub serve: Serve,
+    /// `--native-sidecar`. With `auto`, `settings.native_sidecar` holds the
+    /// fallback (false) until [`native_sidecar::decide`] has asked the API
+    /// server at start.
+    pub native_sidecar: native_sidecar::Mode,
     pub settings: Settings,
 }
 
@@ -406,7 +412,10 @@ impl Config {
             proxy_image: args.proxy_image.unwrap_or(defaults.proxy_image),
             init_image: args.init_image.unwrap_or(defaults.init_image),
             image_pull_policy: args.image_pull_policy,
-            native_sidecar: args.native_sidecar,
+            native_sidecar: match args.native_sidecar {
+                native_sidecar::Mode::Fixed(native) => native,
+                native_sidecar::Mode::Auto => false,
+            },
             proxy_cpu: quantity("proxy-cpu", &args.proxy_cpu)?,
             proxy_cpu_limit: optional("proxy-cpu-limit", &args.proxy_cpu_limit)?,
             proxy_memory: quantity("proxy-memory", &args.proxy_memory)?,
@@ -448,6 +457,7 @@ impl Config {
                 limits,
                 ca_bundle,
             },
+            native_sidecar: args.native_sidecar,
             settings,
         })
     }
@@ -467,9 +477,36 @@ mod tests {
     #[test]
     fn defaults_are_the_settings_defaults() {
         let config = parse(&[]).expect("defaults are valid");
-        assert_eq!(config.settings, Settings::default());
+        // `auto` holds the fallback until the API server is asked.
+        assert_eq!(config.native_sidecar, native_sidecar::Mode::Auto);
+        assert_eq!(
+            config.settings,
+            Settings {
+                native_sidecar: false,
+                ..Settings::default()
+            }
+        );
         assert_eq!(config.serve.listen.port(), 8443);
         assert_eq!(config.serve.limits, Limits::default());
+    }
+
+    #[test]
+    fn native_sidecar_is_auto_true_or_false() {
+        let mode =
+            |args: &[&str]| parse(args).map(|c| (c.native_sidecar, c.settings.native_sidecar));
+        use native_sidecar::Mode::{Auto, Fixed};
+        assert_eq!(mode(&[]), Ok((Auto, false)));
+        assert_eq!(mode(&["--native-sidecar", "auto"]), Ok((Auto, false)));
+        assert_eq!(mode(&["--native-sidecar", "true"]), Ok((Fixed(true), true)));
+        assert_eq!(mode(&["--native-sidecar=false"]), Ok((Fixed(false), false)));
+        let err = mode(&["--native-sidecar", "yes"]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "error: invalid value 'yes' for '--native-sidecar <NATIVE_SIDECAR>': \"yes\": use \
+                 auto (ask the API server), true or false"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

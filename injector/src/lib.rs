@@ -6,7 +6,8 @@
 //! the CLI and the demo later; `review` maps an AdmissionReview to an answer;
 //! `server` and `tls` are the only parts that touch the network, with
 //! `ca_bundle`, which keeps the webhook configuration trusting a generated
-//! certificate through the Kubernetes API.
+//! certificate through the Kubernetes API, and `native_sidecar`, which asks
+//! the API server's version at start.
 
 pub mod annotations;
 pub mod ca_bundle;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod inject;
 #[cfg(any(test, feature = "kube-mock"))]
 pub mod kube_mock;
+pub mod native_sidecar;
 pub mod probes;
 pub mod quantity;
 pub mod review;

@@ -1,5 +1,6 @@
 //! remora-injector: parses the flags once, sets up the serving certificate,
-//! and runs the webhook until SIGTERM or Ctrl-C (docs/injector.md).
+//! decides on native sidecars (asking the API server with `auto`), and runs
+//! the webhook until SIGTERM or Ctrl-C (docs/injector.md).
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use remora_injector::config::{Args, Config};
 use remora_injector::server::Server;
-use remora_injector::{ca_bundle, tls};
+use remora_injector::{ca_bundle, native_sidecar, tls};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -47,17 +48,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(serve.listen)
         .await
         .with_context(|| format!("--listen {}: binding the webhook port", serve.listen))?;
-    tracing::info!(addr = %serve.listen, native_sidecar = config.settings.native_sidecar, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // The served certificate, for the caBundle sync; it changes only with a
     // restart today, so the sender just stays open.
     let (_cert_tx, cert_rx) = tokio::sync::watch::channel(tls.cert_pem.clone());
     // Ready at once, unless the caBundle must trust the certificate first.
     let (ready_tx, ready) = tokio::sync::watch::channel(serve.ca_bundle.is_none());
+    // One client for everything that asks the API server, made only when
+    // something does.
+    let needs_api =
+        serve.ca_bundle.is_some() || config.native_sidecar == native_sidecar::Mode::Auto;
+    let client = match needs_api {
+        true => kube::Client::try_default().await.map_err(|e| e.to_string()),
+        false => Err("not used".to_owned()),
+    };
+    let mut settings = config.settings;
+    let decision = native_sidecar::decide(
+        config.native_sidecar,
+        client.as_ref().map_err(String::as_str),
+    )
+    .await;
+    decision.log();
+    settings.native_sidecar = decision.native();
+    let metrics = prometheus::Registry::new();
+    native_sidecar::register_gauge(&metrics, &decision).context("registering the metrics")?;
+    tracing::info!(addr = %serve.listen, native_sidecar = settings.native_sidecar, "serving");
     if let Some(managed) = &serve.ca_bundle {
-        let client = kube::Client::try_default().await.context(
-            "--webhook-config-name needs the Kubernetes API (the pod's service-account token)",
-        )?;
+        let client = match &client {
+            Ok(client) => client.clone(),
+            Err(e) => anyhow::bail!(
+                "--webhook-config-name needs the Kubernetes API (the pod's service-account token): {e}"
+            ),
+        };
         tracing::info!(config = %managed.webhook_config_name, "keeping the webhook configuration's caBundle in sync");
         tokio::spawn(
             ca_bundle::Syncer::new(client, &managed.webhook_config_name, managed.resync).run(
@@ -68,7 +90,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let server = Arc::new(Server {
-        settings: config.settings,
+        settings,
+        metrics,
         limits: serve.limits,
         tls: tls.config,
         ready,

@@ -1,5 +1,5 @@
 //! The HTTPS server: TLS (rustls) and HTTP/1.1 or HTTP/2 (hyper) on one port,
-//! serving `/inject`, `/inject/pod-opt-in`, `/live` and `/ready`.
+//! serving `/inject`, `/inject/pod-opt-in`, `/live`, `/ready` and `/metrics`.
 //!
 //! It owns the network edge only: connection and body bounds, timeouts and
 //! status codes. Everything about a review is in `review`. Each client is
@@ -39,6 +39,8 @@ pub struct Server {
     /// trusts the certificate when the injector keeps the caBundle, so the
     /// API server is not sent to a replica it cannot verify.
     pub ready: watch::Receiver<bool>,
+    /// What `GET /metrics` serves (Prometheus text format).
+    pub metrics: prometheus::Registry,
 }
 
 impl Server {
@@ -117,7 +119,10 @@ impl Server {
             "/live" | "/ready" if req.method() == Method::GET => {
                 return text(StatusCode::OK, "ok\n");
             }
-            "/live" | "/ready" => return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+            "/metrics" if req.method() == Method::GET => return self.serve_metrics(),
+            "/live" | "/ready" | "/metrics" => {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            }
             _ => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -177,6 +182,25 @@ impl Server {
                 response
             }
             Reply::BadRequest(message) => text(StatusCode::BAD_REQUEST, &format!("{message}\n")),
+        }
+    }
+}
+
+impl Server {
+    fn serve_metrics(&self) -> Response<Full<Bytes>> {
+        match prometheus::TextEncoder::new().encode_to_string(&self.metrics.gather()) {
+            Ok(body) => {
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(prometheus::TEXT_FORMAT),
+                );
+                response
+            }
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("encoding the metrics failed: {e}\n"),
+            ),
         }
     }
 }

@@ -33,6 +33,32 @@ async fn start(limits: Limits) -> Webhook {
     start_with(limits, tokio::sync::watch::channel(true).1).await
 }
 
+/// The registry main builds after deciding on native sidecars (here: the
+/// flag said false).
+fn metrics() -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    remora_injector::native_sidecar::register_gauge(
+        &registry,
+        &remora_injector::native_sidecar::Decision::Configured(false),
+    )
+    .expect("one gauge");
+    registry
+}
+
+/// `/metrics` with the gauge at `value`.
+fn gauge(value: u8) -> String {
+    format!(
+        "# HELP remora_injector_native_sidecar 1 when the proxy is injected as a native sidecar, \
+         0 as a regular container\n# TYPE remora_injector_native_sidecar gauge\n\
+         remora_injector_native_sidecar {value}\n"
+    )
+}
+
+/// The labels of a meshed namespace (what `/inject` assumes).
+fn meshed() -> std::collections::BTreeMap<String, String> {
+    [("remora.dev/inject".to_owned(), "enabled".to_owned())].into()
+}
+
 async fn start_with(limits: Limits, ready: tokio::sync::watch::Receiver<bool>) -> Webhook {
     let tls = tls::generate(&["localhost".to_owned()]).expect("certificate");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -45,6 +71,7 @@ async fn start_with(limits: Limits, ready: tokio::sync::watch::Receiver<bool>) -
         limits,
         tls: tls.config,
         ready,
+        metrics: metrics(),
     });
     tokio::spawn(server.run(listener, stopped));
     Webhook {
@@ -318,6 +345,14 @@ async fn paths_and_methods() {
         StatusCode::METHOD_NOT_ALLOWED
     );
     assert_eq!(
+        call(&hook, "GET", "/metrics", vec![]).await,
+        (StatusCode::OK, Bytes::from(gauge(0)))
+    );
+    assert_eq!(
+        call(&hook, "POST", "/metrics", vec![]).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
         call(&hook, "POST", "/mutate", vec![]).await.0,
         StatusCode::NOT_FOUND
     );
@@ -432,11 +467,15 @@ async fn http2_is_offered() {
     assert_eq!(reply["response"]["patchType"], "JSONPatch");
 }
 
-/// The binary: flags, a generated certificate written with --write-cert, and
-/// /ready over HTTPS with that certificate trusted.
-#[tokio::test]
-async fn the_binary_serves_with_a_generated_certificate() {
-    let dir = std::env::temp_dir().join(format!("remora-injector-test-{}", std::process::id()));
+/// The real binary with `flags`, without any Kubernetes API (no in-cluster
+/// environment, a KUBECONFIG that does not exist): a generated certificate
+/// written with --write-cert, /ready, /metrics and one injection over HTTPS
+/// with that certificate trusted. Returns the metrics and the patch.
+async fn run_binary(name: &str, flags: &[&str]) -> (String, Value) {
+    let dir = std::env::temp_dir().join(format!(
+        "remora-injector-test-{}-{name}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cert = dir.join("cert.pem");
     let port = {
@@ -450,8 +489,13 @@ async fn the_binary_serves_with_a_generated_certificate() {
             "--dns-names",
             "localhost",
         ])
+        .args(flags)
         .arg("--write-cert")
         .arg(&cert)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("REMORA_INJECTOR_NATIVE_SIDECAR")
+        .env("KUBECONFIG", dir.join("no-kubeconfig"))
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
@@ -476,16 +520,44 @@ async fn the_binary_serves_with_a_generated_certificate() {
         call(&hook, "GET", "/ready", vec![]).await,
         (StatusCode::OK, Bytes::from("ok\n"))
     );
+    let (status, metrics) = call(&hook, "GET", "/metrics", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
     let response = post(&hook, "/inject", &review("u-bin", fixture("plain-pod"))).await;
     let patch = base64::engine::general_purpose::STANDARD
         .decode(response["patch"].as_str().expect("patch"))
         .expect("base64");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&patch).expect("JSON"),
-        golden("plain-pod.patch.json")
-    );
     child.kill().await.expect("stopped");
     let _ = std::fs::remove_dir_all(&dir);
+    (
+        String::from_utf8(metrics.to_vec()).expect("UTF-8"),
+        serde_json::from_slice(&patch).expect("JSON"),
+    )
+}
+
+/// `--native-sidecar true`: the golden native-sidecar patch, gauge 1.
+#[tokio::test]
+async fn the_binary_serves_with_a_generated_certificate() {
+    let (metrics, patch) = run_binary("native", &["--native-sidecar", "true"]).await;
+    assert_eq!(patch, golden("plain-pod.patch.json"));
+    assert_eq!(metrics, gauge(1));
+}
+
+/// The default, `auto`, with no API server to ask: the regular-container
+/// patch (what the pure function gives with `native_sidecar: false`), gauge 0.
+#[tokio::test]
+async fn the_binary_falls_back_to_a_regular_container_without_an_api() {
+    let (metrics, patch) = run_binary("auto", &[]).await;
+    let regular = Settings {
+        native_sidecar: false,
+        ..Settings::default()
+    };
+    let expected = match remora_injector::inject(&fixture("plain-pod"), &meshed(), &regular) {
+        Ok(remora_injector::Decision::Inject(injection)) => injection.patch,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(patch, serde_json::to_value(expected).expect("JSON"));
+    assert_ne!(patch, golden("plain-pod.patch.json"));
+    assert_eq!(metrics, gauge(0));
 }
 
 /// A client that connects and says nothing (no ClientHello) is dropped at

@@ -230,14 +230,25 @@ class Rbac(unittest.TestCase):
         binding = find(objects, "ClusterRoleBinding", "remora-cp")
         self.assertEqual(binding["subjects"],
                          [{"kind": "ServiceAccount", "name": "remora-cp", "namespace": NAMESPACE}])
-        # The injector has no API access at all.
+        # The injector has no RBAC; by default (proxy.nativeSidecar=auto) its
+        # token reads GET /version, which system:discovery grants everyone.
         injector_sa = find(objects, "ServiceAccount", "remora-injector")
-        self.assertIs(injector_sa["automountServiceAccountToken"], False)
+        self.assertIs(injector_sa["automountServiceAccountToken"], True)
+        injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+        self.assertIs(injector["automountServiceAccountToken"], True)
+        self.assertEqual(env_of(injector["containers"][0])["REMORA_INJECTOR_NATIVE_SIDECAR"], "auto")
         self.assertEqual(
             [o for _, o in objects if o["kind"].endswith("Binding")
              and any(s["name"] == "remora-injector" for s in o["subjects"])],
             [],
         )
+        # Told how to inject, it has no API access at all.
+        for setting, env in ((False, "false"), (True, "true")):
+            objects = render({"proxy": {"nativeSidecar": setting}})
+            self.assertIs(find(objects, "ServiceAccount", "remora-injector")["automountServiceAccountToken"], False)
+            injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]
+            self.assertIs(injector["automountServiceAccountToken"], False)
+            self.assertEqual(env_of(injector["containers"][0])["REMORA_INJECTOR_NATIVE_SIDECAR"], env)
 
 
     def test_the_injector_can_keep_the_ca_bundle_itself(self):
@@ -290,6 +301,7 @@ class Values(unittest.TestCase):
         self.refused({"mesh": {"defaultMtlsMode": "strict"}},
                      "at '/mesh/defaultMtlsMode': value must be one of 'PERMISSIVE', 'STRICT'")
         self.refused({"proxy": {"memory": "lots"}}, "at '/proxy/memory': 'lots' does not match pattern")
+        self.refused({"proxy": {"nativeSidecar": "yes"}}, "at '/proxy/nativeSidecar': value must be one of")
         self.refused({"controlPlane": {"certLifetime": "1 day"}},
                      "at '/controlPlane/certLifetime': '1 day' does not match pattern")
         self.refused({"controlPlane": {"auth": "token-file",
@@ -378,6 +390,8 @@ class RealBinaries(unittest.TestCase):
         env["REMORA_INJECTOR_TLS_CERT"] = str(tls_dir / "tls.crt")
         env["REMORA_INJECTOR_TLS_KEY"] = str(tls_dir / "tls.key")
         env["PATH"] = os.environ.get("PATH", "")
+        # No Kubernetes API: no in-cluster environment and no kubeconfig.
+        env["KUBECONFIG"] = str(tls_dir / "no-kubeconfig")
         return env
 
     def test_injector_serves_the_charts_certificate_with_the_charts_settings(self):
@@ -398,6 +412,12 @@ class RealBinaries(unittest.TestCase):
                                        "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/ready")
                 self.assertIsNone(proc.poll(), "the injector exited")
                 self.assertEqual((result.returncode, result.stdout), (0, "ok\n"), result.stderr)
+                # proxy.nativeSidecar=auto without an API server to ask: a
+                # regular container.
+                result = curl_until_ok(proc, "--cacert", str(tls_dir / "ca.crt"),
+                                       "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/metrics")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn("\nremora_injector_native_sidecar 0\n", result.stdout)
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
