@@ -390,11 +390,13 @@ pub async fn start_with_view(
     tokio::spawn(renew(
         config.clone(),
         inputs,
-        ca,
+        Published {
+            ca,
+            roots: roots_tx,
+        },
         serving,
         server_cert.not_after,
         metrics,
-        roots_tx,
         drain_rx,
     ));
 
@@ -574,18 +576,25 @@ fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {
     metrics.intermediate_expiry.set(expiry);
 }
 
+/// Where a rebuilt CA goes: the CA the services sign with, and its trust
+/// bundle as the roots ConfigMap carries it.
+struct Published {
+    ca: Arc<ArcSwap<Ca>>,
+    roots: watch::Sender<String>,
+}
+
 /// Renews the intermediate and the serving certificate when `renewal_due`
 /// says so; both are swapped in whole.
 async fn renew(
     config: Arc<Config>,
     inputs: CaInputs,
-    ca: Arc<ArcSwap<Ca>>,
+    published: Published,
     serving: Arc<ServingCert>,
     mut serving_not_after: SystemTime,
     metrics: Arc<Metrics>,
-    roots: watch::Sender<String>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let Published { ca, roots } = published;
     let check = renew_interval(&config);
     loop {
         tokio::select! {

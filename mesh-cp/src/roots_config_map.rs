@@ -498,3 +498,6 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
