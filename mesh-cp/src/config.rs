@@ -636,7 +636,7 @@ mod tests {
             ("mesh-roots", 5)
         );
         for bad in ["Roots", "", "a..b", "-roots", &"a".repeat(254)] {
-            let err = parse(&["--ca-roots-config-map", bad]).unwrap_err();
+            let err = parse(&[&format!("--ca-roots-config-map={bad}")]).unwrap_err();
             assert_eq!(
                 err.to_string(),
                 format!("--ca-roots-config-map {bad:?} is not a ConfigMap name (lower-case DNS subdomain)")
