@@ -460,8 +460,11 @@ impl Writer {
                     self.writes.with_label_values(&[outcome.label()]).inc();
                     match outcome {
                         Outcome::Error => failed = true,
-                        // Read again (409), or gone (404): plan again now.
-                        Outcome::Conflict | Outcome::NotFound => again = true,
+                        // Read again (409), or the ConfigMap gone (a
+                        // patch's 404): plan again now. A create's 404 is
+                        // a namespace gone: the next store drops it.
+                        Outcome::Conflict => again = true,
+                        Outcome::NotFound => again |= matches!(write, Write::Patch { .. }),
                         Outcome::Created | Outcome::Patched => {}
                     }
                 }

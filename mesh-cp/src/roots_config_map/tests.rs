@@ -498,3 +498,64 @@ fn a_config_map_is_read_as_a_digest_and_our_label() {
         }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_namespace_the_api_server_no_longer_has_waits_for_the_next_store() {
+    let mut h = harness(&["gone"], &[], true, 20);
+    let (req, send) = h.next().await;
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/api/v1/namespaces/gone/configmaps")
+    );
+    respond(
+        send,
+        404,
+        failure(
+            404,
+            "NotFound",
+            "namespaces \"gone\" not found",
+            "",
+            "namespaces",
+            "gone",
+        ),
+    );
+    h.quiet_for(60).await;
+    assert_eq!((h.count("not_found"), h.count("error")), (1, 0));
+    // A patch whose ConfigMap was deleted meanwhile creates it again.
+    h.namespaces(&["shop"]);
+    let (req, send) = h.next().await;
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", POST_SHOP)
+    );
+    respond(send, 201, created(&req.body, "5001"));
+    h.events
+        .send(vec![event(
+            "MODIFIED",
+            &stored("shop", "5002", ROOT_B, true),
+        )])
+        .unwrap();
+    let (req, send) = h.next().await;
+    assert_eq!(req.method, "PATCH");
+    respond(
+        send,
+        404,
+        failure(
+            404,
+            "NotFound",
+            "configmaps \"remora-ca-roots\" not found",
+            "",
+            "configmaps",
+            "remora-ca-roots",
+        ),
+    );
+    let (req, send) = h.next().await;
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", POST_SHOP)
+    );
+    assert_eq!(req.body, create_body("shop", ROOT_A));
+    respond(send, 201, created(&req.body, "5003"));
+    h.quiet_for(60).await;
+    assert_eq!((h.count("not_found"), h.count("created")), (2, 2));
+}
