@@ -44,6 +44,8 @@ pub mod env {
     pub const STATUS_WRITES_PER_SECOND: &str = "REMORA_CP_STATUS_WRITES_PER_SECOND";
     pub const ADMIN_API_ADDR: &str = "REMORA_CP_ADMIN_API_ADDR";
     pub const ADMIN_TOKEN_FILE: &str = "REMORA_CP_ADMIN_TOKEN_FILE";
+    pub const CA_ROOTS_CONFIG_MAP: &str = "REMORA_CP_CA_ROOTS_CONFIG_MAP";
+    pub const CA_ROOTS_WRITES_PER_SECOND: &str = "REMORA_CP_CA_ROOTS_WRITES_PER_SECOND";
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -195,6 +197,14 @@ pub struct ServeArgs {
     /// where the API's objects are written.
     #[arg(long, env = env::ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
+    /// With --kubernetes, the leader keeps this ConfigMap (key roots.pem,
+    /// the trust bundle) in every namespace: the injector's
+    /// --ca-roots-config-map.
+    #[arg(long, env = env::CA_ROOTS_CONFIG_MAP, default_value = crate::roots_config_map::DEFAULT_NAME)]
+    pub ca_roots_config_map: String,
+    /// Trust roots ConfigMap writes per second at most, 1 to 1000.
+    #[arg(long, env = env::CA_ROOTS_WRITES_PER_SECOND, default_value_t = 20)]
+    pub ca_roots_writes_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -245,6 +255,10 @@ pub enum ConfigError {
     MaxSubscriptions(u32),
     #[error("--status-writes-per-second {0} is outside 1..=1000")]
     StatusWrites(u32),
+    #[error("--ca-roots-writes-per-second {0} is outside 1..=1000")]
+    RootsWrites(u32),
+    #[error("--ca-roots-config-map {0:?} is not a ConfigMap name (lower-case DNS subdomain)")]
+    RootsConfigMap(String),
     #[error(transparent)]
     Lease(#[from] crate::lease::SettingsError),
     #[error("--admin-token-file turns the Admin API on, which writes into --source-dir: give --source-dir too")]
@@ -289,6 +303,8 @@ pub struct Config {
     pub kubernetes: bool,
     pub lease: crate::lease::Settings,
     pub status: crate::status::Settings,
+    /// The trust roots ConfigMap the leader keeps in every namespace.
+    pub roots_config_map: crate::roots_config_map::Settings,
     /// The Admin API, when `--admin-token-file` is given.
     pub admin_api: Option<AdminApiSettings>,
 }
@@ -432,6 +448,12 @@ impl Config {
         if !(min..=max).contains(&args.status_writes_per_second) {
             return Err(ConfigError::StatusWrites(args.status_writes_per_second));
         }
+        if !(min..=max).contains(&args.ca_roots_writes_per_second) {
+            return Err(ConfigError::RootsWrites(args.ca_roots_writes_per_second));
+        }
+        if !crate::admin_api::is_dns_subdomain(&args.ca_roots_config_map) {
+            return Err(ConfigError::RootsConfigMap(args.ca_roots_config_map));
+        }
         let admin_api = match (args.admin_token_file, &args.source_dir) {
             (Some(token_file), Some(_)) => Some(AdminApiSettings {
                 addr: args.admin_api_addr,
@@ -471,6 +493,11 @@ impl Config {
             status: crate::status::Settings {
                 writes_per_second: args.status_writes_per_second,
                 ..crate::status::Settings::default()
+            },
+            roots_config_map: crate::roots_config_map::Settings {
+                name: args.ca_roots_config_map,
+                writes_per_second: args.ca_roots_writes_per_second,
+                ..crate::roots_config_map::Settings::default()
             },
             admin_api,
         }))
@@ -591,6 +618,34 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "--status-writes-per-second 0 is outside 1..=1000"
+        );
+        assert_eq!(c.roots_config_map.name, "remora-ca-roots");
+        assert_eq!(c.roots_config_map.writes_per_second, 20);
+        let c = parse(&[
+            "--ca-roots-config-map",
+            "mesh-roots",
+            "--ca-roots-writes-per-second",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.roots_config_map.name.as_str(),
+                c.roots_config_map.writes_per_second
+            ),
+            ("mesh-roots", 5)
+        );
+        for bad in ["Roots", "", "a..b", "-roots", &"a".repeat(254)] {
+            let err = parse(&[&format!("--ca-roots-config-map={bad}")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("--ca-roots-config-map {bad:?} is not a ConfigMap name (lower-case DNS subdomain)")
+            );
+        }
+        let err = parse(&["--ca-roots-writes-per-second", "1001"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--ca-roots-writes-per-second 1001 is outside 1..=1000"
         );
         let err = parse(&["--pod-name", "has space"]).unwrap_err();
         assert!(

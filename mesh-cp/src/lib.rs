@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod identity;
 pub mod lease;
 pub mod metrics;
+pub mod roots_config_map;
 pub mod service;
 pub mod source;
 pub mod source_dir;
@@ -125,13 +126,16 @@ struct Kubernetes {
     lease: JoinHandle<()>,
 }
 
-/// Starts the leader election and the status writer; the writer gets each
-/// translation's store and problems from `snapshots`.
+/// Starts the leader election, the status writer and the trust roots
+/// ConfigMap writer; the status writer gets each translation's store and
+/// problems from `snapshots`, the ConfigMap writer its namespaces, and the
+/// trust bundle from `roots`.
 fn start_kubernetes(
     client: kube::Client,
     config: &Config,
     metrics: &Metrics,
     mut snapshots: watch::Receiver<Arc<source::Snapshot>>,
+    roots: watch::Receiver<String>,
     drain: &watch::Receiver<bool>,
 ) -> Kubernetes {
     let (leader, lease) = lease::Elector::new(client.clone(), config.lease.clone())
@@ -142,6 +146,15 @@ fn start_kubernetes(
             problems: s.problems.clone(),
         })
     };
+    tokio::spawn(
+        roots_config_map::Writer::new(
+            client.clone(),
+            config.roots_config_map.clone(),
+            metrics.roots_config_map_writes.clone(),
+            metrics.watch_errors.clone(),
+        )
+        .run(snapshots.clone(), roots, leader.clone(), drain.clone()),
+    );
     let (input_tx, input) = watch::channel(input_of(&snapshots.borrow_and_update()));
     tokio::spawn(async move {
         while snapshots.changed().await.is_ok() {
@@ -290,6 +303,9 @@ pub async fn start_with_view(
         now,
     )?;
     let serving = Arc::new(ServingCert::new(&server_cert, server_key)?);
+    // The trust bundle as the roots ConfigMap carries it; `renew` follows
+    // a rebuilt CA.
+    let (roots_tx, roots_rx) = watch::channel(roots_config_map::bundle_pem(ca.trust_bundle()));
     let ca = Arc::new(ArcSwap::from_pointee(ca));
 
     let auth = authenticator(&config, &metrics).await?;
@@ -325,6 +341,7 @@ pub async fn start_with_view(
             &config,
             &metrics,
             out.snapshots.clone(),
+            roots_rx,
             &drain_rx,
         )),
         _ => None,
@@ -373,7 +390,10 @@ pub async fn start_with_view(
     tokio::spawn(renew(
         config.clone(),
         inputs,
-        ca,
+        Published {
+            ca,
+            roots: roots_tx,
+        },
         serving,
         server_cert.not_after,
         metrics,
@@ -556,17 +576,25 @@ fn publish_ca_metrics(metrics: &Metrics, ca: &Ca) {
     metrics.intermediate_expiry.set(expiry);
 }
 
+/// Where a rebuilt CA goes: the CA the services sign with, and its trust
+/// bundle as the roots ConfigMap carries it.
+struct Published {
+    ca: Arc<ArcSwap<Ca>>,
+    roots: watch::Sender<String>,
+}
+
 /// Renews the intermediate and the serving certificate when `renewal_due`
 /// says so; both are swapped in whole.
 async fn renew(
     config: Arc<Config>,
     inputs: CaInputs,
-    ca: Arc<ArcSwap<Ca>>,
+    published: Published,
     serving: Arc<ServingCert>,
     mut serving_not_after: SystemTime,
     metrics: Arc<Metrics>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let Published { ca, roots } = published;
     let check = renew_interval(&config);
     loop {
         tokio::select! {
@@ -585,6 +613,14 @@ async fn renew(
             match inputs.build(now) {
                 Ok(fresh) => {
                     publish_ca_metrics(&metrics, &fresh);
+                    let pem = roots_config_map::bundle_pem(fresh.trust_bundle());
+                    roots.send_if_modified(|old| {
+                        let changed = *old != pem;
+                        if changed {
+                            *old = pem;
+                        }
+                        changed
+                    });
                     ca.store(Arc::new(fresh));
                     tracing::info!("intermediate renewed");
                 }

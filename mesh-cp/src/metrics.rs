@@ -29,6 +29,9 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Status writes, by kind and result (ok, conflict, not_found, error).
     pub status_writes: IntCounterVec,
+    /// Trust roots ConfigMap writes, by result (created, patched, conflict,
+    /// not_found, error).
+    pub roots_config_map_writes: IntCounterVec,
     /// Objects each source layer holds, by source and kind.
     pub source_objects: IntGaugeVec,
     /// Translation problems in the current translation, by kind and reason.
@@ -114,6 +117,14 @@ impl Metrics {
             &["kind", "result"],
         )?;
         registry.register(Box::new(status_writes.clone()))?;
+        let roots_config_map_writes = IntCounterVec::new(
+            Opts::new(
+                "remora_cp_roots_config_map_writes_total",
+                "Writes of the trust roots ConfigMap to the Kubernetes API, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(roots_config_map_writes.clone()))?;
         let source_objects = IntGaugeVec::new(
             Opts::new(
                 "remora_cp_source_objects",
@@ -173,6 +184,7 @@ impl Metrics {
             objects_invalid,
             leader,
             status_writes,
+            roots_config_map_writes,
             source_objects,
             translation_problems,
             watch_errors,

@@ -50,8 +50,8 @@ const MAX_PARENTS: usize = 32;
 /// A condition's message is cut here (metav1.Condition allows 32 KiB).
 const MAX_MESSAGE: usize = 1024;
 /// Back-off after a pass with failed writes.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What status write-back reads: the latest store and translation's
 /// problems in it, published whole by the source on a `watch` channel.
@@ -605,8 +605,31 @@ impl Outcome {
     }
 }
 
-async fn drained(drain: &mut watch::Receiver<bool>) {
+pub(crate) async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
+}
+
+/// Spaces writes to a rate: each waits for its slot, one `gap` after the
+/// last; a pause does not save up slots for a burst.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    gap: Duration,
+    next_slot: Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(writes_per_second: u32) -> Self {
+        Self {
+            gap: Duration::from_secs(1) / writes_per_second.max(1),
+            next_slot: Instant::now(),
+        }
+    }
+
+    /// Waits for the next slot.
+    pub(crate) async fn wait(&mut self) {
+        sleep_until(self.next_slot).await;
+        self.next_slot = Instant::now().max(self.next_slot) + self.gap;
+    }
 }
 
 /// Writes statuses while this replica leads.
@@ -687,9 +710,8 @@ impl Writer {
         mut leader: watch::Receiver<bool>,
         mut drain: watch::Receiver<bool>,
     ) {
-        let gap = Duration::from_secs(1) / self.settings.writes_per_second.max(1);
+        let mut pacer = Pacer::new(self.settings.writes_per_second);
         let mut sent = Sent::default();
-        let mut next_slot = Instant::now();
         'follow: loop {
             tokio::select! {
                 closed = async { leader.wait_for(|l| *l).await.is_err() } => if closed { return },
@@ -710,8 +732,7 @@ impl Writer {
                     if input.has_changed().unwrap_or(false) {
                         break;
                     }
-                    sleep_until(next_slot).await;
-                    next_slot = Instant::now().max(next_slot) + gap;
+                    pacer.wait().await;
                     if !*leader.borrow() {
                         continue 'follow;
                     }

@@ -213,6 +213,8 @@ class Rbac(unittest.TestCase):
                  "resources": ["pluginpolicies/status", "consumers/status", "authorizationpolicies/status",
                                "meshtlspolicies/status", "trafficpolicies/status"],
                  "verbs": ["update", "patch"]},
+                {"apiGroups": [""], "resources": ["configmaps"],
+                 "verbs": ["get", "list", "watch", "create", "patch"]},
                 {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
             ],
         )
@@ -367,6 +369,20 @@ class Values(unittest.TestCase):
         self.assertNotIn("REMORA_CP_TOKEN_FILE", env)
         self.assertEqual([v["name"] for v in cp["volumes"]], ["root"])
         self.assertNotIn("automountServiceAccountToken", cp, "its token calls TokenReview")
+
+    def test_the_control_plane_writes_the_configmap_the_injector_mounts(self):
+        for values, name in (({}, "remora-ca-roots"), (values_all(), "mesh-roots")):
+            objects = render(values)
+            cp = find(objects, "Deployment", "remora-cp")["spec"]["template"]["spec"]["containers"][0]
+            injector = find(objects, "Deployment", "remora-injector")["spec"]["template"]["spec"]["containers"][0]
+            self.assertEqual(env_of(cp)["REMORA_CP_CA_ROOTS_CONFIG_MAP"], name)
+            self.assertEqual(env_of(injector)["REMORA_INJECTOR_CA_ROOTS_CONFIG_MAP"], name)
+            # Cluster-wide (namespaces come and go), without update or delete.
+            rules = find(objects, "ClusterRole", "remora-cp")["rules"]
+            self.assertEqual([r["verbs"] for r in rules if "configmaps" in r["resources"]],
+                             [["get", "list", "watch", "create", "patch"]])
+            self.assertEqual([o["kind"] for _, o in objects if o["kind"] in ("Role", "ClusterRole")
+                              and any("configmaps" in r["resources"] for r in o["rules"])], ["ClusterRole"])
 
     def test_injected_proxies_ask_this_releases_control_plane(self):
         objects = render(namespace="mesh-ops")

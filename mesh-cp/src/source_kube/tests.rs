@@ -816,11 +816,14 @@ async fn the_kubernetes_layer_feeds_leader_election_and_status_write_back() {
     .unwrap();
     let config = crate::config::Config::from_args(cli.serve).unwrap();
     let (_drain, drain_rx) = watch::channel(false);
+    // No Namespace is listed, so the roots ConfigMap writer writes nothing.
+    let (_roots, roots_rx) = watch::channel("-----BEGIN CERTIFICATE-----\n".to_owned());
     let k = crate::start_kubernetes(
         h.client.clone(),
         &config,
         &h.metrics,
         h.out.snapshots.clone(),
+        roots_rx,
         &drain_rx,
     );
     let calls = || h.api.script.lock().unwrap().calls.clone();
