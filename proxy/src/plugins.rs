@@ -35,6 +35,7 @@ mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod limits;
+mod log_format;
 mod opentelemetry;
 mod prometheus;
 mod proxy_rewrite;

@@ -1,8 +1,9 @@
 //! The observability plugins through real sidecars: `opentelemetry` spans
 //! arrive at an OTLP/HTTP collector the test runs, with one trace id from
-//! the client app through both sidecars to the server app; samplers export
-//! exactly what they decide; `http-logger` delivers one entry per request
-//! and, with its endpoint hanging, drops and counts exactly what its buffer
+//! the client app through both sidecars to the server app, with the
+//! `additional_attributes` asked for; samplers export exactly what they
+//! decide; `http-logger` delivers one entry per request (exactly the
+//! `log_format` fields when one is set) and, with its endpoint hanging, drops and counts exactly what its buffer
 //! cannot hold while requests succeed; `file-logger` writes one line per
 //! request and follows rotation; invalid configs are rejected naming the
 //! plugin and field; APISIX's series of a removed route are dropped.
@@ -97,6 +98,12 @@ fn serve(pod: &Pod, port: u16, hang: bool) -> Received {
         }
     });
     received
+}
+
+/// `config` with `plugins` on its outbound service.
+fn on_service(mut config: remora_api::MeshConfig, plugins: Value) -> remora_api::MeshConfig {
+    config.outbound.services[0].plugins = serde_json::from_value(plugins).unwrap();
+    config
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -357,7 +364,7 @@ async fn http_logger_delivers_one_entry_per_request() {
             "batch_max_size": 2,
             "inactive_timeout": 1
         });
-        let mut config = web(
+        let config = web(
             "v1",
             vec![
                 route()
@@ -369,9 +376,7 @@ async fn http_logger_delivers_one_entry_per_request() {
             ],
             apps.one_backend_each(),
         );
-        config.outbound.services[0].plugins =
-            serde_json::from_value(json!({"http-logger": logger})).unwrap();
-        config
+        on_service(config, json!({"http-logger": logger}))
     })
     .await;
     let sink = serve(&t.server, SINK_PORT, false);
@@ -655,4 +660,113 @@ async fn apisix_series_of_a_removed_route_are_dropped() {
         .filter(|s| s.name.starts_with("apisix_"))
         .any(|s| s.labels.iter().any(|(k, v)| k == "route" && v == "gone"));
     assert!(!gone, "the removed route's APISIX series are gone\n{m}");
+}
+
+#[tokio::test]
+async fn http_logger_log_format_entry_is_exactly_its_fields() {
+    let t = Standalone::start("plug_http_logger_fmt", &["app"], |apps| {
+        let sink = SocketAddr::new(apps.addr("app").ip(), SINK_PORT);
+        let logger = json!({
+            "uri": format!("http://{sink}/logs"),
+            "batch_max_size": 1,
+            "log_format": {
+                "client": "$remote_addr",
+                "method": "$request_method",
+                "uri": "$request_uri",
+                "path": "$uri",
+                "status": "$status",
+                "upstream": "$upstream_addr",
+                "user": "$http_x_user",
+                "tenant": "$http_x_tenant",
+                "pod": "$sent_http_x_pod",
+                "route": "$route_id",
+                "typo": "$remote_adr",
+                "env": "production",
+                "shard": 3
+            }
+        });
+        let config = web(
+            "v1",
+            vec![route().name("orders").to("app")],
+            apps.one_backend_each(),
+        );
+        on_service(config, json!({"http-logger": logger}))
+    })
+    .await;
+    let sink = serve(&t.server, SINK_PORT, false);
+    let mut c = t.http();
+    let req = Req::get("/orders?id=7").header("x-user", "u7");
+    assert_eq!(c.send(&req).await.unwrap().status, 200);
+
+    let n = settle(1, "one entry", || sink.entries().len()).await;
+    assert_eq!(n, 1);
+    assert_eq!(
+        sink.entries()[0],
+        json!({
+            "client": t.client.ip4().to_string(),
+            "method": "GET",
+            "uri": "/orders?id=7",
+            "path": "/orders",
+            "status": "200",
+            "upstream": t.apps.addr("app").to_string(),
+            "user": "u7",
+            "pod": "app",
+            "route": "orders",
+            "env": "production",
+            "shard": 3
+        }),
+        "exactly the format's fields; an absent header and an unknown variable are left out"
+    );
+}
+
+#[tokio::test]
+async fn opentelemetry_spans_carry_the_additional_attributes() {
+    let t = Standalone::start("plug_otel_additional", &["app"], |apps| {
+        let collector = SocketAddr::new(apps.addr("app").ip(), COLLECTOR_PORT);
+        let mut config = otel(json!({"name": "always_on"}), collector);
+        config["additional_attributes"] = json!(["http_x_tenant", "$request_method", "arg_none"]);
+        config["additional_header_prefix_attributes"] = json!(["x-my-*"]);
+        web(
+            "v1",
+            vec![route()
+                .name("orders")
+                .plugin("opentelemetry", config)
+                .to("app")],
+            apps.one_backend_each(),
+        )
+    })
+    .await;
+    let collector = serve(&t.server, COLLECTOR_PORT, false);
+    let mut c = t.http();
+    let req = Req::get("/orders")
+        .header("x-tenant", "acme")
+        .header("x-my-a", "1")
+        .header("x-my-b", "2")
+        .header("x-other", "no");
+    assert_eq!(c.send(&req).await.unwrap().status, 200);
+
+    let n = settle(1, "one span", || collector.spans().len()).await;
+    assert_eq!(n, 1);
+    let span = &collector.spans()[0];
+    let keys = [
+        "http_x_tenant",
+        "request_method",
+        "arg_none",
+        "x-my-a",
+        "x-my-b",
+        "x-other",
+    ];
+    let got: Vec<Option<String>> = keys.iter().map(|k| attribute(span, k)).collect();
+    assert_eq!(
+        got,
+        [
+            Some("acme".into()),
+            Some("GET".into()),
+            None,
+            Some("1".into()),
+            Some("2".into()),
+            None
+        ]
+    );
+    assert_eq!(attribute(span, "remora.route").as_deref(), Some("orders"));
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{request, HeaderMap, Method, Uri};
+use http::{request, HeaderMap};
 use serde::Serialize;
 
 use super::{Ctx, LogEntry};
@@ -20,20 +20,27 @@ use super::{Ctx, LogEntry};
 /// The request as the proxy received it, before any plugin changed it.
 #[derive(Debug)]
 pub(crate) struct Request {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    /// Method, URI, version and headers (no extensions).
+    parts: request::Parts,
     started: SystemTime,
 }
 
 impl Request {
     pub(crate) fn of(req: &request::Parts) -> Self {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = req.method.clone();
+        parts.uri = req.uri.clone();
+        parts.version = req.version;
+        parts.headers = req.headers.clone();
         Request {
-            method: req.method.clone(),
-            uri: req.uri.clone(),
-            headers: req.headers.clone(),
+            parts,
             started: SystemTime::now(),
         }
+    }
+
+    /// The request's head, for variables (`log_format`).
+    pub(crate) fn parts(&self) -> &request::Parts {
+        &self.parts
     }
 }
 
@@ -46,9 +53,18 @@ const SECRET_HEADERS: &[&str] = &[
     "apikey",
 ];
 
-/// One access-log entry, serialized as APISIX's logger plugins do.
+/// One access-log entry: APISIX's default, or the fields of a
+/// `log_format` ([`super::log_format`]).
 #[derive(Debug, Serialize)]
-pub(crate) struct Record {
+#[serde(untagged)]
+pub(crate) enum Record {
+    Apisix(Box<Apisix>),
+    Custom(serde_json::Map<String, serde_json::Value>),
+}
+
+/// APISIX's default entry, serialized as its logger plugins do.
+#[derive(Debug, Serialize)]
+pub(crate) struct Apisix {
     request: RequestPart,
     response: ResponsePart,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,7 +119,7 @@ impl Record {
                 millis(SystemTime::now()).saturating_sub(entry.latency.as_millis() as u64),
             ),
         };
-        Record {
+        Record::Apisix(Box::new(Apisix {
             request,
             response: ResponsePart {
                 status: entry.status.as_u16(),
@@ -119,11 +135,12 @@ impl Record {
                 username: name.to_owned(),
             }),
             trace_id: ctx.trace.as_ref().map(|t| t.trace_id_hex()),
-        }
+        }))
     }
 }
 
 fn request_part(r: &Request) -> RequestPart {
+    let r = &r.parts;
     let uri = r
         .uri
         .path_and_query()

@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::access_log::Record;
 use super::batch::{self, Batcher, Settings, Sink};
+use super::log_format::{self, LogFormat};
 use super::{in_range, parse, Ctx, Descriptor, Env, Fault, LogEntry, Plugin};
 
 pub(super) const DESCRIPTOR: Descriptor =
@@ -37,11 +38,16 @@ pub(crate) struct Config {
     /// 1000000.
     #[serde(default = "batch::default_max_pending_entries")]
     max_pending_entries: u32,
+    /// The entry's fields: name → `$variable` or a literal; unset, the
+    /// entry is APISIX's default.
+    #[serde(default)]
+    log_format: Option<log_format::Config>,
 }
 
 #[derive(Debug)]
 struct FileLogger {
     lines: Batcher<Record>,
+    format: Option<LogFormat>,
 }
 
 /// The open file, and how to tell that it must be opened again.
@@ -148,6 +154,7 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         config.max_pending_entries,
         1..=1_000_000,
     )?;
+    let format = log_format::compile(config.log_format.as_ref())?;
     let path = PathBuf::from(&config.path);
     if !path.is_absolute() {
         return Err(Fault::new(
@@ -184,12 +191,13 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         capacity: config.max_pending_entries as usize,
     };
     let lines = Batcher::start(DESCRIPTOR.name, settings, sink, env)?;
-    Ok(Arc::new(FileLogger { lines }))
+    Ok(Arc::new(FileLogger { lines, format }))
 }
 
 impl Plugin for FileLogger {
     fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
-        self.lines.push(Record::of(ctx, entry));
+        self.lines
+            .push(log_format::record(self.format.as_ref(), ctx, entry));
     }
 }
 
@@ -282,6 +290,16 @@ mod tests {
                     json!({"path": "/tmp/x.log", "format": "text"}),
                     ".format",
                     "unknown field `format`",
+                ),
+                (
+                    json!({"path": "/tmp/x.log", "log_format": "$remote_addr"}),
+                    ".log_format",
+                    "invalid type",
+                ),
+                (
+                    json!({"path": "/tmp/x.log", "log_format": {}}),
+                    ".log_format",
+                    "0 fields: a format names 1 to 256",
                 ),
             ],
         );

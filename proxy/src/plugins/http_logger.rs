@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::access_log::Record;
 use super::batch::{self, BatchFields, Batcher, HttpPost, Sink};
+use super::log_format::{self, LogFormat};
 use super::{in_range, parse, Ctx, Descriptor, Env, Fault, LogEntry, Plugin};
 
 pub(super) const DESCRIPTOR: Descriptor =
@@ -60,6 +61,10 @@ pub(crate) struct Config {
     /// counted. 1 to 1000000.
     #[serde(default = "batch::default_max_pending_entries")]
     max_pending_entries: u32,
+    /// The entry's fields: name → `$variable` or a literal; unset, the
+    /// entry is APISIX's default.
+    #[serde(default)]
+    log_format: Option<log_format::Config>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -79,6 +84,7 @@ fn default_timeout() -> u64 {
 #[derive(Debug)]
 struct HttpLogger {
     entries: Batcher<Record>,
+    format: Option<LogFormat>,
 }
 
 #[derive(Debug)]
@@ -110,6 +116,7 @@ impl Sink for Endpoint {
 fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     in_range("timeout", config.timeout, 1..=60)?;
+    let format = log_format::compile(config.log_format.as_ref())?;
     let settings = BatchFields {
         batch_max_size: config.batch_max_size,
         inactive_timeout: config.inactive_timeout,
@@ -144,12 +151,13 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         concat: config.concat_method,
     };
     let entries = Batcher::start(DESCRIPTOR.name, settings, endpoint, env)?;
-    Ok(Arc::new(HttpLogger { entries }))
+    Ok(Arc::new(HttpLogger { entries, format }))
 }
 
 impl Plugin for HttpLogger {
     fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
-        self.entries.push(Record::of(ctx, entry));
+        self.entries
+            .push(log_format::record(self.format.as_ref(), ctx, entry));
     }
 }
 
@@ -196,6 +204,16 @@ mod tests {
                     json!({"uri": "http://sink/", "auth_header": "a\nb"}),
                     ".auth_header",
                     "not a header value",
+                ),
+                (
+                    json!({"uri": "http://sink/", "log_format": "$remote_addr"}),
+                    ".log_format",
+                    "invalid type",
+                ),
+                (
+                    json!({"uri": "http://sink/", "log_format": {}}),
+                    ".log_format",
+                    "0 fields: a format names 1 to 256",
                 ),
             ],
         );

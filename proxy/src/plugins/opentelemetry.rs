@@ -62,6 +62,120 @@ pub(crate) struct Config {
     resource: BTreeMap<String, String>,
     #[serde(default)]
     batch_span_processor: BatchSpanProcessor,
+    /// Variables added to the span as attributes of their name
+    /// (`http_x_tenant`, `$remote_addr`), up to 32.
+    #[serde(default)]
+    additional_attributes: Vec<String>,
+    /// Request headers added to the span as attributes of their name: a
+    /// name, or a prefix ending in `*` (`x-my-*`), up to 32.
+    #[serde(default)]
+    additional_header_prefix_attributes: Vec<String>,
+}
+
+/// Additional attributes a span may carry, and their values' length.
+const MAX_ADDITIONAL: usize = 32;
+const MAX_ATTRIBUTE_VALUE: usize = 1024;
+
+/// `additional_attributes` and `additional_header_prefix_attributes`,
+/// compiled.
+#[derive(Debug, Default)]
+struct Additional {
+    /// Variable names, without `$`.
+    vars: Vec<String>,
+    /// Lower-case header names (`exact`) or prefixes.
+    headers: Vec<(String, bool)>,
+}
+
+impl Additional {
+    fn compile(vars: &[String], headers: &[String]) -> Result<Self, Fault> {
+        for (field, list) in [
+            ("additional_attributes", vars),
+            ("additional_header_prefix_attributes", headers),
+        ] {
+            if list.len() > MAX_ADDITIONAL {
+                return Err(Fault::new(
+                    field,
+                    format!("{} entries: at most {MAX_ADDITIONAL}", list.len()),
+                ));
+            }
+        }
+        let mut out = Additional::default();
+        for (i, name) in vars.iter().enumerate() {
+            let var = name.strip_prefix('$').unwrap_or(name);
+            if var.is_empty() {
+                return Err(Fault::new(
+                    &format!("additional_attributes[{i}]"),
+                    "an empty variable name",
+                ));
+            }
+            // An unknown variable is nil in APISIX: the attribute is never
+            // set. Kept, so the config reads as the operator wrote it.
+            out.vars.push(var.to_owned());
+        }
+        for (i, name) in headers.iter().enumerate() {
+            let field = format!("additional_header_prefix_attributes[{i}]");
+            let (text, exact) = match name.strip_suffix('*') {
+                Some(prefix) => (prefix, false),
+                None => (name.as_str(), true),
+            };
+            let header = super::header_name(&field, text)?;
+            out.headers.push((header.as_str().to_owned(), exact));
+        }
+        Ok(out)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.vars.is_empty() && self.headers.is_empty()
+    }
+
+    /// The attributes for this request, at most [`MAX_ADDITIONAL`].
+    /// `consumer_name` is left for `log`: authentication runs after this.
+    fn of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> Vec<KeyValue> {
+        let mut out = Vec::new();
+        for var in &self.vars {
+            if var == "consumer_name" {
+                continue;
+            }
+            if let Some(value) = super::vars::var(ctx, req, var) {
+                out.push(string_value(var, bounded(&value)));
+            }
+        }
+        for (name, value) in &req.headers {
+            let wanted = self.headers.iter().any(|(h, exact)| {
+                if *exact {
+                    name.as_str() == h
+                } else {
+                    name.as_str().starts_with(h.as_str())
+                }
+            });
+            if let (true, Ok(value)) = (wanted, value.to_str()) {
+                match out.iter_mut().find(|kv| kv.key == name.as_str()) {
+                    // A repeated header: one attribute, values joined.
+                    Some(kv) => {
+                        if let Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(v)),
+                        }) = kv.value.as_mut()
+                        {
+                            let joined = format!("{v}, {value}");
+                            *v = bounded(&joined);
+                        }
+                    }
+                    None => out.push(string_value(name.as_str(), bounded(value))),
+                }
+            }
+        }
+        out.truncate(MAX_ADDITIONAL);
+        out
+    }
+}
+
+/// `v` cut at [`MAX_ATTRIBUTE_VALUE`] bytes on a character boundary.
+fn bounded(v: &str) -> String {
+    let mut end = v.len().min(MAX_ATTRIBUTE_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -308,6 +422,8 @@ pub(crate) struct Hop {
     method: String,
     path: String,
     host: String,
+    /// `additional_*attributes` read from the request at `rewrite`.
+    additional: Vec<KeyValue>,
 }
 
 impl Hop {
@@ -329,6 +445,7 @@ impl Hop {
 struct OpenTelemetry {
     sampler: Sampler,
     spans: Batcher<Span>,
+    additional: Additional,
 }
 
 /// Exports batches of spans to the collector.
@@ -398,6 +515,10 @@ fn string_value(key: &str, value: String) -> KeyValue {
 fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
     let sampler = sampler_of(&config.sampler)?;
+    let additional = Additional::compile(
+        &config.additional_attributes,
+        &config.additional_header_prefix_attributes,
+    )?;
     let c = &config.collector;
     in_range("collector.request_timeout", c.request_timeout, 1..=60)?;
     let mut headers = HeaderMap::new();
@@ -464,7 +585,11 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
         ..Default::default()
     };
     let spans = Batcher::start("opentelemetry", settings, Exporter { post, resource }, env)?;
-    Ok(Arc::new(OpenTelemetry { sampler, spans }))
+    Ok(Arc::new(OpenTelemetry {
+        sampler,
+        spans,
+        additional,
+    }))
 }
 
 /// `Host`'s name without its port (`server.address`).
@@ -514,6 +639,11 @@ impl Plugin for OpenTelemetry {
             }
             None => String::new(),
         };
+        let additional = if sampled && !self.additional.is_empty() {
+            self.additional.of(ctx, req)
+        } else {
+            Vec::new()
+        };
         let (method, path, host) = if sampled {
             let host = match req.uri.host() {
                 Some(host) => host,
@@ -541,6 +671,7 @@ impl Plugin for OpenTelemetry {
             method,
             path,
             host,
+            additional,
         };
         // Hex ids: always a valid header value.
         if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
@@ -590,6 +721,14 @@ impl Plugin for OpenTelemetry {
         ] {
             if !value.is_empty() {
                 attributes.push(string_value(key, value.to_owned()));
+            }
+        }
+        attributes.extend(hop.additional.iter().cloned());
+        if let Some(name) = ctx.consumer_name() {
+            if self.additional.vars.iter().any(|v| v == "consumer_name")
+                && hop.additional.len() < MAX_ADDITIONAL
+            {
+                attributes.push(string_value("consumer_name", bounded(name)));
             }
         }
         let nanos = |at: SystemTime| {
@@ -759,6 +898,77 @@ mod tests {
         );
     }
 
+    fn strings(kvs: &[KeyValue]) -> Vec<(String, String)> {
+        kvs.iter()
+            .map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn additional_attributes_come_from_variables_and_headers() {
+        let p = plugin(serde_json::json!({
+            "sampler": {"name": "always_on"},
+            "collector": {"address": "127.0.0.1:9"},
+            "additional_attributes": ["http_x_tenant", "$remote_addr", "arg_none", "no_such_var", "consumer_name"],
+            "additional_header_prefix_attributes": ["x-my-*", "x-exact"]
+        }));
+        let compiled = consumers(&[]);
+        let mut ctx = ctx(&compiled);
+        let long = "v".repeat(3000);
+        let mut req = request(
+            "/a",
+            &[
+                ("x-tenant", "acme"),
+                ("x-my-a", "1"),
+                ("x-my-b", &long),
+                ("x-my-a", "2"),
+                ("x-exact", "e"),
+                ("x-exactly", "not this"),
+            ],
+        );
+        p.rewrite(&mut ctx, &mut req);
+        let hop = ctx.trace.clone().expect("traced");
+        assert_eq!(
+            strings(&hop.additional),
+            [
+                ("http_x_tenant".to_owned(), "acme".to_owned()),
+                ("remote_addr".to_owned(), "10.0.0.7".to_owned()),
+                ("x-my-a".to_owned(), "1, 2".to_owned()),
+                ("x-my-b".to_owned(), "v".repeat(1024)),
+                ("x-exact".to_owned(), "e".to_owned()),
+            ]
+        );
+
+        // Unsampled: nothing is read.
+        let off = plugin(serde_json::json!({
+            "collector": {"address": "127.0.0.1:9"},
+            "additional_attributes": ["http_x_tenant"]
+        }));
+        let mut ctx = super::super::testing::ctx(&compiled);
+        let mut req = request("/", &[("x-tenant", "acme")]);
+        off.rewrite(&mut ctx, &mut req);
+        assert!(ctx.trace.expect("traced").additional.is_empty());
+
+        // At most 32, whatever the request sends.
+        let many = plugin(serde_json::json!({
+            "sampler": {"name": "always_on"},
+            "collector": {"address": "127.0.0.1:9"},
+            "additional_header_prefix_attributes": ["x-*"]
+        }));
+        let names: Vec<String> = (0..100).map(|i| format!("x-h{i}")).collect();
+        let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let mut ctx = super::super::testing::ctx(&compiled);
+        let mut req = request("/", &headers);
+        many.rewrite(&mut ctx, &mut req);
+        assert_eq!(ctx.trace.expect("traced").additional.len(), 32);
+    }
+
     #[tokio::test]
     async fn bad_configs_name_their_field() {
         let base = |extra: serde_json::Value| {
@@ -805,6 +1015,31 @@ mod tests {
                     base(serde_json::json!({"batch_span_processor": {"max_queue_size": 0}})),
                     ".batch_span_processor.max_queue_size",
                     "out of range",
+                ),
+                (
+                    base(serde_json::json!({"additional_attributes": "http_x_a"})),
+                    ".additional_attributes",
+                    "invalid type",
+                ),
+                (
+                    base(serde_json::json!({"additional_attributes": ["uri", "$"]})),
+                    ".additional_attributes[1]",
+                    "an empty variable name",
+                ),
+                (
+                    base(serde_json::json!({"additional_attributes": vec!["uri"; 33]})),
+                    ".additional_attributes",
+                    "33 entries: at most 32",
+                ),
+                (
+                    base(serde_json::json!({"additional_header_prefix_attributes": ["*"]})),
+                    ".additional_header_prefix_attributes[0]",
+                    "is not a header name",
+                ),
+                (
+                    base(serde_json::json!({"additional_header_prefix_attributes": ["x a*"]})),
+                    ".additional_header_prefix_attributes[0]",
+                    "is not a header name",
                 ),
                 (
                     base(

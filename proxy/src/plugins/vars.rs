@@ -14,13 +14,7 @@ use super::Ctx;
 /// The value of APISIX variable `name` for this request, if it has one.
 pub(crate) fn var<'r>(ctx: &Ctx<'_>, req: &'r request::Parts, name: &str) -> Option<Cow<'r, str>> {
     if let Some(header) = name.strip_prefix("http_") {
-        // APISIX (nginx) spells `X-User-Id` as `http_x_user_id`.
-        let header = header.replace('_', "-");
-        return req
-            .headers
-            .get(header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed);
+        return header_var(&req.headers, header);
     }
     if let Some(arg) = name.strip_prefix("arg_") {
         return query_arg(&req.uri, arg);
@@ -42,6 +36,14 @@ pub(crate) fn var<'r>(ctx: &Ctx<'_>, req: &'r request::Parts, name: &str) -> Opt
         )),
         "args" | "query_string" => req.uri.query().map(Cow::Borrowed),
         "request_method" => Some(Cow::Borrowed(req.method.as_str())),
+        "scheme" => Some(Cow::Borrowed(req.uri.scheme_str().unwrap_or("http"))),
+        "server_protocol" => Some(Cow::Borrowed(match req.version {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        })),
         "host" => req.uri.host().map(Cow::Borrowed).or_else(|| {
             req.headers
                 .get(http::header::HOST)
@@ -50,6 +52,16 @@ pub(crate) fn var<'r>(ctx: &Ctx<'_>, req: &'r request::Parts, name: &str) -> Opt
         }),
         _ => None,
     }
+}
+
+/// Header `name` as nginx spells it in a variable (`x_user_id` for
+/// `X-User-Id`), when it is text.
+pub(crate) fn header_var<'m>(headers: &'m http::HeaderMap, name: &str) -> Option<Cow<'m, str>> {
+    let header = name.replace('_', "-");
+    headers
+        .get(header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(Cow::Borrowed)
 }
 
 /// Text with APISIX variables in it (`/users/$arg_id`, `${remote_addr}`),
@@ -162,6 +174,8 @@ pub(crate) fn is_known(name: &str) -> bool {
                 | "args"
                 | "query_string"
                 | "request_method"
+                | "scheme"
+                | "server_protocol"
                 | "host"
         )
 }
