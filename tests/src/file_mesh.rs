@@ -40,7 +40,7 @@ impl SourceDir {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the source directory");
         SourceDir(dir)
     }
 
@@ -50,8 +50,9 @@ impl SourceDir {
 
     pub fn write(&self, name: &str, yaml: &str) {
         let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.0.join(format!("{name}.yaml"))).unwrap();
+        std::fs::write(&tmp, yaml).expect("write a source file");
+        std::fs::rename(&tmp, self.0.join(format!("{name}.yaml")))
+            .expect("rename a source file into place");
     }
 }
 
@@ -232,9 +233,9 @@ pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 
 /// The proxy's `/config_dump`.
 pub async fn dump(proxy: &ProxyHandle) -> Value {
-    let r = proxy.get("/config_dump").await.unwrap();
+    let r = proxy.get("/config_dump").await.expect("GET /config_dump");
     assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
+    serde_json::from_str(&r.body).expect("config_dump is JSON")
 }
 
 /// The version of the last push applied for `subscription`.
@@ -263,7 +264,10 @@ pub async fn pushed_after(proxy: &ProxyHandle, subscription: &str, after: u64) {
 
 /// remora-cp's metrics, scraped inside its pod.
 pub async fn cp_metrics(pod: &Pod) -> Metrics {
-    let r = pod.http("GET", CP_ADMIN, "/metrics").await.unwrap();
+    let r = pod
+        .http("GET", CP_ADMIN, "/metrics")
+        .await
+        .expect("GET remora-cp /metrics");
     Metrics::parse(&r.body)
 }
 
