@@ -111,19 +111,35 @@ fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fau
 }
 
 impl RequestId {
-    fn generate(&self) -> String {
+    /// A new id, made on the stack: one allocation per request, the
+    /// header value's own.
+    fn generate(&self) -> HeaderValue {
         let mut rng = rand::rng();
-        match self.algorithm {
+        let mut buf = [0u8; 128];
+        let id: &[u8] = match self.algorithm {
             Algorithm::Uuid => uuid::Builder::from_random_bytes(rng.random())
                 .into_uuid()
-                .to_string(),
-            Algorithm::Nanoid => (0..21)
-                .map(|_| char::from(NANOID_ALPHABET[rng.random_range(0..64)]))
-                .collect(),
-            Algorithm::RangeId => (0..self.length)
-                .map(|_| char::from(self.char_set[rng.random_range(0..self.char_set.len())]))
-                .collect(),
-        }
+                .hyphenated()
+                .encode_lower(&mut buf[..uuid::fmt::Hyphenated::LENGTH])
+                .as_bytes(),
+            Algorithm::Nanoid => {
+                for b in &mut buf[..21] {
+                    *b = NANOID_ALPHABET[rng.random_range(0..64)];
+                }
+                &buf[..21]
+            }
+            Algorithm::RangeId => {
+                // `length` is at most 128 (checked at load).
+                let n = self.length.min(buf.len());
+                for b in &mut buf[..n] {
+                    *b = self.char_set[rng.random_range(0..self.char_set.len())];
+                }
+                &buf[..n]
+            }
+        };
+        // Every byte is printable ASCII (the alphabets are checked at
+        // load), so the value is always valid.
+        HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-"))
     }
 }
 
@@ -132,10 +148,7 @@ impl Plugin for RequestId {
         let value = match req.headers.get(&self.header) {
             Some(existing) => existing.clone(),
             None => {
-                // Generated ids are ASCII: the conversion cannot fail.
-                let Ok(value) = HeaderValue::from_str(&self.generate()) else {
-                    return Flow::Continue;
-                };
+                let value = self.generate();
                 req.headers.insert(self.header.clone(), value.clone());
                 value
             }
