@@ -22,12 +22,6 @@ use super::Fault;
 #[derive(Debug, Clone)]
 pub(crate) struct Expr<V = Var>(Vec<Cond<V>>);
 
-impl<V> Default for Expr<V> {
-    fn default() -> Self {
-        Expr(Vec::new())
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Cond<V> {
     Compare {
