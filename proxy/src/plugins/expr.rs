@@ -4,7 +4,7 @@
 //!
 //! Operators: `==`, `~=`, `>`, `<`, `>=`, `<=` (numbers), `~~` (regex),
 //! `~*` (regex, any case), `in` (one of a list), `has` (a comma-separated
-//! value, such as a list header, that contains it), `ipmatch` (CIDRs). Compiled once (regexes, CIDRs, numbers); evaluated
+//! value, such as a list header, that contains it), `ipmatch` (CIDRs). Compiled once (variables, regexes, CIDRs, numbers); evaluated
 //! against a lookup the caller gives, so a plugin decides which variables
 //! exist where (request variables, or the response `status`).
 
@@ -15,23 +15,24 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde_json::Value;
 
+use super::vars::Var;
 use super::Fault;
 
 /// A compiled condition list: every entry must hold.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Expr(Vec<Cond>);
+#[derive(Debug, Clone)]
+pub(crate) struct Expr<V = Var>(Vec<Cond<V>>);
 
 #[derive(Debug, Clone)]
-enum Cond {
+enum Cond<V> {
     Compare {
-        var: String,
+        var: V,
         negate: bool,
         op: Op,
     },
     Group {
         any: bool,
         negate: bool,
-        items: Vec<Cond>,
+        items: Vec<Cond<V>>,
     },
 }
 
@@ -58,13 +59,13 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-impl Expr {
-    /// Compiles a condition list at `field`; `known` says which variables
-    /// may be named.
+impl<V> Expr<V> {
+    /// Compiles a condition list at `field`; `parse` makes a variable of a
+    /// name, or says it may not be named (`None`).
     pub(crate) fn compile(
         field: &str,
         value: &Value,
-        known: fn(&str) -> bool,
+        parse: fn(&str) -> Option<V>,
     ) -> Result<Self, Fault> {
         let Value::Array(items) = value else {
             return Err(Fault::new(
@@ -74,18 +75,18 @@ impl Expr {
         };
         let mut conds = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            conds.push(cond(&format!("{field}[{i}]"), item, known)?);
+            conds.push(cond(&format!("{field}[{i}]"), item, parse)?);
         }
         Ok(Expr(conds))
     }
 
     /// Whether every condition holds.
-    pub(crate) fn eval<'v>(&self, lookup: &dyn Fn(&str) -> Option<Cow<'v, str>>) -> bool {
+    pub(crate) fn eval<'v>(&self, lookup: &dyn Fn(&V) -> Option<Cow<'v, str>>) -> bool {
         self.0.iter().all(|c| c.eval(lookup))
     }
 }
 
-fn cond(field: &str, value: &Value, known: fn(&str) -> bool) -> Result<Cond, Fault> {
+fn cond<V>(field: &str, value: &Value, parse: fn(&str) -> Option<V>) -> Result<Cond<V>, Fault> {
     let Value::Array(parts) = value else {
         return Err(Fault::new(
             field,
@@ -96,7 +97,7 @@ fn cond(field: &str, value: &Value, known: fn(&str) -> bool) -> Result<Cond, Fau
     if let Some(kind) = ["AND", "OR", "!AND", "!OR"].iter().find(|k| **k == word) {
         let mut items = Vec::with_capacity(parts.len() - 1);
         for (i, item) in parts.iter().enumerate().skip(1) {
-            items.push(cond(&format!("{field}[{i}]"), item, known)?);
+            items.push(cond(&format!("{field}[{i}]"), item, parse)?);
         }
         return Ok(Cond::Group {
             any: kind.ends_with("OR"),
@@ -114,13 +115,12 @@ fn cond(field: &str, value: &Value, known: fn(&str) -> bool) -> Result<Cond, Fau
             "a condition is [var, operator, value] or [var, \"!\", operator, value]",
         ));
     }
-    let var = word.to_owned();
-    if !known(&var) {
+    let Some(var) = parse(word) else {
         return Err(Fault::new(
             field,
-            format!("{var:?} is not a variable this condition can read"),
+            format!("{word:?} is not a variable this condition can read"),
         ));
-    }
+    };
     let op_name = parts[op_at].as_str().unwrap_or("");
     let operand = &parts[op_at + 1];
     let bad = |why: &str| Fault::new(field, format!("operator {op_name:?}: {why}"));
@@ -185,8 +185,8 @@ fn cond(field: &str, value: &Value, known: fn(&str) -> bool) -> Result<Cond, Fau
     Ok(Cond::Compare { var, negate, op })
 }
 
-impl Cond {
-    fn eval<'v>(&self, lookup: &dyn Fn(&str) -> Option<Cow<'v, str>>) -> bool {
+impl<V> Cond<V> {
+    fn eval<'v>(&self, lookup: &dyn Fn(&V) -> Option<Cow<'v, str>>) -> bool {
         match self {
             Cond::Group { any, negate, items } => {
                 let held = if *any {
@@ -228,10 +228,10 @@ mod tests {
     use serde_json::json;
 
     fn holds(expr: Value, vars: &[(&str, &str)]) -> bool {
-        let e = Expr::compile("vars", &expr, |_| true).expect("compiles");
+        let e = Expr::compile("vars", &expr, |n| Some(n.to_owned())).expect("compiles");
         e.eval(&|name| {
             vars.iter()
-                .find(|(k, _)| *k == name)
+                .find(|(k, _)| *k == name.as_str())
                 .map(|(_, v)| Cow::Borrowed(*v))
         })
     }
@@ -301,12 +301,15 @@ mod tests {
                 "[var, operator, value]",
             ),
         ] {
-            let e = Expr::compile("vars", &expr, |_| true).expect_err("rejected");
+            let e = Expr::<String>::compile("vars", &expr, |n| Some(n.to_owned()))
+                .expect_err("rejected");
             assert_eq!(e.field, field, "{expr}");
             assert!(e.message.contains(message), "{expr}: {}", e.message);
         }
-        let e = Expr::compile("vars", &json!([["nope", "==", 1]]), |v| v == "status")
-            .expect_err("unknown var");
+        let e = Expr::compile("vars", &json!([["nope", "==", 1]]), |v| {
+            (v == "status").then_some(())
+        })
+        .expect_err("unknown var");
         assert!(
             e.message.contains("\"nope\" is not a variable"),
             "{}",

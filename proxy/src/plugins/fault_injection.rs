@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::expr::Expr;
-use super::vars::{is_known, var, Template};
+use super::vars::{Template, Var};
 use super::{header_name, in_range, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 use crate::body::full;
 
@@ -94,7 +94,7 @@ impl Selector {
             Some(serde_json::Value::Array(lists)) if !lists.is_empty() => lists
                 .iter()
                 .enumerate()
-                .map(|(i, list)| Expr::compile(&format!("{field}.vars[{i}]"), list, is_known))
+                .map(|(i, list)| Expr::compile(&format!("{field}.vars[{i}]"), list, Var::parse))
                 .collect::<Result<_, _>>()?,
             Some(_) => {
                 return Err(Fault::new(
@@ -107,11 +107,8 @@ impl Selector {
     }
 
     fn selects(&self, ctx: &Ctx<'_>, req: &request::Parts) -> bool {
-        let matched = self.vars.is_empty()
-            || self
-                .vars
-                .iter()
-                .any(|e| e.eval(&|name| var(ctx, req, name)));
+        let matched =
+            self.vars.is_empty() || self.vars.iter().any(|e| e.eval(&|var| var.value(ctx, req)));
         matched && (self.percentage >= 100 || rand::rng().random_range(0..100) < self.percentage)
     }
 }

@@ -2,11 +2,13 @@
 //! how a request's key is made (`key_type`, `key`) and how a rejection
 //! looks (`rejected_code`, `rejected_msg`).
 
+use std::borrow::Cow;
+
 use http::{request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::vars::{is_known, var, Template};
+use super::vars::{Template, Var};
 use super::{in_range, json_response, Ctx, Fault};
 use crate::body::{empty, Body};
 
@@ -22,7 +24,7 @@ pub(crate) enum KeyType {
 /// How a request's key is made, compiled.
 #[derive(Debug)]
 pub(crate) enum Key {
-    Var(String),
+    Var(Var),
     Combination(Template),
     Constant,
 }
@@ -31,11 +33,12 @@ impl Key {
     pub(crate) fn compile(key_type: KeyType, key: &str) -> Result<Self, Fault> {
         match key_type {
             KeyType::Constant => Ok(Key::Constant),
-            KeyType::Var if is_known(key) => Ok(Key::Var(key.to_owned())),
-            KeyType::Var => Err(Fault::new(
-                "key",
-                format!("{key:?} is not a variable this proxy knows (remote_addr, consumer_name, http_<header>, arg_<name>, ...)"),
-            )),
+            KeyType::Var => Var::parse(key).map(Key::Var).ok_or_else(|| {
+                Fault::new(
+                    "key",
+                    format!("{key:?} is not a variable this proxy knows (remote_addr, consumer_name, http_<header>, arg_<name>, ...)"),
+                )
+            }),
             KeyType::VarCombination => {
                 let template = Template::compile("key", key)?;
                 if template.vars() == 0 {
@@ -54,7 +57,7 @@ impl Key {
     pub(crate) fn of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> String {
         let key = match self {
             Key::Constant => Some(String::new()),
-            Key::Var(name) => var(ctx, req, name).map(|v| v.into_owned()),
+            Key::Var(var) => var.value(ctx, req).map(Cow::into_owned),
             Key::Combination(template) => {
                 let (key, resolved) = template.render(ctx, req);
                 (resolved > 0).then_some(key)

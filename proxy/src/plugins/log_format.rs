@@ -18,10 +18,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use http::header::HeaderName;
 use serde_json::Value;
 
 use super::access_log::Record;
-use super::{vars, Ctx, Fault, LogEntry};
+use super::vars::{self, Var};
+use super::{Ctx, Fault, LogEntry};
 
 /// A variable's value in an entry is cut at this many bytes (a header can
 /// be far longer).
@@ -41,8 +43,11 @@ pub(crate) struct LogFormat {
 
 #[derive(Debug, Clone)]
 enum Field {
-    /// Read at `log` time.
-    Var(String),
+    /// A request variable, read at `log` time from the request as it
+    /// arrived.
+    Var(Var),
+    /// A response-side variable, read at `log` time.
+    Response(ResponseVar),
     /// A variable no part of this proxy knows: always absent, as APISIX's
     /// nil.
     Unknown,
@@ -50,12 +55,32 @@ enum Field {
 }
 
 /// Variables known only once the response head is ready.
-fn is_response_var(name: &str) -> bool {
-    name.starts_with("sent_http_")
-        || matches!(
-            name,
-            "status" | "upstream_addr" | "request_time" | "msec" | "time_iso8601" | "time_local"
-        )
+#[derive(Debug, Clone)]
+enum ResponseVar {
+    /// `sent_http_<header>`: a response header.
+    Header(HeaderName),
+    Status,
+    UpstreamAddr,
+    RequestTime,
+    Msec,
+    /// `time_iso8601` or `time_local`.
+    Time,
+}
+
+impl ResponseVar {
+    fn parse(name: &str) -> Option<Self> {
+        if let Some(header) = name.strip_prefix("sent_http_") {
+            return vars::header_name(header).map(ResponseVar::Header);
+        }
+        Some(match name {
+            "status" => ResponseVar::Status,
+            "upstream_addr" => ResponseVar::UpstreamAddr,
+            "request_time" => ResponseVar::RequestTime,
+            "msec" => ResponseVar::Msec,
+            "time_iso8601" | "time_local" => ResponseVar::Time,
+            _ => return None,
+        })
+    }
 }
 
 impl LogFormat {
@@ -72,13 +97,13 @@ impl LogFormat {
             .iter()
             .map(|(name, value)| {
                 let compiled = match value.as_str().and_then(|s| s.strip_prefix('$')) {
-                    Some(var) if vars::is_known(var) || is_response_var(var) => {
-                        Field::Var(var.to_owned())
-                    }
-                    Some(var) => {
-                        unknown.push(format!("{field}.{name}: ${var}"));
-                        Field::Unknown
-                    }
+                    Some(var) => ResponseVar::parse(var)
+                        .map(Field::Response)
+                        .or_else(|| Var::parse(var).map(Field::Var))
+                        .unwrap_or_else(|| {
+                            unknown.push(format!("{field}.{name}: ${var}"));
+                            Field::Unknown
+                        }),
                     None => Field::Literal(value.clone()),
                 };
                 (name.clone(), compiled)
@@ -101,7 +126,14 @@ impl LogFormat {
             let value = match field {
                 Field::Literal(v) => Some(v.clone()),
                 Field::Unknown => None,
-                Field::Var(var) => value_of(ctx, entry, var).map(|v| Value::String(bounded(v))),
+                Field::Var(var) => {
+                    // Absent when the request was refused before the
+                    // plugins ran.
+                    let req = ctx.request.as_deref();
+                    req.and_then(|r| var.value(ctx, r.parts()))
+                        .map(|v| Value::String(bounded(v)))
+                }
+                Field::Response(var) => var.value(entry).map(|v| Value::String(bounded(v))),
             };
             if let Some(value) = value {
                 out.insert(name.clone(), value);
@@ -138,28 +170,22 @@ fn bounded(v: Cow<'_, str>) -> String {
     v[..end].to_owned()
 }
 
-fn value_of<'a>(ctx: &'a Ctx<'_>, entry: &'a LogEntry<'_>, name: &str) -> Option<Cow<'a, str>> {
-    if let Some(header) = name.strip_prefix("sent_http_") {
-        return vars::header_var(entry.headers, header);
-    }
-    let owned = |s: String| Some(Cow::Owned(s));
-    match name {
-        "status" => owned(entry.status.as_u16().to_string()),
-        "upstream_addr" => entry.upstream.map(|a| Cow::Owned(a.to_string())),
-        // nginx: seconds with millisecond resolution.
-        "request_time" => owned(format!("{:.3}", entry.latency.as_secs_f64())),
-        "msec" => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            owned(format!("{}.{:03}", now.as_secs(), now.subsec_millis()))
-        }
-        "time_iso8601" | "time_local" => owned(iso8601(SystemTime::now())),
-        _ => {
-            // The request as it arrived; absent when it was refused before
-            // the plugins ran.
-            let req = ctx.request.as_deref()?;
-            vars::var(ctx, req.parts(), name)
+impl ResponseVar {
+    fn value<'a>(&self, entry: &'a LogEntry<'_>) -> Option<Cow<'a, str>> {
+        let owned = |s: String| Some(Cow::Owned(s));
+        match self {
+            ResponseVar::Header(name) => vars::header_value(entry.headers, name).map(Cow::Borrowed),
+            ResponseVar::Status => owned(entry.status.as_u16().to_string()),
+            ResponseVar::UpstreamAddr => entry.upstream.map(|a| Cow::Owned(a.to_string())),
+            // nginx: seconds with millisecond resolution.
+            ResponseVar::RequestTime => owned(format!("{:.3}", entry.latency.as_secs_f64())),
+            ResponseVar::Msec => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                owned(format!("{}.{:03}", now.as_secs(), now.subsec_millis()))
+            }
+            ResponseVar::Time => owned(iso8601(SystemTime::now())),
         }
     }
 }

@@ -38,6 +38,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::batch::{Batcher, HttpPost, Settings, Sink};
+use super::vars::Var;
 use super::{in_range, parse, Ctx, Descriptor, Env, Fault, Flow, LogEntry, Plugin};
 use crate::direction::Direction;
 
@@ -80,8 +81,8 @@ const MAX_ATTRIBUTE_VALUE: usize = 1024;
 /// compiled.
 #[derive(Debug, Default)]
 struct Additional {
-    /// Variable names, without `$`.
-    vars: Vec<String>,
+    /// Variables, each with its name (without `$`), the attribute's key.
+    vars: Vec<(String, Var)>,
     /// Lower-case header names (`exact`) or prefixes.
     headers: Vec<(String, bool)>,
 }
@@ -109,8 +110,10 @@ impl Additional {
                 ));
             }
             // An unknown variable is nil in APISIX: the attribute is never
-            // set. Kept, so the config reads as the operator wrote it.
-            out.vars.push(var.to_owned());
+            // set.
+            if let Some(compiled) = Var::parse(var) {
+                out.vars.push((var.to_owned(), compiled));
+            }
         }
         for (i, name) in headers.iter().enumerate() {
             let field = format!("additional_header_prefix_attributes[{i}]");
@@ -132,12 +135,12 @@ impl Additional {
     /// `consumer_name` is left for `log`: authentication runs after this.
     fn of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> Vec<KeyValue> {
         let mut out = Vec::new();
-        for var in &self.vars {
-            if var == "consumer_name" {
+        for (name, var) in &self.vars {
+            if *var == Var::ConsumerName {
                 continue;
             }
-            if let Some(value) = super::vars::var(ctx, req, var) {
-                out.push(string_value(var, bounded(&value)));
+            if let Some(value) = var.value(ctx, req) {
+                out.push(string_value(name, bounded(&value)));
             }
         }
         for (name, value) in &req.headers {
@@ -725,7 +728,11 @@ impl Plugin for OpenTelemetry {
         }
         attributes.extend(hop.additional.iter().cloned());
         if let Some(name) = ctx.consumer_name() {
-            if self.additional.vars.iter().any(|v| v == "consumer_name")
+            if self
+                .additional
+                .vars
+                .iter()
+                .any(|(_, v)| *v == Var::ConsumerName)
                 && hop.additional.len() < MAX_ADDITIONAL
             {
                 attributes.push(string_value("consumer_name", bounded(name)));

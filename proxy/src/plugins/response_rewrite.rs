@@ -110,7 +110,8 @@ struct ResponseRewrite {
     add: Vec<(HeaderName, HeaderValue)>,
     set: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
-    vars: Option<Expr>,
+    /// Conditions on the one variable a response has here, `status`.
+    vars: Option<Expr<()>>,
     filters: Arc<[BodyFilter]>,
     skipped: IntCounterVec,
 }
@@ -183,7 +184,7 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
     let vars = config
         .vars
         .as_ref()
-        .map(|v| Expr::compile("vars", v, |name| name == "status"))
+        .map(|v| Expr::compile("vars", v, |name| (name == "status").then_some(())))
         .transpose()?;
     Ok(Arc::new(ResponseRewrite {
         status,
@@ -311,7 +312,7 @@ impl Plugin for ResponseRewrite {
     fn header_filter(&self, ctx: &mut Ctx<'_>, res: &mut response::Parts) {
         if let Some(vars) = &self.vars {
             let status = res.status;
-            let matched = vars.eval(&|name| (name == "status").then(|| status.as_str().into()));
+            let matched = vars.eval(&|()| Some(status.as_str().into()));
             if !matched {
                 return;
             }

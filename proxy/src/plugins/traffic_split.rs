@@ -23,7 +23,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::expr::Expr;
-use super::vars::{is_known, var};
+use super::vars::Var;
 use super::{in_range, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 use crate::route::Split;
 
@@ -110,7 +110,7 @@ fn build(config: Config, env: &Env) -> Result<TrafficSplit, Fault> {
             .matches
             .iter()
             .enumerate()
-            .map(|(mi, m)| Expr::compile(&format!("{at}.match[{mi}].vars"), &m.vars, is_known))
+            .map(|(mi, m)| Expr::compile(&format!("{at}.match[{mi}].vars"), &m.vars, Var::parse))
             .collect::<Result<Vec<_>, _>>()?;
         let list = &rule.weighted_upstreams;
         if list.is_empty() || list.len() > MAX_ENTRIES {
@@ -162,10 +162,7 @@ impl TrafficSplit {
     /// `None` when no rule applies.
     fn place(&self, ctx: &Ctx<'_>, req: &request::Parts) -> Option<&str> {
         let rule = self.rules.iter().find(|r| {
-            r.matches.is_empty()
-                || r.matches
-                    .iter()
-                    .any(|e| e.eval(&|name| var(ctx, req, name)))
+            r.matches.is_empty() || r.matches.iter().any(|e| e.eval(&|var| var.value(ctx, req)))
         })?;
         let n = rule.placed.fetch_add(1, Ordering::Relaxed);
         rule.split.at(n).map(|b| b.name())

@@ -1,67 +1,115 @@
 //! Request variables as APISIX names them (`remote_addr`, `uri`,
-//! `http_<header>`, `arg_<name>`, `consumer_name`...), read on demand from
-//! the request and the plugin context: nothing is collected per request
-//! unless a plugin asks.
+//! `http_<header>`, `arg_<name>`, `consumer_name`...). A name is parsed
+//! once, when the config loads, into a [`Var`]; per request a `Var` only
+//! reads the request and the plugin context: nothing is parsed, and nothing
+//! is collected unless a plugin asks.
 
 use std::borrow::Cow;
 
+use http::header::HeaderName;
 use http::request;
 use http::uri::{PathAndQuery, Uri};
 use percent_encoding::percent_decode_str;
 
 use super::Ctx;
 
-/// The value of APISIX variable `name` for this request, if it has one.
-pub(crate) fn var<'r>(ctx: &Ctx<'_>, req: &'r request::Parts, name: &str) -> Option<Cow<'r, str>> {
-    if let Some(header) = name.strip_prefix("http_") {
-        return header_var(&req.headers, header);
+/// An APISIX request variable, parsed from its name at config load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Var {
+    /// `http_<header>`: `http_x_user_id` reads `X-User-Id`.
+    Header(HeaderName),
+    /// `arg_<name>`: the first query parameter `name`, decoded.
+    Arg(Box<str>),
+    RemoteAddr,
+    RemotePort,
+    ConsumerName,
+    /// `route_name` or `route_id`.
+    RouteName,
+    /// `service_name` or `service_id`.
+    ServiceName,
+    Uri,
+    RequestUri,
+    /// `args` or `query_string`.
+    Args,
+    RequestMethod,
+    Scheme,
+    ServerProtocol,
+    Host,
+}
+
+impl Var {
+    /// The variable `name` stands for; `None` for a name this proxy does not
+    /// know, an `http_<header>` whose header name is not valid included.
+    pub(crate) fn parse(name: &str) -> Option<Var> {
+        if let Some(header) = name.strip_prefix("http_") {
+            return header_name(header).map(Var::Header);
+        }
+        if let Some(arg) = name.strip_prefix("arg_") {
+            return Some(Var::Arg(arg.into()));
+        }
+        Some(match name {
+            "remote_addr" => Var::RemoteAddr,
+            "remote_port" => Var::RemotePort,
+            "consumer_name" => Var::ConsumerName,
+            "route_name" | "route_id" => Var::RouteName,
+            "service_name" | "service_id" => Var::ServiceName,
+            "uri" => Var::Uri,
+            "request_uri" => Var::RequestUri,
+            "args" | "query_string" => Var::Args,
+            "request_method" => Var::RequestMethod,
+            "scheme" => Var::Scheme,
+            "server_protocol" => Var::ServerProtocol,
+            "host" => Var::Host,
+            _ => return None,
+        })
     }
-    if let Some(arg) = name.strip_prefix("arg_") {
-        return query_arg(&req.uri, arg);
-    }
-    let owned = |s: String| Some(Cow::Owned(s));
-    match name {
-        "remote_addr" => owned(ctx.remote_addr.ip().to_string()),
-        "remote_port" => owned(ctx.remote_addr.port().to_string()),
-        "consumer_name" => ctx.consumer_name().map(|c| Cow::Owned(c.to_owned())),
-        "route_name" | "route_id" => Some(&*ctx.route)
-            .filter(|r| !r.is_empty())
-            .map(|r| Cow::Owned(r.to_owned())),
-        "service_name" | "service_id" => Some(&*ctx.service)
-            .filter(|s| !s.is_empty())
-            .map(|s| Cow::Owned(s.to_owned())),
-        "uri" => Some(Cow::Borrowed(req.uri.path())),
-        "request_uri" => Some(Cow::Borrowed(
-            req.uri.path_and_query().map_or("/", PathAndQuery::as_str),
-        )),
-        "args" | "query_string" => req.uri.query().map(Cow::Borrowed),
-        "request_method" => Some(Cow::Borrowed(req.method.as_str())),
-        "scheme" => Some(Cow::Borrowed(req.uri.scheme_str().unwrap_or("http"))),
-        "server_protocol" => Some(Cow::Borrowed(match req.version {
-            http::Version::HTTP_09 => "HTTP/0.9",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_2 => "HTTP/2.0",
-            http::Version::HTTP_3 => "HTTP/3.0",
-            _ => "HTTP/1.1",
-        })),
-        "host" => req.uri.host().map(Cow::Borrowed).or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|h| Cow::Borrowed(h.rsplit_once(':').map_or(h, |(host, _)| host)))
-        }),
-        _ => None,
+
+    /// This variable's value for this request, if it has one.
+    pub(crate) fn value<'r>(&self, ctx: &Ctx<'_>, req: &'r request::Parts) -> Option<Cow<'r, str>> {
+        let owned = |s: &str| Some(Cow::Owned(s.to_owned()));
+        match self {
+            Var::Header(name) => header_value(&req.headers, name).map(Cow::Borrowed),
+            Var::Arg(arg) => query_arg(&req.uri, arg),
+            Var::RemoteAddr => Some(Cow::Owned(ctx.remote_addr.ip().to_string())),
+            Var::RemotePort => Some(Cow::Owned(ctx.remote_addr.port().to_string())),
+            Var::ConsumerName => ctx.consumer_name().and_then(owned),
+            Var::RouteName => Some(&*ctx.route).filter(|r| !r.is_empty()).and_then(owned),
+            Var::ServiceName => Some(&*ctx.service)
+                .filter(|s| !s.is_empty())
+                .and_then(owned),
+            Var::Uri => Some(Cow::Borrowed(req.uri.path())),
+            Var::RequestUri => Some(Cow::Borrowed(
+                req.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+            )),
+            Var::Args => req.uri.query().map(Cow::Borrowed),
+            Var::RequestMethod => Some(Cow::Borrowed(req.method.as_str())),
+            Var::Scheme => Some(Cow::Borrowed(req.uri.scheme_str().unwrap_or("http"))),
+            Var::ServerProtocol => Some(Cow::Borrowed(match req.version {
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            })),
+            Var::Host => req.uri.host().map(Cow::Borrowed).or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|h| Cow::Borrowed(h.rsplit_once(':').map_or(h, |(host, _)| host)))
+            }),
+        }
     }
 }
 
-/// Header `name` as nginx spells it in a variable (`x_user_id` for
-/// `X-User-Id`), when it is text.
-pub(crate) fn header_var<'m>(headers: &'m http::HeaderMap, name: &str) -> Option<Cow<'m, str>> {
-    let header = name.replace('_', "-");
-    headers
-        .get(header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(Cow::Borrowed)
+/// The header a variable's `<header>` part names, as nginx spells it
+/// (`x_user_id` for `X-User-Id`); `None` when it is not a header name.
+pub(crate) fn header_name(name: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(name.replace('_', "-").as_bytes()).ok()
+}
+
+/// Header `name`'s value, when it is text.
+pub(crate) fn header_value<'m>(headers: &'m http::HeaderMap, name: &HeaderName) -> Option<&'m str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Text with APISIX variables in it (`/users/$arg_id`, `${remote_addr}`),
@@ -74,7 +122,7 @@ pub(crate) struct Template {
 #[derive(Debug, Clone)]
 enum Part {
     Text(String),
-    Var(String),
+    Var(Var),
 }
 
 impl Template {
@@ -109,16 +157,16 @@ impl Template {
                 rest = after;
                 continue;
             }
-            if !is_known(name) {
+            let Some(var) = Var::parse(name) else {
                 return Err(super::Fault::new(
                     field,
                     format!("${name} is not a variable this proxy knows (remote_addr, uri, consumer_name, http_<header>, arg_<name>, ...)"),
                 ));
-            }
+            };
             if !literal.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut literal)));
             }
-            parts.push(Part::Var(name.to_owned()));
+            parts.push(Part::Var(var));
             rest = next;
         }
         literal.push_str(rest);
@@ -144,8 +192,8 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Var(name) => {
-                    if let Some(v) = var(ctx, req, name) {
+                Part::Var(var) => {
+                    if let Some(v) = var.value(ctx, req) {
                         resolved += 1;
                         out.push_str(&v);
                     }
@@ -154,30 +202,6 @@ impl Template {
         }
         (out, resolved)
     }
-}
-
-/// Whether `name` is a variable [`var`] knows, for config checks.
-pub(crate) fn is_known(name: &str) -> bool {
-    name.starts_with("http_")
-        || name.starts_with("arg_")
-        || matches!(
-            name,
-            "remote_addr"
-                | "remote_port"
-                | "consumer_name"
-                | "route_name"
-                | "route_id"
-                | "service_name"
-                | "service_id"
-                | "uri"
-                | "request_uri"
-                | "args"
-                | "query_string"
-                | "request_method"
-                | "scheme"
-                | "server_protocol"
-                | "host"
-        )
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -254,6 +278,104 @@ mod tests {
         assert_eq!(e.field, ".uri");
         assert!(e.message.contains("$nope"), "{}", e.message);
         assert!(Template::compile("uri", "/${uri").is_err());
+    }
+
+    #[test]
+    fn every_known_name_parses_and_others_do_not() {
+        for (name, want) in [
+            ("remote_addr", Var::RemoteAddr),
+            ("remote_port", Var::RemotePort),
+            ("consumer_name", Var::ConsumerName),
+            ("route_name", Var::RouteName),
+            ("route_id", Var::RouteName),
+            ("service_name", Var::ServiceName),
+            ("service_id", Var::ServiceName),
+            ("uri", Var::Uri),
+            ("request_uri", Var::RequestUri),
+            ("args", Var::Args),
+            ("query_string", Var::Args),
+            ("request_method", Var::RequestMethod),
+            ("scheme", Var::Scheme),
+            ("server_protocol", Var::ServerProtocol),
+            ("host", Var::Host),
+            ("arg_id", Var::Arg("id".into())),
+            ("arg_", Var::Arg("".into())),
+            (
+                "http_x_user_id",
+                Var::Header(HeaderName::from_static("x-user-id")),
+            ),
+        ] {
+            assert_eq!(Var::parse(name), Some(want), "{name}");
+        }
+        for name in [
+            "",
+            "nope",
+            "status",
+            "sent_http_x",
+            "http_",
+            "http_a b",
+            "Remote_addr",
+        ] {
+            assert_eq!(Var::parse(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn compiled_vars_read_the_request() {
+        let compiled = super::super::testing::consumers(&[]);
+        let ctx = super::super::testing::ctx(&compiled);
+        let req = super::super::testing::request(
+            "/p/q?id=7&name=a%20b",
+            &[("X-User-Id", "u1"), ("host", "svc.local:8080")],
+        );
+        let value = |name: &str| {
+            Var::parse(name)
+                .expect(name)
+                .value(&ctx, &req)
+                .map(Cow::into_owned)
+        };
+        assert_eq!(value("http_x_user_id").as_deref(), Some("u1"));
+        assert_eq!(value("http_X_User_Id").as_deref(), Some("u1"));
+        assert_eq!(value("http_x_none"), None);
+        assert_eq!(value("arg_name").as_deref(), Some("a b"));
+        assert_eq!(value("uri").as_deref(), Some("/p/q"));
+        assert_eq!(
+            value("request_uri").as_deref(),
+            Some("/p/q?id=7&name=a%20b")
+        );
+        assert_eq!(value("args").as_deref(), Some("id=7&name=a%20b"));
+        assert_eq!(value("remote_addr").as_deref(), Some("10.0.0.7"));
+        assert_eq!(value("request_method").as_deref(), Some("GET"));
+        assert_eq!(value("host").as_deref(), Some("svc.local"));
+        assert_eq!(value("consumer_name"), None);
+    }
+
+    #[test]
+    fn an_invalid_header_name_is_refused_at_load_naming_the_field() {
+        let e = Template::compile("uri", "/u/${http_a b}").expect_err("bad header");
+        assert_eq!(e.field, ".uri");
+        assert!(
+            e.message.contains("$http_a b is not a variable"),
+            "{}",
+            e.message
+        );
+        let e = super::super::limits::Key::compile(super::super::limits::KeyType::Var, "http_a:b")
+            .expect_err("bad header");
+        assert_eq!(e.field, ".key");
+        assert!(
+            e.message.contains("\"http_a:b\" is not a variable"),
+            "{}",
+            e.message
+        );
+        let conds = serde_json::json!([["http_a b", "==", "x"]]);
+        let e = super::super::expr::Expr::compile("match[0].vars", &conds, Var::parse)
+            .expect_err("bad header");
+        assert_eq!(e.field, ".match[0].vars[0]");
+        assert!(
+            e.message.contains("\"http_a b\" is not a variable"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
