@@ -20,7 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::access_log::Record;
+use super::access_log::{Custom, Record, SizeVar, Unsent};
+use super::batch::Batcher;
 use super::{vars, Ctx, Fault, LogEntry};
 
 /// A variable's value in an entry is cut at this many bytes (a header can
@@ -54,7 +55,14 @@ fn is_response_var(name: &str) -> bool {
     name.starts_with("sent_http_")
         || matches!(
             name,
-            "status" | "upstream_addr" | "request_time" | "msec" | "time_iso8601" | "time_local"
+            "status"
+                | "upstream_addr"
+                | "request_time"
+                | "msec"
+                | "time_iso8601"
+                | "time_local"
+                | "bytes_sent"
+                | "body_bytes_sent"
         )
 }
 
@@ -97,7 +105,15 @@ impl LogFormat {
     /// have a value.
     pub(crate) fn record(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) -> Record {
         let mut out = serde_json::Map::with_capacity(self.fields.len());
+        let mut sizes = Vec::new();
         for (name, field) in &self.fields {
+            if let Field::Var(var) = field {
+                if let Some(size) = SizeVar::of(var) {
+                    // Known once the body is over.
+                    sizes.push((name.clone(), size));
+                    continue;
+                }
+            }
             let value = match field {
                 Field::Literal(v) => Some(v.clone()),
                 Field::Unknown => None,
@@ -107,7 +123,7 @@ impl LogFormat {
                 out.insert(name.clone(), value);
             }
         }
-        Record::Custom(out)
+        Record::Custom(Custom { fields: out, sizes })
     }
 }
 
@@ -123,6 +139,22 @@ pub(crate) fn record(format: Option<&LogFormat>, ctx: &Ctx<'_>, entry: &LogEntry
     match format {
         Some(f) => f.record(ctx, entry),
         None => Record::of(ctx, entry),
+    }
+}
+
+/// `log` of a logger: the entry goes to `queue` now, or once the response
+/// body is over when it names the response's size.
+pub(crate) fn log(
+    format: Option<&LogFormat>,
+    queue: &Batcher<Record>,
+    ctx: &Ctx<'_>,
+    entry: &LogEntry<'_>,
+) {
+    let record = record(format, ctx, entry);
+    if record.needs_size() {
+        ctx.after_body(Unsent::new(record, queue.clone()));
+    } else {
+        queue.push(record);
     }
 }
 
@@ -290,6 +322,31 @@ mod tests {
             (0..257).map(|i| (format!("f{i}"), json!("$uri"))).collect();
         let e = format(Value::Object(many)).expect_err("too many");
         assert_eq!(e.message, "257 fields: a format names 1 to 256");
+    }
+
+    #[test]
+    fn size_variables_are_filled_once_the_body_is_over() {
+        let f = format(json!({"body": "$body_bytes_sent", "all": "$bytes_sent", "s": "$status"}))
+            .expect("compiles");
+        let compiled = consumers(&[]);
+        let ctx = ctx(&compiled);
+        let headers = http::HeaderMap::new();
+        let entry = LogEntry {
+            status: http::StatusCode::OK,
+            latency: std::time::Duration::ZERO,
+            headers: &headers,
+            upstream: None,
+        };
+        let mut record = f.record(&ctx, &entry);
+        assert!(record.needs_size());
+        record.complete(super::super::access_log::Sent {
+            body: 1234,
+            head: 80,
+        });
+        let json = serde_json::to_value(record).expect("serializes");
+        assert_eq!(json, json!({"body": "1234", "all": "1314", "s": "200"}));
+        let plain = format(json!({"s": "$status"})).expect("compiles");
+        assert!(!plain.record(&ctx, &entry).needs_size(), "queued at once");
     }
 
     #[test]
