@@ -313,6 +313,72 @@ impl Drop for ReplayCopy {
     }
 }
 
+/// A response body that counts the data bytes it hands on, and calls
+/// `done` once with the count when it ends, fails or is dropped before its
+/// end (the client went away). Only bodies a logger measures are wrapped.
+pub(crate) struct Counted<F: FnOnce(u64) + Send + 'static> {
+    inner: Body,
+    sent: u64,
+    done: Option<F>,
+}
+
+/// `body`, counted; `done` gets the data bytes sent.
+pub(crate) fn counted<F: FnOnce(u64) + Send + 'static>(body: Body, done: F) -> Body {
+    Counted {
+        inner: body,
+        sent: 0,
+        done: Some(done),
+    }
+    .boxed_unsync()
+}
+
+impl<F: FnOnce(u64) + Send + 'static> Counted<F> {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.sent);
+        }
+    }
+}
+
+impl<F: FnOnce(u64) + Send + 'static> Unpin for Counted<F> {}
+
+impl<F: FnOnce(u64) + Send + 'static> http_body::Body for Counted<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(u64) + Send + 'static> Drop for Counted<F> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -446,6 +512,51 @@ mod tests {
         let replay = Replay::new(empty(), 1024);
         assert!(replay.is_empty());
         assert!(replay.attempt().unwrap().is_end_stream());
+    }
+
+    /// What a counted body reported, and how many times.
+    fn counter() -> (Arc<Mutex<Vec<u64>>>, impl FnOnce(u64) + Send + 'static) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        (calls, move |n| seen.lock().expect("lock").push(n))
+    }
+
+    #[tokio::test]
+    async fn a_counted_body_reports_every_data_byte_once() {
+        let data: Vec<u8> = (0..57).collect();
+        let (calls, done) = counter();
+        let body = counted(in_tens(&data), done);
+        assert_eq!(body.collect().await.expect("whole").to_bytes(), data);
+        assert_eq!(*calls.lock().expect("lock"), vec![57], "6 frames, once");
+    }
+
+    #[tokio::test]
+    async fn a_counted_body_dropped_midway_reports_what_was_sent_once() {
+        let (mut feeder, source) = futures_channel_body();
+        let (calls, done) = counter();
+        let mut body = counted(source, done);
+        feeder.send(Bytes::from_static(b"0123456789")).await;
+        feeder.send(Bytes::from_static(b"abc")).await;
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "0123456789");
+        let second = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(second.into_data().expect("data"), "abc");
+        assert!(calls.lock().expect("lock").is_empty(), "not over yet");
+        drop(body);
+        assert_eq!(*calls.lock().expect("lock"), vec![13]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_counted_body_reports_zero_even_unread() {
+        let (calls, done) = counter();
+        let body = counted(empty(), done);
+        assert!(body.is_end_stream());
+        assert_eq!(body.collect().await.expect("empty").to_bytes(), "");
+        assert_eq!(*calls.lock().expect("lock"), vec![0]);
+        // A HEAD response's body is dropped unread.
+        let (calls, done) = counter();
+        drop(counted(full(Bytes::from_static(b"never sent")), done));
+        assert_eq!(*calls.lock().expect("lock"), vec![0]);
     }
 
     /// A body fed by hand, chunk by chunk.

@@ -61,7 +61,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{header, request, response, HeaderName, HeaderValue, Response, StatusCode};
@@ -764,6 +764,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) request: Option<Box<access_log::Request>>,
     /// This hop's W3C trace context, once opentelemetry set it.
     pub(crate) trace: Option<opentelemetry::Hop>,
+    /// Log entries waiting for the response body's size; empty (and no
+    /// counting) unless a logger needs it.
+    unsent: Mutex<Vec<access_log::Unsent>>,
 }
 
 /// Something a plugin holds for the rest of a request; dropped with it.
@@ -797,6 +800,7 @@ impl<'a> Ctx<'a> {
             held: Vec::new(),
             request: None,
             trace: None,
+            unsent: Mutex::new(Vec::new()),
         }
     }
 
@@ -833,6 +837,24 @@ impl<'a> Ctx<'a> {
     /// Whether `mark` was noted earlier in this request.
     pub(crate) fn marked(&self, mark: &'static str) -> bool {
         self.marks.contains(&mark)
+    }
+
+    /// Queues `entry` once the response body is over (ended, failed or
+    /// dropped), with the bytes it sent. From `log`.
+    pub(crate) fn after_body(&self, entry: access_log::Unsent) {
+        self.unsent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(entry);
+    }
+
+    /// Entries waiting for the body, taken (tests send them by hand).
+    pub(crate) fn take_unsent(&mut self) -> Vec<access_log::Unsent> {
+        std::mem::take(
+            self.unsent
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Keeps the request as it is now for the loggers, once.
@@ -978,6 +1000,20 @@ impl<'a> Ctx<'a> {
         };
         for entry in global.0.iter().chain(chain.0.iter()) {
             entry.plugin.log(self, &log);
+        }
+        let unsent = self.take_unsent();
+        if !unsent.is_empty() {
+            // Only a measured response pays for the count.
+            let head_len = access_log::response_head_len(&head);
+            body = crate::body::counted(body, move |sent| {
+                let sent = access_log::Sent {
+                    body: sent,
+                    head: head_len,
+                };
+                for entry in unsent {
+                    entry.send(sent);
+                }
+            });
         }
         if let Some(consumer) = self.consumer_name() {
             tracing::debug!(

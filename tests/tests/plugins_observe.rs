@@ -106,6 +106,18 @@ fn on_service(mut config: remora_api::MeshConfig, plugins: Value) -> remora_api:
     config
 }
 
+/// The length of a response head as http1 writes it: status line, the
+/// entry's headers, blank line.
+fn head_len(status: &str, headers: &Value) -> u64 {
+    let headers: u64 = headers
+        .as_object()
+        .expect("headers")
+        .iter()
+        .map(|(n, v)| (n.len() + 2 + v.as_str().expect("text").len() + 2) as u64)
+        .sum();
+    ("HTTP/1.1 ".len() + status.len() + 2) as u64 + headers + 2
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -402,6 +414,11 @@ async fn http_logger_delivers_one_entry_per_request() {
         assert_eq!(e["request"]["headers"].get("authorization"), None);
         assert_eq!(e["response"]["status"], 200);
         assert_eq!(e["response"]["headers"]["x-pod"], "app");
+        // The app's body "app" and the head as the entry shows it.
+        assert_eq!(
+            e["response"]["size"],
+            head_len("200 OK", &e["response"]["headers"]) + 3
+        );
         assert_eq!(e["upstream"], app.as_str());
         assert_eq!(
             (&e["route_id"], &e["service_id"]),
@@ -549,6 +566,11 @@ async fn file_logger_writes_one_line_per_request_and_follows_rotation() {
     for (i, line) in lines(&path).iter().enumerate() {
         assert_eq!(line["request"]["uri"], format!("/items/{i}"));
         assert_eq!(line["response"]["status"], 200);
+        let body = t.app.name().len() as u64;
+        assert_eq!(
+            line["response"]["size"],
+            head_len("200 OK", &line["response"]["headers"]) + body
+        );
         assert_eq!(line["client_ip"], client_ip.as_str());
         assert_eq!(line["upstream"], t.app_addr().to_string());
     }
@@ -680,6 +702,7 @@ async fn http_logger_log_format_entry_is_exactly_its_fields() {
                 "tenant": "$http_x_tenant",
                 "pod": "$sent_http_x_pod",
                 "route": "$route_id",
+                "body_sent": "$body_bytes_sent",
                 "typo": "$remote_adr",
                 "env": "production",
                 "shard": 3
@@ -712,10 +735,22 @@ async fn http_logger_log_format_entry_is_exactly_its_fields() {
             "user": "u7",
             "pod": "app",
             "route": "orders",
+            "body_sent": "3",
             "env": "production",
             "shard": 3
         }),
         "exactly the format's fields; an absent header and an unknown variable are left out"
+    );
+    // A HEAD response sends its head only.
+    let head = Req::new(http::Method::HEAD, "/orders?id=8");
+    let reply = c.send(&head).await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, ""));
+    let n = settle(2, "two entries", || sink.entries().len()).await;
+    assert_eq!(n, 2);
+    let e = &sink.entries()[1];
+    assert_eq!(
+        (&e["method"], &e["body_sent"]),
+        (&json!("HEAD"), &json!("0"))
     );
 }
 

@@ -113,6 +113,15 @@ pub(crate) struct Batcher<T> {
     full: IntCounter,
 }
 
+impl<T> Clone for Batcher<T> {
+    fn clone(&self) -> Self {
+        Batcher {
+            queue: self.queue.clone(),
+            full: self.full.clone(),
+        }
+    }
+}
+
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the task of `plugin` on the proxy's runtime.
     pub(crate) fn start<S: Sink<Item = T>>(

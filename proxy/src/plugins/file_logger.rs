@@ -196,8 +196,7 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
 
 impl Plugin for FileLogger {
     fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
-        self.lines
-            .push(log_format::record(self.format.as_ref(), ctx, entry));
+        log_format::log(self.format.as_ref(), &self.lines, ctx, entry);
     }
 }
 
@@ -207,9 +206,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// One exchange whose body sent 10 bytes after a 90-byte head.
     fn log_once(p: &Arc<dyn Plugin>, status: u16) {
         let compiled = consumers(&[]);
-        let ctx = ctx(&compiled);
+        let mut ctx = ctx(&compiled);
         let headers = http::HeaderMap::new();
         p.log(
             &ctx,
@@ -220,6 +220,11 @@ mod tests {
                 upstream: None,
             },
         );
+        let unsent = ctx.take_unsent();
+        assert_eq!(unsent.len(), 1, "the default entry waits for the body");
+        for entry in unsent {
+            entry.send(super::super::access_log::Sent { body: 10, head: 90 });
+        }
     }
 
     async fn lines_of(path: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
@@ -249,6 +254,7 @@ mod tests {
             .map(|l| l["response"]["status"].clone())
             .collect();
         assert_eq!(statuses, [json!(200), json!(404)]);
+        assert_eq!(lines[0]["response"]["size"], 100, "head and body");
         // logrotate moves the file away: the next line starts a new one.
         let rotated = dir.path().join("access.log.1");
         std::fs::rename(&path, &rotated).expect("rotate");

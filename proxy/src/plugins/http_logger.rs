@@ -156,8 +156,7 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
 
 impl Plugin for HttpLogger {
     fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
-        self.entries
-            .push(log_format::record(self.format.as_ref(), ctx, entry));
+        log_format::log(self.format.as_ref(), &self.entries, ctx, entry);
     }
 }
 

@@ -21,7 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::HeaderName;
 use serde_json::Value;
 
-use super::access_log::Record;
+use super::access_log::{Custom, Record, SizeVar, Unsent};
+use super::batch::Batcher;
 use super::vars::{self, Var};
 use super::{Ctx, Fault, LogEntry};
 
@@ -48,6 +49,8 @@ enum Field {
     Var(Var),
     /// A response-side variable, read at `log` time.
     Response(ResponseVar),
+    /// `$bytes_sent` or `$body_bytes_sent`: known once the body is over.
+    Size(SizeVar),
     /// A variable no part of this proxy knows: always absent, as APISIX's
     /// nil.
     Unknown,
@@ -97,8 +100,9 @@ impl LogFormat {
             .iter()
             .map(|(name, value)| {
                 let compiled = match value.as_str().and_then(|s| s.strip_prefix('$')) {
-                    Some(var) => ResponseVar::parse(var)
-                        .map(Field::Response)
+                    Some(var) => SizeVar::of(var)
+                        .map(Field::Size)
+                        .or_else(|| ResponseVar::parse(var).map(Field::Response))
                         .or_else(|| Var::parse(var).map(Field::Var))
                         .unwrap_or_else(|| {
                             unknown.push(format!("{field}.{name}: ${var}"));
@@ -122,8 +126,13 @@ impl LogFormat {
     /// have a value.
     pub(crate) fn record(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) -> Record {
         let mut out = serde_json::Map::with_capacity(self.fields.len());
+        let mut sizes = Vec::new();
         for (name, field) in &self.fields {
             let value = match field {
+                Field::Size(size) => {
+                    sizes.push((name.clone(), *size));
+                    continue;
+                }
                 Field::Literal(v) => Some(v.clone()),
                 Field::Unknown => None,
                 Field::Var(var) => {
@@ -139,7 +148,7 @@ impl LogFormat {
                 out.insert(name.clone(), value);
             }
         }
-        Record::Custom(out)
+        Record::Custom(Custom { fields: out, sizes })
     }
 }
 
@@ -155,6 +164,22 @@ pub(crate) fn record(format: Option<&LogFormat>, ctx: &Ctx<'_>, entry: &LogEntry
     match format {
         Some(f) => f.record(ctx, entry),
         None => Record::of(ctx, entry),
+    }
+}
+
+/// `log` of a logger: the entry goes to `queue` now, or once the response
+/// body is over when it names the response's size.
+pub(crate) fn log(
+    format: Option<&LogFormat>,
+    queue: &Batcher<Record>,
+    ctx: &Ctx<'_>,
+    entry: &LogEntry<'_>,
+) {
+    let record = record(format, ctx, entry);
+    if record.needs_size() {
+        ctx.after_body(Unsent::new(record, queue.clone()));
+    } else {
+        queue.push(record);
     }
 }
 
@@ -322,5 +347,30 @@ mod tests {
     fn iso8601_is_utc() {
         let at = UNIX_EPOCH + std::time::Duration::from_secs(1_796_223_845);
         assert_eq!(iso8601(at), "2026-12-02T15:04:05+00:00");
+    }
+
+    #[test]
+    fn size_variables_are_filled_once_the_body_is_over() {
+        let f = format(json!({"body": "$body_bytes_sent", "all": "$bytes_sent", "s": "$status"}))
+            .expect("compiles");
+        let compiled = consumers(&[]);
+        let ctx = ctx(&compiled);
+        let headers = http::HeaderMap::new();
+        let entry = LogEntry {
+            status: http::StatusCode::OK,
+            latency: std::time::Duration::ZERO,
+            headers: &headers,
+            upstream: None,
+        };
+        let mut record = f.record(&ctx, &entry);
+        assert!(record.needs_size());
+        record.complete(super::super::access_log::Sent {
+            body: 1234,
+            head: 80,
+        });
+        let json = serde_json::to_value(record).expect("serializes");
+        assert_eq!(json, json!({"body": "1234", "all": "1314", "s": "200"}));
+        let plain = format(json!({"s": "$status"})).expect("compiles");
+        assert!(!plain.record(&ctx, &entry).needs_size(), "queued at once");
     }
 }

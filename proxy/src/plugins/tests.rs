@@ -379,3 +379,58 @@ fn a_check_names_the_field_and_leaves_the_hosts_files_alone() {
     let err = check.consumer("spec", &consumer).unwrap_err();
     assert!(err.starts_with("spec.plugins.key-auth"), "{err}");
 }
+
+#[tokio::test]
+async fn a_logged_body_dropped_midway_queues_one_entry_with_what_was_sent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("access.log");
+    let compiled = compile(
+        &config(json!({"version": "v", "globalRules": [
+            {"id": "log", "plugins": {"file-logger": {
+                "path": path.to_str(),
+                "log_format": {"b": "$body_bytes_sent", "s": "$status"}
+            }}}
+        ]})),
+        &testing::env(),
+    )
+    .expect("compiles");
+    let chain = chain_of(&[], &layer("r", json!({})));
+    let mut ctx = testing::ctx(&compiled);
+    let mut req = request("/", &[]);
+    assert!(ctx.enter(&chain, &mut req).await.is_none());
+    let frames =
+        futures_util::stream::iter(["0123456789", "abc", "never"].map(|s| {
+            Ok::<_, crate::error::BoxError>(http_body::Frame::data(bytes::Bytes::from(s)))
+        }));
+    let source = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(frames));
+    let response = ctx.respond(http::Response::new(source));
+    let mut body = response.into_body();
+    for _ in 0..2 {
+        http_body_util::BodyExt::frame(&mut body)
+            .await
+            .expect("frame")
+            .expect("data");
+    }
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .is_empty(),
+        "not before the body is over"
+    );
+    drop(body);
+    for _ in 0..200 {
+        if !std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("written"),
+        "{\"b\":\"13\",\"s\":\"200\"}\n",
+        "exactly one line, with the 13 bytes sent"
+    );
+}
