@@ -721,6 +721,17 @@ pub(crate) fn reject(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, body)
 }
 
+/// Marks a value that is new on every request (a request id, a trace
+/// context, a remaining quota) so that HPACK never adds it to an HTTP/2
+/// connection's dynamic table (RFC 7541 §6.2.3; h2 calls it "sensitive").
+/// Indexed, each one would evict entries that are reused (RFC 7541 §7.1.3
+/// advises against indexing such values), and the encoder would walk its
+/// same-name entries on every request. HTTP/1.1 ignores the mark.
+pub(crate) fn unindexed(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
 /// A response with a JSON body (text as given).
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(full(body));

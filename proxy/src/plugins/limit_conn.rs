@@ -140,7 +140,7 @@ impl LimitConn {
 
 impl Plugin for LimitConn {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
-        let key = self.key.of(ctx, req);
+        let key = self.key.of(ctx, req).into_owned();
         let Some((slot, delay)) = self.incoming(key) else {
             return Flow::Respond(self.rejection.response());
         };

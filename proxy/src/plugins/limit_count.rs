@@ -116,11 +116,14 @@ struct LimitCount {
     remote: Option<(Arc<redis::RedisCounters>, Option<String>)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     windows: HashMap<String, Window>,
     /// Past this many keys, expired windows are swept before inserting.
     sweep_at: usize,
+    /// The last `X-RateLimit-Reset` value made: it changes once a second,
+    /// so most responses share it instead of formatting their own.
+    reset_header: (u64, HeaderValue),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +186,7 @@ fn build(config: Config) -> Result<LimitCount, Fault> {
         counters: Mutex::new(Counters {
             windows: HashMap::new(),
             sweep_at: SWEEP_FIRST,
+            reset_header: (0, HeaderValue::from_static("0")),
         }),
         limit_value: HeaderValue::from(config.count),
         remote: None,
@@ -190,48 +194,64 @@ fn build(config: Config) -> Result<LimitCount, Fault> {
 }
 
 /// What the counter said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
     admitted: bool,
     remaining: u64,
     /// Seconds until the window ends, rounded up.
     reset: u64,
+    /// `reset` as a header value.
+    reset_header: HeaderValue,
 }
 
 impl LimitCount {
-    fn incoming(&self, key: String, now: Instant) -> Verdict {
+    fn incoming(&self, key: &str, now: Instant) -> Verdict {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let window = self.window;
-        if counters.windows.len() >= counters.sweep_at && !counters.windows.contains_key(&key) {
+        if counters.windows.len() >= counters.sweep_at && !counters.windows.contains_key(key) {
             counters
                 .windows
                 .retain(|_, w| now.duration_since(w.started) < window);
             counters.sweep_at = (counters.windows.len() * 2).max(SWEEP_FIRST);
         }
-        let entry = counters.windows.entry(key).or_insert(Window {
-            started: now,
-            used: 0,
-        });
-        if now.duration_since(entry.started) >= window {
-            *entry = Window {
-                started: now,
-                used: 0,
-            };
+        let count = self.count;
+        let decide = |entry: &mut Window| {
+            if now.duration_since(entry.started) >= window {
+                *entry = Window {
+                    started: now,
+                    used: 0,
+                };
+            }
+            let left = window.saturating_sub(now.duration_since(entry.started));
+            let reset = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            if entry.used >= count {
+                return (false, 0, reset);
+            }
+            entry.used += 1;
+            (true, count - entry.used, reset)
+        };
+        // Looked up by reference: a known key (the usual case) costs no
+        // allocation.
+        let (admitted, remaining, reset) = match counters.windows.get_mut(key) {
+            Some(entry) => decide(entry),
+            None => {
+                let mut entry = Window {
+                    started: now,
+                    used: 0,
+                };
+                let decided = decide(&mut entry);
+                counters.windows.insert(key.to_owned(), entry);
+                decided
+            }
+        };
+        if counters.reset_header.0 != reset {
+            counters.reset_header = (reset, HeaderValue::from(reset));
         }
-        let left = window.saturating_sub(now.duration_since(entry.started));
-        let reset = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-        if entry.used >= self.count {
-            return Verdict {
-                admitted: false,
-                remaining: 0,
-                reset,
-            };
-        }
-        entry.used += 1;
         Verdict {
-            admitted: true,
-            remaining: self.count - entry.used,
+            admitted,
+            remaining,
             reset,
+            reset_header: counters.reset_header.1.clone(),
         }
     }
 }
@@ -275,7 +295,10 @@ impl LimitCount {
             };
             let quota = [
                 (LIMIT, limit),
-                (REMAINING, HeaderValue::from(remaining.max(0))),
+                (
+                    REMAINING,
+                    super::unindexed(HeaderValue::from(remaining.max(0))),
+                ),
                 (RESET, HeaderValue::from((reset_ms.max(0) + 999) / 1000)),
             ];
             let quota = if headers { quota.to_vec() } else { Vec::new() };
@@ -300,13 +323,18 @@ impl Plugin for LimitCount {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let key = self.key.of(ctx, req);
         if let Some((remote, group)) = &self.remote {
+            let key = key.into_owned();
             return self.remote_access(ctx, remote, group.as_deref(), key);
         }
-        let verdict = self.incoming(key, Instant::now());
+        let verdict = self.incoming(&key, Instant::now());
+        drop(key);
         if self.headers {
             ctx.set_response_header(LIMIT, self.limit_value.clone());
-            ctx.set_response_header(REMAINING, HeaderValue::from(verdict.remaining));
-            ctx.set_response_header(RESET, HeaderValue::from(verdict.reset));
+            ctx.set_response_header(
+                REMAINING,
+                super::unindexed(HeaderValue::from(verdict.remaining)),
+            );
+            ctx.set_response_header(RESET, verdict.reset_header);
         }
         if verdict.admitted {
             return Flow::Continue;
@@ -337,7 +365,7 @@ mod tests {
     fn a_window_admits_count_then_rejects_and_reopens() {
         let p = LimitCount::from_json(serde_json::json!({"count": 3, "time_window": 10}));
         let t0 = Instant::now();
-        let verdicts: Vec<_> = (0..5).map(|_| p.incoming("k".into(), t0)).collect();
+        let verdicts: Vec<_> = (0..5).map(|_| p.incoming("k", t0)).collect();
         assert_eq!(
             verdicts
                 .iter()
@@ -346,16 +374,40 @@ mod tests {
             [(true, 2), (true, 1), (true, 0), (false, 0), (false, 0)]
         );
         assert_eq!(verdicts[0].reset, 10);
-        let later = p.incoming("k".into(), t0 + Duration::from_millis(9_500));
+        let later = p.incoming("k", t0 + Duration::from_millis(9_500));
         assert_eq!((later.admitted, later.reset), (false, 1));
-        let other = p.incoming("other".into(), t0);
+        let other = p.incoming("other", t0);
         assert_eq!(
             (other.admitted, other.remaining),
             (true, 2),
             "keys count apart"
         );
-        let next = p.incoming("k".into(), t0 + Duration::from_secs(10));
+        let next = p.incoming("k", t0 + Duration::from_secs(10));
         assert_eq!((next.admitted, next.remaining, next.reset), (true, 2, 10));
+    }
+
+    #[test]
+    fn the_reset_header_follows_the_window_it_was_counted_in() {
+        // The header value is shared while it stays the same; it must never
+        // be one made for another second or another key's window.
+        let p = LimitCount::from_json(serde_json::json!({"count": 100, "time_window": 10}));
+        let t0 = Instant::now();
+        let header = |key: &str, ms: u64| {
+            let v = p.incoming(key, t0 + Duration::from_millis(ms));
+            assert_eq!(
+                v.reset_header,
+                v.reset.to_string().as_str(),
+                "{key} at {ms} ms"
+            );
+            v.reset_header
+        };
+        assert_eq!(header("a", 0), "10");
+        assert_eq!(header("a", 400), "10");
+        assert_eq!(header("a", 1_200), "9");
+        assert_eq!(header("b", 1_200), "10", "b's window starts now");
+        assert_eq!(header("a", 1_300), "9");
+        assert_eq!(header("a", 9_999), "1");
+        assert_eq!(header("a", 10_000), "10", "a new window");
     }
 
     #[test]
@@ -369,9 +421,7 @@ mod tests {
                 .map(|_| {
                     let p = p.clone();
                     s.spawn(move || {
-                        (0..500)
-                            .filter(|_| p.incoming("one".into(), now).admitted)
-                            .count() as u64
+                        (0..500).filter(|_| p.incoming("one", now).admitted).count() as u64
                     })
                 })
                 .collect();
@@ -386,7 +436,7 @@ mod tests {
         let mut ctx = ctx(&compiled_consumers);
         let req = request("/p?user=u1", &[("x-user-id", "42")]);
         let key = |config: serde_json::Value, ctx: &Ctx<'_>| {
-            LimitCount::from_json(config).key.of(ctx, &req)
+            LimitCount::from_json(config).key.of(ctx, &req).into_owned()
         };
         assert_eq!(
             key(serde_json::json!({"count": 1, "time_window": 1}), &ctx),
@@ -479,6 +529,14 @@ mod tests {
                 "x-ratelimit-reset: 60",
             ]
         );
+        // Only the value that changes on every request stays out of HPACK
+        // tables.
+        let sensitive: Vec<_> = ctx
+            .response_headers
+            .iter()
+            .map(|(_, v, _)| v.is_sensitive())
+            .collect();
+        assert_eq!(sensitive, [false, true, false, false, true, false]);
         let quiet = compiled(
             serde_json::json!({"count": 1, "time_window": 60, "show_limit_quota_header": false}),
         );
@@ -608,9 +666,9 @@ mod tests {
         let p = LimitCount::from_json(serde_json::json!({"count": 1, "time_window": 1}));
         let t0 = Instant::now();
         for i in 0..SWEEP_FIRST {
-            p.incoming(format!("k{i}"), t0);
+            p.incoming(&format!("k{i}"), t0);
         }
-        p.incoming("late".into(), t0 + Duration::from_secs(2));
+        p.incoming("late", t0 + Duration::from_secs(2));
         let counters = p.counters.lock().unwrap();
         assert_eq!(counters.windows.len(), 1, "only the live key stays");
     }

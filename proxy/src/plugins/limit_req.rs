@@ -108,13 +108,13 @@ fn build(c: Config) -> Result<LimitReq, Fault> {
 
 impl LimitReq {
     /// The delay for an admitted request, or `None` for a rejected one.
-    fn incoming(&self, key: String, now: Instant) -> Option<Duration> {
+    fn incoming(&self, key: &str, now: Instant) -> Option<Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= SWEEP_AT && !buckets.contains_key(&key) {
+        if buckets.len() >= SWEEP_AT && !buckets.contains_key(key) {
             let rate = self.rate;
             buckets.retain(|_, b| b.excess - rate * now.duration_since(b.last).as_secs_f64() > 0.0);
         }
-        let excess = match buckets.get(&key) {
+        let excess = match buckets.get(key) {
             Some(b) => {
                 let drained = self.rate * now.saturating_duration_since(b.last).as_secs_f64();
                 (b.excess - drained + 1.0).max(0.0)
@@ -124,7 +124,13 @@ impl LimitReq {
         if excess > self.burst {
             return None;
         }
-        buckets.insert(key, Bucket { excess, last: now });
+        let bucket = Bucket { excess, last: now };
+        match buckets.get_mut(key) {
+            Some(b) => *b = bucket,
+            None => {
+                buckets.insert(key.to_owned(), bucket);
+            }
+        }
         Some(Duration::from_secs_f64(excess / self.rate))
     }
 }
@@ -132,7 +138,7 @@ impl LimitReq {
 impl Plugin for LimitReq {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let key = self.key.of(ctx, req);
-        match self.incoming(key, Instant::now()) {
+        match self.incoming(&key, Instant::now()) {
             None => Flow::Respond(self.rejection.response()),
             Some(delay) if !self.nodelay && delay >= Duration::from_millis(1) => {
                 Flow::Wait(Box::pin(async move {
@@ -160,21 +166,17 @@ mod tests {
         let t0 = Instant::now();
         // At once: the first passes, the second queues (0.5 s), the third
         // is past the burst.
-        assert_eq!(l.incoming("k".into(), t0), Some(Duration::ZERO));
-        assert_eq!(l.incoming("k".into(), t0), Some(Duration::from_millis(500)));
-        assert_eq!(l.incoming("k".into(), t0), None);
+        assert_eq!(l.incoming("k", t0), Some(Duration::ZERO));
+        assert_eq!(l.incoming("k", t0), Some(Duration::from_millis(500)));
+        assert_eq!(l.incoming("k", t0), None);
         // Half a second later one has leaked out: room for one more.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(l.incoming("k".into(), t1), Some(Duration::from_millis(500)));
-        assert_eq!(l.incoming("k".into(), t1), None);
-        assert_eq!(
-            l.incoming("other".into(), t1),
-            Some(Duration::ZERO),
-            "keys apart"
-        );
+        assert_eq!(l.incoming("k", t1), Some(Duration::from_millis(500)));
+        assert_eq!(l.incoming("k", t1), None);
+        assert_eq!(l.incoming("other", t1), Some(Duration::ZERO), "keys apart");
         // Long idle: drained.
         assert_eq!(
-            l.incoming("k".into(), t1 + Duration::from_secs(10)),
+            l.incoming("k", t1 + Duration::from_secs(10)),
             Some(Duration::ZERO)
         );
     }
@@ -189,11 +191,7 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let l = l.clone();
-                    s.spawn(move || {
-                        (0..50)
-                            .filter(|_| l.incoming("k".into(), now).is_some())
-                            .count()
-                    })
+                    s.spawn(move || (0..50).filter(|_| l.incoming("k", now).is_some()).count())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()

@@ -54,16 +54,16 @@ impl Key {
 
     /// The request's key; the client address when its variables are all
     /// empty, as in APISIX.
-    pub(crate) fn of(&self, ctx: &Ctx<'_>, req: &request::Parts) -> String {
+    pub(crate) fn of<'r>(&self, ctx: &'r Ctx<'_>, req: &'r request::Parts) -> Cow<'r, str> {
         let key = match self {
-            Key::Constant => Some(String::new()),
-            Key::Var(var) => var.value(ctx, req).map(Cow::into_owned),
+            Key::Constant => Some(Cow::Borrowed("")),
+            Key::Var(var) => var.value(ctx, req),
             Key::Combination(template) => {
                 let (key, resolved) = template.render(ctx, req);
-                (resolved > 0).then_some(key)
+                (resolved > 0).then_some(Cow::Owned(key))
             }
         };
-        key.unwrap_or_else(|| ctx.remote_addr.ip().to_string())
+        key.unwrap_or_else(|| Cow::Owned(ctx.remote_addr.ip().to_string()))
     }
 }
 

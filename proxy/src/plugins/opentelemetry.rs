@@ -678,7 +678,7 @@ impl Plugin for OpenTelemetry {
         };
         // Hex ids: always a valid header value.
         if let Ok(value) = HeaderValue::from_str(&hop.traceparent()) {
-            req.headers.insert(TRACEPARENT, value);
+            req.headers.insert(TRACEPARENT, super::unindexed(value));
         }
         match HeaderValue::from_str(&hop.trace_state) {
             Ok(value) if !hop.trace_state.is_empty() => {
@@ -880,6 +880,10 @@ mod tests {
         let hop = ctx.trace.clone().expect("traced");
         assert_ne!(hop.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hop.parent, None);
+        assert!(
+            req.headers["traceparent"].is_sensitive(),
+            "a new trace context stays out of HPACK tables"
+        );
         let sent = req.headers["traceparent"]
             .to_str()
             .expect("text")

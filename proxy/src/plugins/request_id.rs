@@ -139,7 +139,7 @@ impl RequestId {
         };
         // Every byte is printable ASCII (the alphabets are checked at
         // load), so the value is always valid.
-        HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-"))
+        super::unindexed(HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-")))
     }
 }
 
@@ -173,6 +173,20 @@ mod tests {
         assert!(matches!(p.rewrite(&mut ctx, &mut req), Flow::Continue));
         let name = config["header_name"].as_str().unwrap_or("x-request-id");
         req.headers[name].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn generated_ids_stay_out_of_hpack_tables_both_ways() {
+        let p = compile(&serde_json::json!({}), &env()).expect("valid");
+        let compiled = consumers(&[]);
+        let mut ctx = ctx(&compiled);
+        let mut req = request("/", &[]);
+        assert!(matches!(p.rewrite(&mut ctx, &mut req), Flow::Continue));
+        assert!(req.headers["x-request-id"].is_sensitive(), "upstream");
+        let (name, sent, _) = &ctx.response_headers[0];
+        assert_eq!(name, "x-request-id");
+        assert_eq!(sent, &req.headers["x-request-id"]);
+        assert!(sent.is_sensitive(), "downstream");
     }
 
     #[test]

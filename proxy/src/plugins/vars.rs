@@ -65,18 +65,24 @@ impl Var {
     }
 
     /// This variable's value for this request, if it has one.
-    pub(crate) fn value<'r>(&self, ctx: &Ctx<'_>, req: &'r request::Parts) -> Option<Cow<'r, str>> {
-        let owned = |s: &str| Some(Cow::Owned(s.to_owned()));
+    pub(crate) fn value<'r>(
+        &self,
+        ctx: &'r Ctx<'_>,
+        req: &'r request::Parts,
+    ) -> Option<Cow<'r, str>> {
+        let borrowed = |s: &'r str| Some(Cow::Borrowed(s));
         match self {
             Var::Header(name) => header_value(&req.headers, name).map(Cow::Borrowed),
             Var::Arg(arg) => query_arg(&req.uri, arg),
             Var::RemoteAddr => Some(Cow::Owned(ctx.remote_addr.ip().to_string())),
             Var::RemotePort => Some(Cow::Owned(ctx.remote_addr.port().to_string())),
-            Var::ConsumerName => ctx.consumer_name().and_then(owned),
-            Var::RouteName => Some(&*ctx.route).filter(|r| !r.is_empty()).and_then(owned),
+            Var::ConsumerName => ctx.consumer_name().and_then(borrowed),
+            Var::RouteName => Some(&*ctx.route)
+                .filter(|r| !r.is_empty())
+                .and_then(borrowed),
             Var::ServiceName => Some(&*ctx.service)
                 .filter(|s| !s.is_empty())
-                .and_then(owned),
+                .and_then(borrowed),
             Var::Uri => Some(Cow::Borrowed(req.uri.path())),
             Var::RequestUri => Some(Cow::Borrowed(
                 req.uri.path_and_query().map_or("/", PathAndQuery::as_str),
