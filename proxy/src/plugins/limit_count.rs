@@ -266,7 +266,7 @@ impl LimitCount {
         ctx: &Ctx<'_>,
         remote: &Arc<redis::RedisCounters>,
         group: Option<&str>,
-        key: String,
+        key: &str,
     ) -> Flow {
         let name = match group {
             Some(group) => format!("remora:limit-count:{group}:{key}"),
@@ -323,11 +323,10 @@ impl Plugin for LimitCount {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let key = self.key.of(ctx, req);
         if let Some((remote, group)) = &self.remote {
-            let key = key.into_owned();
-            return self.remote_access(ctx, remote, group.as_deref(), key);
+            return self.remote_access(ctx, remote, group.as_deref(), &key);
         }
         let verdict = self.incoming(&key, Instant::now());
-        drop(key);
+        drop(key); // It may borrow from `ctx`, which the headers change.
         if self.headers {
             ctx.set_response_header(LIMIT, self.limit_value.clone());
             ctx.set_response_header(
