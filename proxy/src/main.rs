@@ -13,6 +13,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use remora_proxy::config::{Args, Config};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How often wait-ready asks, and how long one ask may take.
 const POLL: Duration = Duration::from_millis(200);
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -179,7 +179,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect_h1(&key.peer).await?;
+        // Boxed, like the HTTP/2 dial: a dial's state (TLS, handshake) is
+        // large and rare, and would otherwise sit in every request's future.
+        let mut sender = Box::pin(self.connect_h1(&key.peer)).await?;
         drop(pending);
         let response = sender
             .send_request(req)
@@ -242,7 +244,8 @@ impl Pool {
                     }
                 }
                 H2Step::Dial(tx) => {
-                    let dialed = self.connect_h2(&key.peer).await;
+                    // Boxed: see send_h1.
+                    let dialed = Box::pin(self.connect_h2(&key.peer)).await;
                     let mut slots = self.lock_h2();
                     match &dialed {
                         Ok(sender) => {

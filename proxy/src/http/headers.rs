@@ -59,8 +59,17 @@ fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &
         .filter(|t| !t.is_empty())
 }
 
+/// A header `strip_hop_by_hop` removes by its name alone: a hop-by-hop
+/// one, or `Upgrade`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Removes every header in `owned`.
 pub(crate) fn strip_owned(headers: &mut HeaderMap, owned: &[HeaderName]) {
+    if !headers.keys().any(|name| owned.contains(name)) {
+        return;
+    }
     for name in owned {
         headers.remove(name);
     }
@@ -163,6 +172,11 @@ pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, including those `Connection` names. When
 /// `upgrade` is set, `Connection: upgrade` and `Upgrade` are put back.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Most messages carry none of them (HTTP/2 forbids them outright): one
+    // pass over the names tells, where removing each would look each up.
+    if upgrade.is_none() && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = list(headers, &header::CONNECTION)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
@@ -236,6 +250,38 @@ mod tests {
         strip_hop_by_hop(&mut map, None);
         assert_eq!(map.len(), 1);
         assert_eq!(map["x-kept"], "yes");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "Upgrade",
+        ] {
+            let mut map = headers(&[("x-kept", "yes"), (name, "gzip")]);
+            strip_hop_by_hop(&mut map, None);
+            assert_eq!(map.len(), 1, "{name} crossed");
+            assert_eq!(map["x-kept"], "yes");
+        }
+        // Nothing to strip: the message is as it was.
+        let mut map = headers(&[("x-a", "1"), ("x-b", "2"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut map, None);
+        assert_eq!(map.len(), 3);
+    }
+
+    #[test]
+    fn each_owned_header_alone_is_removed() {
+        for name in &OWNED_REQUEST_HEADERS {
+            let mut map = headers(&[("x-kept", "yes"), (name.as_str(), "forged")]);
+            strip_owned(&mut map, &OWNED_REQUEST_HEADERS);
+            assert_eq!(map.len(), 1, "{name} crossed");
+        }
     }
 
     #[test]

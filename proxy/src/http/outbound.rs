@@ -48,7 +48,9 @@ impl HttpProxy {
             .and_then(|d| Some((d, host_dest(&authority, conn.orig_dst.port())?)));
         if port.is_none() {
             if let Some((discovery, dest)) = &host {
-                let asked = discovery.on_demand.ask(dest.clone()).await;
+                // Boxed: a first request to a new host is rare, and its
+                // wait need not sit in every request's future.
+                let asked = Box::pin(discovery.on_demand.ask(dest.clone())).await;
                 debug!(%authority, ?asked, "host asked for on demand");
                 snapshot = self.state.load();
                 port = snapshot.service_for(conn.orig_dst, &authority).cloned();
