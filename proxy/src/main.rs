@@ -13,6 +13,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use remora_proxy::config::{Args, Config};
 
+/// Every request allocates (headers, bodies, its boxed future): mimalloc's
+/// thread-local free lists take a fifth fewer instructions per request than
+/// glibc's malloc (bench/RESULTS.md, 2026-12-03).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -51,10 +54,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    // A sidecar's memory is counted in 4 KiB pages. Transparent huge pages
-    // (which the allocator asks for, and a node may hand out unasked) round
-    // each arena the allocator touches up to 2 MiB of RSS: 8 MiB more per
-    // sidecar, measured with bench/run.sh.
+    // A sidecar's memory is counted in 4 KiB pages. With transparent huge
+    // pages (a node set to `always` hands them out unasked), each arena the
+    // allocator touches costs 2 MiB of RSS: 8 MiB more per sidecar when
+    // mimalloc still asked for them (bench/RESULTS.md, 2026-12-03).
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "transparent huge pages stay on: RSS may be higher");
     }
