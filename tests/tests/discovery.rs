@@ -385,8 +385,10 @@ async fn an_idle_destination_is_unsubscribed_and_the_next_request_subscribes_aga
     // The shortest idle time the flag takes.
     args.extend(["--discovery-idle-unsubscribe".to_owned(), "10s".to_owned()]);
     let proxy = m.client.mesh_with(&[], &args.strs()).await;
-    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
+    // Taken before the requests: the proxy's idle time starts when their
+    // connections close, which is after this and before send_many returns.
     let last_used = std::time::Instant::now();
+    let got = tally(send_many(&m.client, web(), 4, 1, |_| Req::get("/")).await);
     assert_eq!(got, counts(&[("a", 2), ("b", 2)]));
     let d = dump(&proxy).await;
     assert_eq!(d["counts"]["services"], 1, "{d}");
@@ -483,6 +485,20 @@ async fn a_strict_mesh_tls_policy_from_the_control_plane_refuses_plaintext() {
         "apiVersion: remora.dev/v1alpha1\nkind: MeshTLSPolicy\nmetadata: {name: strict, namespace: default}\nspec: {mode: STRICT}\n",
     );
     pushed_after(&proxy, "inbound", before).await;
+    // The push that `before` was read ahead of may be the pod's own (its
+    // workload), not the policy's: wait for the mode in force.
+    eventually(PROPAGATION, "STRICT in force inbound", || async {
+        let r = proxy
+            .get("/config_dump?full=1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let full: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+        match full["config"]["inbound"]["mode"].as_str() {
+            Some("strict") => Ok(()),
+            other => Err(format!("inbound mode {other:?}")),
+        }
+    })
+    .await;
     let mut plain = m.client.connect(to_app).await.unwrap();
     // The sidecar closes before reading; the write may or may not land.
     let _ = plain
