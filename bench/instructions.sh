@@ -47,43 +47,15 @@ setup_topology
 start_origin_nginx
 
 # The same mesh configs as bench/run.sh's remora-http and remora-plugins.
-mkdir -p "$T/cfg"; chmod 755 "$T/cfg"
-services() {
-    cat <<EOF
-version: instr
-outbound:
-  services:
-    - name: origin
-      addresses: ["$IP_S"]
-$1      ports:
-        - { port: $HTTP_PORT, protocol: http, backendRefs: [{ name: origin }] }
-        - { port: $H2_PORT, protocol: http, backendRefs: [{ name: origin-h2 }] }
-EOF
-}
-backends="backends:
-  origin: { endpoints: [{ address: \"$IP_S:$HTTP_PORT\" }] }
-  origin-h2: { endpoints: [{ address: \"$IP_S:$H2_PORT\" }] }"
-{ services ""; echo "$backends"; } >"$T/cfg/http.yaml"
-{
-    services "      plugins:
-        key-auth: { query: apikey }
-        limit-count: { count: 1000000000, time_window: 60, key: consumer_name }
-        prometheus: {}
-        request-id: {}
-"
-    echo "consumers:
-  - username: bench
-    plugins:
-      key-auth: { key: bench-key }"
-    echo "$backends"
-} >"$T/cfg/plugins.yaml"
-chmod 644 "$T/cfg"/*.yaml
+write_remora_http_config
+write_remora_plugins_config plugins 0
+cfg_file() { echo "$T/remora-$1/mesh.yaml"; }    # cfg_file http|plugins
 
 load() {                  # load PROTO COUNT
     local url flags=(-c 4 -t 1 -n "$2")
     case "$1" in
-        h1) url="http://$IP_S:$HTTP_PORT/?apikey=bench-key"; flags+=(--h1) ;;
-        h2) url="http://$IP_S:$H2_PORT/?apikey=bench-key"; flags+=(-m 4) ;;
+        h1) url="http://$IP_S:$HTTP_PORT/?apikey=$BENCH_KEY"; flags+=(--h1) ;;
+        h2) url="http://$IP_S:$H2_PORT/?apikey=$BENCH_KEY"; flags+=(-m 4) ;;
     esac
     in_c h2load "${flags[@]}" "$url" >"$OUT/h2load.last" 2>&1 || true
     local ok
@@ -99,7 +71,7 @@ run_one() {               # run_one CONFIG PROTO COUNT: prints the total instruc
     local cfg="$1" proto="$2" count="$3" cg="$OUT/callgrind.$1.$2.$3" pid n
     in_c "$INIT_BIN" >>"$OUT/init.log" 2>&1 || die "remora-init failed"
     start_bg "$OUT/proxy.$cfg.$proto.$count.log" ip netns exec "$NS_C" setpriv --reuid=1337 --regid=1337 --clear-groups -- \
-        valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$cg" "$PROXY_BIN" --workers 1 --config "$T/cfg/$cfg.yaml"
+        valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$cg" "$PROXY_BIN" --workers 1 --config "$(cfg_file "$cfg")"
     pid=$BG_PID
     n=300
     until in_c curl -sf -o /dev/null http://127.0.0.1:15020/ready; do
@@ -119,7 +91,7 @@ run_one() {               # run_one CONFIG PROTO COUNT: prints the total instruc
 
 printf '%-8s %-5s %10s %14s\n' config proto requests "instr/request"
 for cfg in $CONFIGS; do
-    [ -f "$T/cfg/$cfg.yaml" ] || die "no config $cfg (http, plugins)"
+    [ -f "$(cfg_file "$cfg")" ] || die "no config $cfg (http, plugins)"
     for proto in $PROTOS; do
         base=$(run_one "$cfg" "$proto" 0)
         full=$(run_one "$cfg" "$proto" "$N")

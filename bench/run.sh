@@ -278,75 +278,8 @@ EOF
 }
 haproxy_stop() { stop_pid "$PROXY_PIDS"; }
 
-# Standalone mesh config for remora-http: the origin is a mesh service on an
-# HTTP port whose backend has the origin as its one endpoint, so requests go
-# through the HTTP data plane: service -> backend -> balanced endpoint ->
-# pooled upstream connection. (A port with neither routes nor backendRefs
-# answers 404 no_route as of 9a30c55, although docs/config.md says such
-# requests go to the original destination.)
-write_remora_http_config() {
-    mkdir -p "$T/remora-http"
-    cat >"$T/remora-http/mesh.yaml" <<EOF
-version: bench-1
-outbound:
-  services:
-    - name: origin
-      addresses: ["$IP_S"]
-      ports:
-        - port: $HTTP_PORT
-          protocol: http
-          backendRefs:
-            - name: origin
-        # the same for HTTP/2: a client speaking h2c makes the proxy speak h2
-        # upstream too, so this port's backend is the origin's h2c port.
-        - port: $H2_PORT
-          protocol: http
-          backendRefs:
-            - name: origin-h2
-backends:
-  origin:
-    endpoints:
-      - address: $IP_S:$HTTP_PORT
-  origin-h2:
-    endpoints:
-      - address: $IP_S:$H2_PORT
-EOF
-    chmod 755 "$T/remora-http"; chmod 644 "$T/remora-http/mesh.yaml"
-}
 write_remora_http_config
 
-# The plugin scenarios: remora-http's config with APISIX plugins on the
-# service, the chain issue 7 sets a budget for (key-auth, limit-count with a
-# limit no run reaches, prometheus, request-id), and that chain with jwt-auth
-# (RS256) added. The client authenticates with query parameters; the JWT is
-# signed here with the test key the unit tests use, without `exp`.
-BENCH_KEY=bench-key
-write_remora_plugins_config() {   # write_remora_plugins_config NAME JWT(0|1)
-    local dir="$T/remora-$1" jwt="$2" pub
-    mkdir -p "$dir"
-    sed -n '1,/^backends:/p' "$T/remora-http/mesh.yaml" | sed '$d' |
-        sed "s/^    - name: origin$/    - name: origin\n      plugins:\n        key-auth: { query: apikey }\n        limit-count: { count: 1000000000, time_window: 60, key: consumer_name }\n        prometheus: {}\n        request-id: {}${jwt:+JWTPLUGIN}/" >"$dir/mesh.yaml"
-    if [ "$jwt" = 1 ]; then
-        sed -i "s/JWTPLUGIN/\n        jwt-auth: {}/" "$dir/mesh.yaml"
-    else
-        sed -i "s/JWTPLUGIN//" "$dir/mesh.yaml"
-    fi
-    {
-        echo "consumers:"
-        echo "  - username: bench"
-        echo "    plugins:"
-        echo "      key-auth: { key: $BENCH_KEY }"
-        if [ "$jwt" = 1 ]; then
-            echo "      jwt-auth:"
-            echo "        key: bench"
-            echo "        algorithm: RS256"
-            echo "        public_key: |"
-            sed 's/^/          /' "$ROOT/proxy/src/plugins/testdata/rsa_public.pem"
-        fi
-        sed -n '/^backends:/,$p' "$T/remora-http/mesh.yaml"
-    } >>"$dir/mesh.yaml"
-    chmod 755 "$dir"; chmod 644 "$dir/mesh.yaml"
-}
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 bench_jwt() {             # an RS256 token {"key":"bench"}, signed with the test key
     local h p s
