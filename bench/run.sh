@@ -292,71 +292,7 @@ write_remora_plugins_config plugins 0
 write_remora_plugins_config jwt 1
 BENCH_JWT=$(bench_jwt)
 
-# The two-sidecar scenarios: the client's sidecar (A, in the client ns) and
-# the server's (B, in the server ns, capturing the origin's inbound), with a
-# real remora-cp (standalone, token file) in the server ns signing both
-# certificates. mesh-plain: A's endpoint has no identity (plaintext between
-# the sidecars); mesh-mtls: it has B's, so the hop is mTLS (TLS 1.3, HTTP/2
-# between the sidecars whatever the client speaks). Port 8080 is a `tcp`
-# service whose backend is the origin's port 80: each client connection is a
-# new connection from A to B, for new mTLS connections per second.
-MESH_B_ID="spiffe://cluster.local/ns/bench/sa/server"
-write_mesh_configs() {
-    local d="$T/mesh" id kind
-    mkdir -p "$d"; chmod 755 "$d"
-    printf 'tokens:\n  - {token: bench-a, namespace: bench, serviceAccount: client}\n  - {token: bench-b, namespace: bench, serviceAccount: server}\n' >"$d/tokens.yaml"
-    printf 'bench-a' >"$d/token-a"; printf 'bench-b' >"$d/token-b"
-    for kind in plain mtls; do
-        id=""; [ "$kind" = mtls ] && id="
-        identity: $MESH_B_ID"
-        cat >"$d/client-$kind.yaml" <<EOF
-version: bench-$kind
-outbound:
-  services:
-    - name: origin
-      addresses: ["$IP_S"]
-      ports:
-        - port: $HTTP_PORT
-          protocol: http
-          backendRefs: [{ name: origin }]
-        - port: 8080
-          protocol: tcp
-          backendRefs: [{ name: origin }]
-backends:
-  origin:
-    endpoints:
-      - address: $IP_S:$HTTP_PORT$id
-EOF
-    done
-    cat >"$d/server.yaml" <<EOF
-version: bench-server
-inbound:
-  mode: permissive
-  ports:
-    - { port: $HTTP_PORT, protocol: http }
-EOF
-    chmod 644 "$d"/*
-}
 write_mesh_configs
-
-MESH_CP_PID=""
-mesh_ca_up() {            # remora-cp in the server ns, once; its root in $T/mesh/ca-roots.pem
-    [ -n "$MESH_CP_PID" ] && kill -0 "$MESH_CP_PID" 2>/dev/null && return 0
-    [ -n "$CP_BIN" ] || die "no remora-cp binary: cargo build --release -p remora-cp"
-    start_bg "$OUT/remora-cp.log" ip netns exec "$NS_S" "$CP_BIN" --grpc-addr "0.0.0.0:15012" \
-        --admin-addr 127.0.0.1:15014 --state-dir "$T/mesh/cp-state" --token-file "$T/mesh/tokens.yaml" --log-format text
-    MESH_CP_PID=$BG_PID
-    local n=100
-    until in_s curl -sf -o /dev/null http://127.0.0.1:15014/ready; do
-        kill -0 "$MESH_CP_PID" 2>/dev/null || die "remora-cp exited; see $OUT/remora-cp.log"
-        n=$((n - 1)); [ $n -gt 0 ] || die "remora-cp not ready after 10 s"
-        sleep 0.1
-    done
-    install -m 644 "$T/mesh/cp-state/root-cert.pem" "$T/mesh/ca-roots.pem"
-}
-mesh_identity_args() {    # mesh_identity_args TOKEN-FILE CA-HOST
-    echo "--ca-addr $2:15012 --ca-roots $T/mesh/ca-roots.pem --identity-token-file $1"
-}
 MESH_A_PID=""
 MESH_B_PID=""
 mesh_start() {            # mesh_start plain|mtls: B (server ns), then A (client ns)

@@ -57,6 +57,12 @@ pub(crate) struct ConnInfo {
     pub(crate) version: Version,
     /// The identity the client proved (mesh mTLS), if any.
     pub(crate) peer_identity: Option<Identity>,
+    /// What the inbound proxy tells the app of the peer, made once for
+    /// all of the connection's requests: its address for
+    /// `x-forwarded-for` (inbound only), and its identity for
+    /// `x-remora-client-id`.
+    pub(crate) forwarded_for: Option<HeaderValue>,
+    pub(crate) client_id: Option<HeaderValue>,
 }
 
 /// What a mesh peer's sidecar said about a request, read before admission
@@ -125,12 +131,19 @@ impl HttpProxy {
             orig_dst,
             peer_identity,
         } = downstream;
+        let forwarded_for =
+            (direction == Direction::Inbound).then(|| headers::forwarded_for_value(peer.ip()));
+        let client_id = peer_identity
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
         let conn = Arc::new(ConnInfo {
             direction,
             peer,
             orig_dst,
             version,
             peer_identity,
+            forwarded_for,
+            client_id,
         });
         let handler = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {

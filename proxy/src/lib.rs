@@ -65,6 +65,13 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::state::State;
 
+/// A map for lookups on every request whose keys only config inserts
+/// (services by address, backends, pooled endpoints): foldhash, seeded per
+/// process, where std's SipHash cost a few hundred instructions a lookup.
+/// A map whose keys clients choose (rate-limit keys) keeps SipHash: a
+/// flood of crafted keys must not make it slow.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Runs the proxy until it has drained (after SIGTERM, SIGINT or
 /// `POST /drain`).
 pub fn run(config: Config) -> anyhow::Result<()> {

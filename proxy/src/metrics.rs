@@ -2,7 +2,7 @@
 //! text format by the admin server. Hot paths take label handles once per
 //! connection and then only touch atomics.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -19,6 +19,82 @@ use crate::transport::detect::Protocol;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// How many label sets a [`SeriesCache`] keeps.
+const CACHED_SERIES: usize = 64;
+
+/// The series a request bumps, by the labels it carries: found by
+/// comparing the labels' `Arc`s by address and a number (status,
+/// direction), where `with_label_values` hashes every label's text and
+/// takes the family's lock, twice per request. The labels come from the
+/// config snapshot and the connection, so the same few `Arc`s recur; the
+/// entries hold them, so an address is never reused while cached. Bounded:
+/// past [`CACHED_SERIES`] label sets, entries are replaced in turn.
+#[derive(Debug)]
+pub(crate) struct SeriesCache<const N: usize, V> {
+    slots: Mutex<Slots<N, V>>,
+}
+
+#[derive(Debug)]
+struct Slots<const N: usize, V> {
+    entries: Vec<([Arc<str>; N], u32, V)>,
+    next: usize,
+}
+
+impl<const N: usize, V> Default for SeriesCache<N, V> {
+    fn default() -> Self {
+        SeriesCache {
+            slots: Mutex::new(Slots {
+                entries: Vec::new(),
+                next: 0,
+            }),
+        }
+    }
+}
+
+impl<const N: usize, V> SeriesCache<N, V> {
+    /// Runs `apply` on the series for `labels` and `number`, made by `make`
+    /// the first time (or again after it was replaced).
+    pub(crate) fn with(
+        &self,
+        labels: [&Arc<str>; N],
+        number: u32,
+        make: impl FnOnce() -> V,
+        apply: impl FnOnce(&V),
+    ) {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = slots.entries.iter().find(|(cached, n, _)| {
+            *n == number && cached.iter().zip(labels).all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        if let Some((_, _, series)) = found {
+            apply(series);
+            return;
+        }
+        let series = make();
+        apply(&series);
+        let entry = (labels.map(Arc::clone), number, series);
+        if slots.entries.len() < CACHED_SERIES {
+            slots.entries.push(entry);
+        } else {
+            let at = slots.next;
+            slots.entries[at] = entry;
+            slots.next = (at + 1) % CACHED_SERIES;
+        }
+    }
+
+    /// Forgets every entry: series may have been removed from their family.
+    pub(crate) fn clear(&self) {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.entries.clear();
+        slots.next = 0;
+    }
+}
 
 /// What a request is labelled with besides its direction and status.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +122,8 @@ pub(crate) struct Metrics {
     detect_timeouts: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
+    /// `requests` and `request_duration`'s series by a request's labels.
+    request_series: Arc<SeriesCache<4, (IntCounter, prometheus::Histogram)>>,
     http_errors: IntCounterVec,
     retries: IntCounterVec,
     ejections: IntCounterVec,
@@ -255,6 +333,7 @@ impl Metrics {
             detect_timeouts,
             requests,
             request_duration,
+            request_series: Arc::default(),
             http_errors,
             retries,
             ejections,
@@ -294,20 +373,39 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let (service, route, backend) = (&*labels.service, &*labels.route, &*labels.backend);
-        self.requests
-            .with_label_values(&[
-                direction.as_str(),
-                service,
-                route,
-                backend,
-                status.as_str(),
-                status_class(status),
+        let number =
+            u32::from(status.as_u16()) | (u32::from(direction == Direction::Inbound) << 16);
+        self.request_series.with(
+            [
+                &labels.service,
+                &labels.route,
+                &labels.backend,
                 &labels.client_id,
-            ])
-            .inc();
-        self.request_duration
-            .with_label_values(&[direction.as_str(), service, route, backend])
-            .observe(elapsed.as_secs_f64());
+            ],
+            number,
+            || {
+                let count = self.requests.with_label_values(&[
+                    direction.as_str(),
+                    service,
+                    route,
+                    backend,
+                    status.as_str(),
+                    status_class(status),
+                    &labels.client_id,
+                ]);
+                let duration = self.request_duration.with_label_values(&[
+                    direction.as_str(),
+                    service,
+                    route,
+                    backend,
+                ]);
+                (count, duration)
+            },
+            |(count, duration)| {
+                count.inc();
+                duration.observe(elapsed.as_secs_f64());
+            },
+        );
     }
 
     pub(crate) fn http_error(&self, direction: Direction, kind: ErrorKind) {
@@ -375,6 +473,7 @@ impl Metrics {
     /// resources do not linger in `/metrics`. Walks every series: call it
     /// off the data path, when a config removed something.
     pub(crate) fn retain_series(&self, keep: &dyn Fn(&str, &str, &str) -> bool) {
+        self.request_series.clear();
         retain_in(&self.requests, keep);
         retain_in(&self.request_duration, keep);
         retain_in(&self.retries, keep);
@@ -468,6 +567,76 @@ pub(crate) fn retain_in<T: prometheus::core::MetricVecBuilder>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_made_once_per_label_set_and_again_after_clear() {
+        let cache: SeriesCache<2, u32> = SeriesCache::default();
+        let (a, b) = (Arc::<str>::from("a"), Arc::<str>::from("b"));
+        let made = std::cell::Cell::new(0);
+        let seen = std::cell::Cell::new(0);
+        let touch = |labels: [&Arc<str>; 2], number: u32| {
+            cache.with(
+                labels,
+                number,
+                || {
+                    made.set(made.get() + 1);
+                    made.get()
+                },
+                |v| seen.set(*v),
+            );
+        };
+        touch([&a, &b], 200);
+        touch([&a, &b], 200);
+        assert_eq!((made.get(), seen.get()), (1, 1));
+        // Another number, other labels, or equal text in another Arc: new.
+        touch([&a, &b], 503);
+        touch([&b, &a], 200);
+        touch([&Arc::from("a"), &b], 200);
+        assert_eq!(made.get(), 4);
+        touch([&a, &b], 503);
+        assert_eq!((made.get(), seen.get()), (4, 2));
+        cache.clear();
+        touch([&a, &b], 200);
+        assert_eq!((made.get(), seen.get()), (5, 5));
+    }
+
+    #[test]
+    fn the_series_cache_is_bounded() {
+        let cache: SeriesCache<1, usize> = SeriesCache::default();
+        let labels: Vec<Arc<str>> = (0..CACHED_SERIES * 3)
+            .map(|i| Arc::from(i.to_string()))
+            .collect();
+        for (i, label) in labels.iter().enumerate() {
+            cache.with([label], 0, || i, |v| assert_eq!(*v, i));
+        }
+        let slots = cache.slots.lock().unwrap();
+        assert_eq!(slots.entries.len(), CACHED_SERIES);
+        // The newest are kept.
+        assert!(slots
+            .entries
+            .iter()
+            .all(|(_, _, v)| *v >= CACHED_SERIES * 2));
+    }
+
+    #[test]
+    fn a_cached_series_still_counts_after_a_retain() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            service: Arc::from("web"),
+            route: Arc::from("gone"),
+            backend: Arc::from("web-v1"),
+            client_id: Arc::default(),
+        };
+        let ok = StatusCode::OK;
+        metrics.request(Direction::Outbound, &labels, ok, Duration::from_millis(1));
+        metrics.retain_series(&|_, route, _| route != "gone");
+        metrics.request(Direction::Outbound, &labels, ok, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"remora_requests_total{backend="web-v1",class="2xx",client_id="",direction="outbound",route="gone",service="web",status="200"} 1"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn requests_carry_their_status_and_class() {

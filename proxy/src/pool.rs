@@ -9,7 +9,7 @@
 //! rather than each dialing their own. The pool does not choose endpoints or
 //! retry; callers do that with what `send` tells them.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -105,8 +105,8 @@ pub(crate) struct Pool {
     /// A backend's pool counts its connections, and the requests waiting
     /// for one, against the backend's circuit breaker.
     breaker: Option<Arc<CircuitBreaker>>,
-    h1_idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    h2: Mutex<HashMap<PoolKey, H2Slot>>,
+    h1_idle: Mutex<FastMap<PoolKey, Vec<Idle>>>,
+    h2: Mutex<FastMap<PoolKey, H2Slot>>,
 }
 
 impl Pool {
@@ -379,11 +379,11 @@ impl Pool {
         }
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, FastMap<PoolKey, Vec<Idle>>> {
         self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, H2Slot>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, FastMap<PoolKey, H2Slot>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -32,6 +32,7 @@ use crate::resilience::{CircuitBreaker, RetryBudget};
 use crate::route::{RouteError, RouteTable};
 use crate::source::discovery::Discovery;
 use crate::transport::Connector;
+use crate::FastMap;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Why a config was not applied.
@@ -97,14 +98,14 @@ pub(crate) struct Snapshot {
     /// The config as loaded, for `/config_dump`; `None` before the first.
     pub(crate) config: Option<Arc<MeshConfig>>,
     /// Each service's compiled ports, by service name.
-    services: HashMap<String, Vec<Arc<ServicePort>>>,
-    by_addr: HashMap<SocketAddr, Arc<ServicePort>>,
-    by_host: HashMap<(String, u16), Arc<ServicePort>>,
+    services: FastMap<String, Vec<Arc<ServicePort>>>,
+    by_addr: FastMap<SocketAddr, Arc<ServicePort>>,
+    by_host: FastMap<(String, u16), Arc<ServicePort>>,
     /// Wildcard host names (`*.example.com`) by their suffix with its dot
     /// (`.example.com`).
-    by_wildcard: HashMap<(String, u16), Arc<ServicePort>>,
+    by_wildcard: FastMap<(String, u16), Arc<ServicePort>>,
     host_ports: HashSet<u16>,
-    pub(crate) backends: HashMap<String, Arc<BackendState>>,
+    pub(crate) backends: FastMap<String, Arc<BackendState>>,
     pub(crate) inbound: InboundConfig,
     /// `inbound.authorization`, compiled.
     pub(crate) authorizer: Arc<Authorizer>,
@@ -418,7 +419,8 @@ impl State {
             .as_deref()
             .is_some_and(|old| plugins::Names::of(old) == names);
         let env = self.plugin_env.with_names(names);
-        let mut services = HashMap::with_capacity(config.outbound.services.len());
+        let mut services =
+            FastMap::with_capacity_and_hasher(config.outbound.services.len(), Default::default());
         for (si, service) in config.outbound.services.iter().enumerate() {
             let unchanged = same_names
                 && previous_configs
@@ -443,9 +445,9 @@ impl State {
                     .map(move |port| (si, port.clone()))
             });
 
-        let mut by_addr = HashMap::new();
-        let mut by_host = HashMap::new();
-        let mut by_wildcard = HashMap::new();
+        let mut by_addr = FastMap::default();
+        let mut by_host = FastMap::default();
+        let mut by_wildcard = FastMap::default();
         let mut host_ports = HashSet::new();
         for (si, port) in ports {
             let service = &config.outbound.services[si];

@@ -33,6 +33,11 @@ impl Identity {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The ID's text, shared (a label value, say) without a copy.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Display for Identity {

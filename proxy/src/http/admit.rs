@@ -88,8 +88,16 @@ pub(crate) fn admit<B>(req: &mut Request<B>, settings: &HttpSettings) -> Result<
 
 /// Checks one authority: a host, and a port of 1 to 65535 if any.
 pub(crate) fn parse_authority(text: &str) -> Result<Authority, AuthorityError> {
-    let invalid = || AuthorityError::Invalid(text.to_owned());
-    let authority: Authority = text.parse().map_err(|_| invalid())?;
+    let authority: Authority = text
+        .parse()
+        .map_err(|_| AuthorityError::Invalid(text.to_owned()))?;
+    check_authority(authority)
+}
+
+/// [`parse_authority`]'s checks on an authority `http` has parsed already
+/// (an HTTP/2 request's `:authority`), without parsing it again.
+fn check_authority(authority: Authority) -> Result<Authority, AuthorityError> {
+    let text = authority.as_str();
     if text.contains('@') {
         return Err(AuthorityError::UserInfo(text.to_owned()));
     }
@@ -161,7 +169,7 @@ fn h2_authority(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, Aut
         return host.map(parse_authority).transpose();
     };
     check_scheme(uri)?;
-    let authority = parse_authority(authority.as_str())?;
+    let authority = check_authority(authority.clone())?;
     if let Some(host) = host {
         let host = parse_authority(host)?;
         let same = host.host().eq_ignore_ascii_case(authority.host())

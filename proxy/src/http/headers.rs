@@ -65,12 +65,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
-/// Removes every header in `owned`.
+/// Removes every header in `owned`: one pass over the names, then a
+/// removal for each one present.
 pub(crate) fn strip_owned(headers: &mut HeaderMap, owned: &[HeaderName]) {
-    if !headers.keys().any(|name| owned.contains(name)) {
-        return;
-    }
-    for name in owned {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| owned.contains(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -172,25 +175,33 @@ pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, including those `Connection` names. When
 /// `upgrade` is set, `Connection: upgrade` and `Upgrade` are put back.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    // Most messages carry none of them (HTTP/2 forbids them outright): one
-    // pass over the names tells, where removing each would look each up.
-    if upgrade.is_none() && !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds those to remove, and only they are
+    // looked up again: most messages carry none (HTTP/2 forbids them), and
+    // most of the rest one (HTTP/1.1's `Connection: keep-alive`).
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    if upgrade.is_none() && doomed.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = list(headers, &header::CONNECTION)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    // `TE: trailers` is end to end in practice: gRPC over HTTP/2 needs it.
-    let te_trailers = headers
+    // `TE: trailers` is end to end in practice (gRPC over HTTP/2 needs
+    // it), unless `Connection` names TE.
+    let mut te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &HOP_BY_HOP {
+    if doomed.contains(&header::CONNECTION) {
+        let named: Vec<&str> = list(headers, &header::CONNECTION).collect();
+        te_trailers &= !named.iter().any(|t| t.eq_ignore_ascii_case("te"));
+        let also = headers.keys().filter(|name| {
+            !is_hop_by_hop(name) && named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        });
+        doomed.extend(also.cloned());
+    }
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -200,17 +211,37 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderVa
     }
 }
 
-/// Appends the downstream peer to `x-forwarded-for`.
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+/// The downstream peer's address as `x-forwarded-for` carries it (an
+/// IPv4-mapped IPv6 address as IPv4), made once per connection.
+pub(crate) fn forwarded_for_value(peer: IpAddr) -> HeaderValue {
+    let text = peer.to_canonical().to_string();
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the downstream peer (see [`forwarded_for_value`]) to
+/// `x-forwarded-for`.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let name = HeaderName::from_static("x-forwarded-for");
-    let peer = peer.to_canonical().to_string();
-    let value = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {peer}"),
-        _ => peer,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(name, value);
+    // Every line the client sent, in order, as one list (RFC 9110 5.3).
+    let mut joined: Vec<u8> = Vec::new();
+    for line in headers.get_all(&name) {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            joined.extend_from_slice(line);
+            joined.extend_from_slice(b", ");
+        }
     }
+    let value = if joined.is_empty() {
+        peer.clone()
+    } else {
+        joined.extend_from_slice(peer.as_bytes());
+        match HeaderValue::from_bytes(&joined) {
+            Ok(value) => value,
+            Err(_) => return,
+        }
+    };
+    headers.insert(name, value);
 }
 
 /// Sets `x-forwarded-proto` to the scheme the proxy itself received the
@@ -278,7 +309,11 @@ mod tests {
     #[test]
     fn each_owned_header_alone_is_removed() {
         for name in &OWNED_REQUEST_HEADERS {
-            let mut map = headers(&[("x-kept", "yes"), (name.as_str(), "forged")]);
+            let mut map = headers(&[
+                (name.as_str(), "forged"),
+                ("x-kept", "yes"),
+                (name.as_str(), "forged again"),
+            ]);
             strip_owned(&mut map, &OWNED_REQUEST_HEADERS);
             assert_eq!(map.len(), 1, "{name} crossed");
         }
@@ -302,13 +337,60 @@ mod tests {
     }
 
     #[test]
+    fn connection_names_are_matched_without_case_and_may_name_te() {
+        let mut map = headers(&[
+            ("connection", "X-Secret, TE"),
+            ("te", "trailers"),
+            ("x-secret", "1"),
+            ("x-secret", "2"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut map, None);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-kept"], "yes");
+        // The common HTTP/1.1 response: only `Connection` goes.
+        let mut map = headers(&[
+            ("connection", "keep-alive"),
+            ("content-length", "5"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut map, None);
+        assert_eq!(map.len(), 2, "{map:?}");
+        assert!(!map.contains_key("connection"));
+    }
+
+    #[test]
+    fn forwarded_for_joins_every_line_before_the_peer() {
+        let peer = forwarded_for_value("::ffff:10.0.0.2".parse().unwrap());
+        assert_eq!(peer, "10.0.0.2");
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
+        append_forwarded_for(&mut map, &peer);
+        assert_eq!(
+            map.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["1.2.3.4, 5.6.7.8, 9.9.9.9, 10.0.0.2"]
+        );
+        let mut map = headers(&[("x-forwarded-for", "")]);
+        append_forwarded_for(&mut map, &peer);
+        assert_eq!(map["x-forwarded-for"], "10.0.0.2");
+        let mut map = headers(&[]);
+        append_forwarded_for(
+            &mut map,
+            &forwarded_for_value("2001:db8::1".parse().unwrap()),
+        );
+        assert_eq!(map["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
     fn forwarded_for_appends_and_proto_is_the_proxys_own() {
         let mut map = headers(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-proto", "https"),
         ]);
-        append_forwarded_for(&mut map, "10.0.0.2".parse().unwrap());
+        append_forwarded_for(&mut map, &forwarded_for_value("10.0.0.2".parse().unwrap()));
         set_forwarded_proto(&mut map);
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
         assert_eq!(

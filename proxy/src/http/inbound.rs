@@ -11,7 +11,7 @@
 //! cannot be reached, is refused on the hop (REFUSED_STREAM) so that the
 //! peer may retry it elsewhere.
 
-use http::{HeaderValue, Request, Response, Version};
+use http::{Request, Response, Version};
 
 use super::{
     authority_of, forward, headers, Body, ConnInfo, ErrorKind, HttpProxy, MeshHop, Peer,
@@ -23,6 +23,7 @@ use crate::authz::{Decision, Subject};
 use crate::metrics::RequestLabels;
 use crate::plugins::{Chain, Ctx};
 use crate::state::Snapshot;
+use crate::transport::Identity;
 
 impl HttpProxy {
     pub(super) async fn inbound(
@@ -36,7 +37,7 @@ impl HttpProxy {
             client_id: conn
                 .peer_identity
                 .as_ref()
-                .map(|id| Arc::from(id.as_str()))
+                .map(Identity::shared)
                 .unwrap_or_default(),
             ..RequestLabels::default()
         };
@@ -83,15 +84,15 @@ impl HttpProxy {
         }
         let mut req = Request::from_parts(parts, body);
         let authority = authority_of(req.uri(), req.headers(), conn.orig_dst);
-        if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
-            headers::append_forwarded_for(req.headers_mut(), conn.peer.ip());
+        if let Some(peer) = &conn.forwarded_for {
+            if snapshot.http.x_forwarded_for == remora_api::XForwardedFor::Append {
+                headers::append_forwarded_for(req.headers_mut(), peer);
+            }
         }
         headers::set_forwarded_proto(req.headers_mut());
         let hop = req.extensions().get::<MeshHop>().copied();
-        if let Some(id) = &conn.peer_identity {
-            if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-                req.headers_mut().insert(headers::CLIENT_ID, value);
-            }
+        if let Some(value) = &conn.client_id {
+            req.headers_mut().insert(headers::CLIENT_ID, value.clone());
         }
         let upstream = match (conn.version, hop) {
             (Version::HTTP_2, Some(MeshHop { app_http1: true })) => Upstream::Http1,

@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{parse, Ctx, Descriptor, Env, Fault, LogEntry, Plugin};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesCache};
 
 pub(super) const DESCRIPTOR: Descriptor =
     Descriptor::new("prometheus", 500, super::schema_of::<Config>, compile);
@@ -43,6 +43,8 @@ const BUCKETS: &[f64] = &[
 pub(crate) struct ApisixMetrics {
     status: IntCounterVec,
     latency: HistogramVec,
+    /// Both families' series by route, service and consumer (and status).
+    series: Arc<SeriesCache<3, (IntCounter, Histogram)>>,
 }
 
 impl ApisixMetrics {
@@ -83,13 +85,18 @@ impl ApisixMetrics {
                 tracing::warn!(error = %e, "APISIX metrics not registered");
             }
         }
-        ApisixMetrics { status, latency }
+        ApisixMetrics {
+            status,
+            latency,
+            series: Arc::default(),
+        }
     }
 
     /// Drops the series of routes and services `keep(service, route)` says
     /// are gone, as the data plane does for Remora's own.
     pub(crate) fn retain(&self, keep: &dyn Fn(&str, &str) -> bool) {
         let keep = |service: &str, route: &str, _: &str| keep(service, route);
+        self.series.clear();
         crate::metrics::retain_in(&self.status, &keep);
         crate::metrics::retain_in(&self.latency, &keep);
     }
@@ -150,23 +157,33 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
 
 impl Plugin for Prometheus {
     fn log(&self, ctx: &Ctx<'_>, entry: &LogEntry<'_>) {
-        let consumer = ctx.consumer_name().unwrap_or("");
-        self.metrics
-            .status
-            .with_label_values(&[
-                entry.status.as_str(),
-                &ctx.route,
-                "",
-                "",
-                &ctx.service,
-                consumer,
-                "",
-            ])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&["request", &ctx.route, &ctx.service, ""])
-            .observe(entry.latency.as_secs_f64() * 1000.0);
+        let metrics = &self.metrics;
+        let nobody = Arc::<str>::default();
+        let consumer = ctx.consumer.as_ref().map_or(&nobody, |c| &c.name);
+        metrics.series.with(
+            [&ctx.route, &ctx.service, consumer],
+            u32::from(entry.status.as_u16()),
+            || {
+                let status = metrics.status.with_label_values(&[
+                    entry.status.as_str(),
+                    &ctx.route,
+                    "",
+                    "",
+                    &ctx.service,
+                    consumer,
+                    "",
+                ]);
+                let latency =
+                    metrics
+                        .latency
+                        .with_label_values(&["request", &ctx.route, &ctx.service, ""]);
+                (status, latency)
+            },
+            |(status, latency)| {
+                status.inc();
+                latency.observe(entry.latency.as_secs_f64() * 1000.0);
+            },
+        );
     }
 }
 
