@@ -9,7 +9,6 @@
 //! rather than each dialing their own. The pool does not choose endpoints or
 //! retry; callers do that with what `send` tells them.
 
-use crate::FastMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -32,6 +31,7 @@ use crate::resilience::{BreakerOpen, CircuitBreaker, Permit};
 #[cfg(test)]
 use crate::transport::Identity;
 use crate::transport::{Connection, Connector, Dial, Inner, Peer};
+use crate::FastMap;
 
 /// The protocol spoken to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

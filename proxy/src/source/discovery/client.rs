@@ -566,7 +566,6 @@ impl Client {
         }
         let keys: Vec<String> = idle.iter().map(Dest::to_string).collect();
         info!(destinations = ?keys, idle = ?self.config.idle_unsubscribe, "unsubscribing idle destinations");
-        self.metrics.unsubscribes.inc_by(idle.len() as u64);
         self.shared.status(|s| {
             for key in &keys {
                 s.versions.remove(key);
@@ -589,6 +588,9 @@ impl Client {
                 warn!(error = %e, "the config without the idle destinations does not assemble; it stays in force")
             }
         }
+        // Counted once the config is without them, so whoever reads the
+        // counter finds them gone from /config_dump too.
+        self.metrics.unsubscribes.inc_by(idle.len() as u64);
         idle.iter().map(unsubscribe).collect()
     }
 
