@@ -1,4 +1,4 @@
-# Shared by the bench scripts (run.sh, config_apply.sh, instructions.sh); sourced, not run.
+# Shared by the bench scripts (run.sh, config_apply.sh, instructions.sh, chain.sh); sourced, not run.
 # It owns what every bench run does alike: logging, the binaries it measures
 # (built once, then copied), the processes and namespaces it starts (and
 # their cleanup on any exit, Ctrl-C included), the two-namespace topology
@@ -314,6 +314,14 @@ write_remora_plugins_config() {   # write_remora_plugins_config NAME JWT(0|1)
         sed -n '/^backends:/,$p' "$T/remora-http/mesh.yaml"
     } >>"$dir/mesh.yaml"
     chmod 755 "$dir"; chmod 644 "$dir/mesh.yaml"
+}
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+bench_jwt() {             # remora-jwt's RS256 token {"key":"bench"}, signed with the test key
+    local h p s
+    h=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+    p=$(printf '{"key":"bench"}' | b64url)
+    s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$ROOT/proxy/src/plugins/testdata/rsa_private.pem" | b64url)
+    printf '%s.%s.%s' "$h" "$p" "$s"
 }
 h2load_summary() {        # h2load_summary OUTPUT: "req/s errors" from h2load's own summary
     awk '/^finished in/{gsub(/,/,""); rps=$4}

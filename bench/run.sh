@@ -280,14 +280,6 @@ haproxy_stop() { stop_pid "$PROXY_PIDS"; }
 
 write_remora_http_config
 
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-bench_jwt() {             # an RS256 token {"key":"bench"}, signed with the test key
-    local h p s
-    h=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
-    p=$(printf '{"key":"bench"}' | b64url)
-    s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$ROOT/proxy/src/plugins/testdata/rsa_private.pem" | b64url)
-    printf '%s.%s.%s' "$h" "$p" "$s"
-}
 write_remora_plugins_config plugins 0
 write_remora_plugins_config jwt 1
 BENCH_JWT=$(bench_jwt)

@@ -234,7 +234,8 @@ pub(crate) fn query_arg<'u>(uri: &'u Uri, name: &str) -> Option<Cow<'u, str>> {
 }
 
 fn decode(text: &str) -> Cow<'_, str> {
-    if !text.contains(['%', '+']) {
+    // Bytes, not chars: a char-set pattern decodes UTF-8 as it goes.
+    if !text.bytes().any(|b| matches!(b, b'%' | b'+')) {
         return Cow::Borrowed(text);
     }
     let spaced = text.replace('+', " ");
