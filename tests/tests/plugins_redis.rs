@@ -1,8 +1,9 @@
-//! limit-count with `policy: redis` across a fleet: two client pods, each
-//! with its own sidecar, share one limit in a real Redis server (Debian's
-//! `redis-server`, installed by scripts/deps.sh, run by this test in a pod
-//! of its own and stopped by it); then Redis is stopped and requests follow
-//! `allow_degradation` without waiting past `redis_timeout`.
+//! limit-count and limit-req with `policy: redis` across a fleet: two
+//! client pods, each with its own sidecar, share one limit (and one leaky
+//! bucket) in a real Redis server (Debian's `redis-server`, installed by
+//! scripts/deps.sh, run by this test in a pod of its own and stopped by
+//! it); then Redis is stopped and requests follow `allow_degradation`
+//! without waiting past `redis_timeout`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ fn admitted(outcomes: &[Outcome]) -> usize {
 }
 
 #[tokio::test]
-async fn two_sidecars_share_one_limit_in_redis_and_degrade_as_configured() {
+async fn two_sidecars_share_one_limit_and_one_bucket_in_redis_and_degrade_as_configured() {
     let net = TestNet::new("plug_redis");
     let a = net.pod("a");
     let b = net.pod("b");
@@ -82,9 +83,37 @@ async fn two_sidecars_share_one_limit_in_redis_and_degrade_as_configured() {
                "policy": "redis", "redis_host": host, "redis_timeout": 300,
                "allow_degradation": degrade, "rejected_code": 429})
     };
+    // A bucket that barely leaks (one request per 1,000 s): 1 + burst
+    // requests pass, in all.
+    let bucket = |degrade: bool| {
+        json!({"rate": 0.001, "burst": 9, "nodelay": true, "key_type": "constant", "key": "all",
+               "policy": "redis", "redis_host": host, "redis_timeout": 300,
+               "allow_degradation": degrade, "rejected_code": 429})
+    };
     let config = web(
         "r1",
         vec![
+            route()
+                .name("req-open")
+                .matching(Match::prefix("/req-open"))
+                .plugin("limit-req", bucket(true))
+                .to("app"),
+            route()
+                .name("req-closed")
+                .matching(Match::prefix("/req-closed"))
+                .plugin("limit-req", bucket(false))
+                .to("app"),
+            // Two per second, one more may queue: the second request at
+            // once waits half a second.
+            route()
+                .name("req-delay")
+                .matching(Match::prefix("/req-delay"))
+                .plugin(
+                    "limit-req",
+                    json!({"rate": 2, "burst": 1, "key_type": "constant", "key": "all",
+                           "policy": "redis", "redis_host": host, "rejected_code": 429}),
+                )
+                .to("app"),
             route()
                 .name("open")
                 .matching(Match::prefix("/open"))
@@ -129,6 +158,34 @@ async fn two_sidecars_share_one_limit_in_redis_and_degrade_as_configured() {
         (429, Some("10"), Some("0"))
     );
 
+    // limit-req: the same across both sidecars, 10 of 24 in all.
+    let (from_a, from_b) = tokio::join!(
+        send_many(&a, vip(), 12, 4, |_| Req::get("/req-closed")),
+        send_many(&b, vip(), 12, 4, |_| Req::get("/req-closed")),
+    );
+    assert_eq!(
+        admitted(&from_a) + admitted(&from_b),
+        10,
+        "one bucket for both sidecars"
+    );
+    assert_eq!(app.received(), 20);
+    let over = c.get("/req-closed").await.expect("request");
+    assert_eq!(over.status, 429);
+    // One request through A, then one through B: B's waits for A's to
+    // leak out of the shared bucket (0.5 s at 2 per second).
+    let first = c.get("/req-delay").await.expect("request");
+    assert_eq!(first.status, 200);
+    let mut c_b = HttpClient::new(&b, vip());
+    let started = Instant::now();
+    let second = c_b.get("/req-delay").await.expect("request");
+    let waited = started.elapsed();
+    assert_eq!(second.status, 200);
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1500),
+        "B's request waited {waited:?}, not the half second A's left in the bucket"
+    );
+    assert_eq!(app.received(), 22);
+
     drop(redis);
     let started = Instant::now();
     let closed = c.get("/closed").await.expect("request");
@@ -150,9 +207,29 @@ async fn two_sidecars_share_one_limit_in_redis_and_degrade_as_configured() {
         "{:?}",
         started.elapsed()
     );
+    let started = Instant::now();
+    let closed = c.get("/req-closed").await.expect("request");
+    let took = started.elapsed();
+    assert_eq!(
+        (closed.status, closed.body.as_str()),
+        (500, "{\"error_msg\":\"failed to limit req\"}\n"),
+        "limit-req without allow_degradation"
+    );
+    assert!(
+        took < Duration::from_millis(800),
+        "waited {took:?} past redis_timeout (300 ms)"
+    );
+    let open = c.get("/req-open").await.expect("request");
+    assert_eq!(open.status, 200, "limit-req's allow_degradation admits");
+    assert_eq!(app.received(), 24, "the open routes' two");
     let metrics = proxy_a.metrics().await;
     assert_eq!(
         metrics.get("remora_plugin_degraded_total", &[("plugin", "limit-count")]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics.get("remora_plugin_degraded_total", &[("plugin", "limit-req")]),
         2.0,
         "{metrics}"
     );

@@ -13,18 +13,18 @@
 //! responses carry `X-RateLimit-Limit`, `-Remaining` and `-Reset` unless
 //! `show_limit_quota_header` is false. One mutex guards the counters, so
 //! concurrent requests admit exactly `count`. With `policy: redis` the
-//! counters are in a Redis server that many sidecars share (`redis`).
+//! counters are in a Redis server that many sidecars share
+//! (`limits::redis`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{request, HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-mod redis;
-
+use super::limits::redis::{self, Policy, Store};
 use super::limits::{self, Key, KeyType, Rejection};
 use super::{in_range, parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
@@ -60,7 +60,7 @@ pub(crate) struct Config {
     #[serde(default)]
     redis_host: Option<String>,
     /// 1 to 65535.
-    #[serde(default = "default_redis_port")]
+    #[serde(default = "redis::default_port")]
     #[schemars(range(min = 1, max = 65535))]
     redis_port: u16,
     #[serde(default)]
@@ -72,7 +72,7 @@ pub(crate) struct Config {
     #[schemars(range(min = 0, max = 15))]
     redis_database: i64,
     /// Milliseconds a request may wait for Redis, 1 to 60,000.
-    #[serde(default = "default_redis_timeout")]
+    #[serde(default = "redis::default_timeout")]
     #[schemars(range(min = 1, max = 60_000))]
     redis_timeout: u64,
     #[serde(default = "yes")]
@@ -82,25 +82,8 @@ pub(crate) struct Config {
     group: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-enum Policy {
-    #[default]
-    Local,
-    Redis,
-    RedisCluster,
-}
-
 fn yes() -> bool {
     true
-}
-
-fn default_redis_port() -> u16 {
-    6379
-}
-
-fn default_redis_timeout() -> u64 {
-    1000
 }
 
 #[derive(Debug)]
@@ -113,7 +96,7 @@ struct LimitCount {
     counters: Mutex<Counters>,
     limit_value: HeaderValue,
     /// `policy: redis`: the shared counters, and the key prefix.
-    remote: Option<(Arc<redis::RedisCounters>, Option<String>)>,
+    remote: Option<(Arc<Store>, Option<String>)>,
 }
 
 #[derive(Debug)]
@@ -136,34 +119,17 @@ const SWEEP_FIRST: usize = 1024;
 
 fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
     let config: Config = parse(value)?;
-    let remote = match config.policy {
-        Policy::Local => None,
-        Policy::Redis => {
-            in_range("redis_port", config.redis_port, 1..=65535)?;
-            in_range("redis_database", config.redis_database, 0..=15)?;
-            in_range("redis_timeout", config.redis_timeout, 1..=60_000)?;
-            let settings = redis::Settings {
-                host: config.redis_host.clone().unwrap_or_default(),
-                port: config.redis_port,
-                username: config.redis_username.clone(),
-                password: config.redis_password.clone(),
-                database: config.redis_database,
-                timeout: Duration::from_millis(config.redis_timeout),
-                allow_degradation: config.allow_degradation,
-            };
-            let degraded = env.degraded.with_label_values(&["limit-count"]);
-            Some((
-                Arc::new(redis::RedisCounters::new(settings, degraded)?),
-                config.group.clone(),
-            ))
-        }
-        Policy::RedisCluster => {
-            return Err(Fault::new(
-                "policy",
-                "redis-cluster is not supported by this proxy yet; use local or redis",
-            ))
-        }
+    let settings = redis::Settings {
+        host: config.redis_host.clone(),
+        port: config.redis_port,
+        username: config.redis_username.clone(),
+        password: config.redis_password.clone(),
+        database: config.redis_database,
+        timeout: config.redis_timeout,
+        allow_degradation: config.allow_degradation,
     };
+    let remote = Store::for_policy(config.policy, settings, "limit-count", env)?
+        .map(|store| (Arc::new(store), config.group.clone()));
     let mut limit = build(config)?;
     limit.remote = remote;
     Ok(Arc::new(limit))
@@ -264,7 +230,7 @@ impl LimitCount {
     fn remote_access(
         &self,
         ctx: &Ctx<'_>,
-        remote: &Arc<redis::RedisCounters>,
+        remote: &Arc<Store>,
         group: Option<&str>,
         key: &str,
     ) -> Flow {
@@ -277,21 +243,14 @@ impl LimitCount {
         let limit = self.limit_value.clone();
         let rejected = self.rejection.response();
         Flow::Wait(Box::pin(async move {
-            let (remaining, reset_ms) = match remote.incoming(name, count, window).await {
-                redis::Outcome::Counted {
-                    remaining,
-                    reset_ms,
-                } => (remaining, reset_ms),
-                redis::Outcome::Degraded { admit: true } => return Flow::Continue,
-                redis::Outcome::Degraded { admit: false } => {
-                    let body = serde_json::json!({"error_msg": "failed to limit count"})
-                        .to_string()
-                        + "\n";
-                    return Flow::Respond(super::json_response(
-                        http::StatusCode::INTERNAL_SERVER_ERROR,
-                        body,
-                    ));
-                }
+            let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            let (remaining, reset_ms) = match remote
+                .eval::<(i64, i64), i64>(&COUNT_SCRIPT, name, &[count, window_ms])
+                .await
+            {
+                Ok(counted) => counted,
+                Err(degraded) => return degraded,
             };
             let quota = [
                 (LIMIT, limit),
@@ -314,6 +273,23 @@ impl LimitCount {
         }))
     }
 }
+
+/// One window per Redis key, which expires with it: set to `count - 1`
+/// (with the window as its expiry) when absent, decremented otherwise.
+/// Returns what is left after this request (negative: rejected) and the
+/// milliseconds left in the window.
+static COUNT_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+local ttl = redis.call('pttl', KEYS[1])
+if ttl < 0 then
+  redis.call('set', KEYS[1], ARGV[1] - 1, 'PX', ARGV[2])
+  return {tonumber(ARGV[1]) - 1, tonumber(ARGV[2])}
+end
+return {redis.call('decr', KEYS[1]), ttl}
+",
+    )
+});
 
 const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");

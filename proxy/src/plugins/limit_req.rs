@@ -7,16 +7,20 @@
 //! 503; `{"error_msg": rejected_msg}` when set). An admitted request with
 //! excess waits `excess / rate` seconds before it goes on, unless `nodelay`.
 //! The key is made as limit-count's (`key_type`, `key`). One lock guards the
-//! buckets, so concurrent requests are counted exactly.
+//! buckets, so concurrent requests are counted exactly. With
+//! `policy: redis` the buckets are in a Redis server that many sidecars
+//! share (`limits::redis`), and the clock is Redis's, so sidecars whose
+//! clocks differ still drain one bucket at one rate.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::limits::redis::{self, Policy, Store};
 use super::limits::{self, Key, KeyType, Rejection};
 use super::{parse, Ctx, Descriptor, Env, Fault, Flow, Plugin};
 
@@ -42,16 +46,31 @@ pub(crate) struct Config {
     /// Admit queued requests at once instead of delaying them.
     #[serde(default)]
     nodelay: bool,
-    /// Accepted; meaningful with a remote policy.
     #[serde(default)]
-    #[allow(dead_code)]
+    policy: Policy,
+    /// With `policy: redis`: admit requests when Redis cannot answer in
+    /// time (else refuse them with 500).
+    #[serde(default)]
     allow_degradation: bool,
-    #[serde(default = "local")]
-    policy: String,
-}
-
-fn local() -> String {
-    "local".to_owned()
+    /// With `policy: redis`: the server.
+    #[serde(default)]
+    redis_host: Option<String>,
+    /// 1 to 65535.
+    #[serde(default = "redis::default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    redis_port: u16,
+    #[serde(default)]
+    redis_username: Option<String>,
+    #[serde(default)]
+    redis_password: Option<String>,
+    /// 0 to 15.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 15))]
+    redis_database: i64,
+    /// Milliseconds a request may wait for Redis, 1 to 60,000.
+    #[serde(default = "redis::default_timeout")]
+    #[schemars(range(min = 1, max = 60_000))]
+    redis_timeout: u64,
 }
 
 #[derive(Debug)]
@@ -62,6 +81,8 @@ struct LimitReq {
     rejection: Rejection,
     nodelay: bool,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// `policy: redis`: the shared buckets.
+    remote: Option<Arc<Store>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,8 +94,21 @@ struct Bucket {
 /// Past this many keys, buckets that have drained are dropped.
 const SWEEP_AT: usize = 4096;
 
-fn compile(value: &serde_json::Value, _env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
-    Ok(Arc::new(build(parse(value)?)?))
+fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Fault> {
+    let config: Config = parse(value)?;
+    let settings = redis::Settings {
+        host: config.redis_host.clone(),
+        port: config.redis_port,
+        username: config.redis_username.clone(),
+        password: config.redis_password.clone(),
+        database: config.redis_database,
+        timeout: config.redis_timeout,
+        allow_degradation: config.allow_degradation,
+    };
+    let remote = Store::for_policy(config.policy, settings, "limit-req", env)?;
+    let mut limit = build(config)?;
+    limit.remote = remote.map(Arc::new);
+    Ok(Arc::new(limit))
 }
 
 fn build(c: Config) -> Result<LimitReq, Fault> {
@@ -90,12 +124,6 @@ fn build(c: Config) -> Result<LimitReq, Fault> {
             format!("{} is out of range: 0 to 1000000", c.burst),
         ));
     }
-    if c.policy != "local" {
-        return Err(Fault::new(
-            "policy",
-            "only local buckets are supported by this proxy yet; use policy: local",
-        ));
-    }
     Ok(LimitReq {
         rate: c.rate,
         burst: c.burst,
@@ -103,8 +131,35 @@ fn build(c: Config) -> Result<LimitReq, Fault> {
         rejection: Rejection::compile(c.rejected_code, c.rejected_msg.as_deref())?,
         nodelay: c.nodelay,
         buckets: Mutex::new(HashMap::new()),
+        remote: None,
     })
 }
+
+/// One bucket per Redis hash (`excess`, `last`, in Redis's own clock, ms),
+/// as the local one: the excess leaks at `rate`, and a request that would
+/// take it past `burst` changes nothing and gets -1. An admitted request
+/// gets its delay in microseconds. The hash expires once it has drained.
+static BUCKET_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('hmget', KEYS[1], 'excess', 'last')
+local excess = 0
+if b[1] and b[2] then
+  excess = math.max(tonumber(b[1]) - rate * math.abs(now - tonumber(b[2])) / 1000 + 1, 0)
+  if excess > burst then
+    return -1
+  end
+end
+redis.call('hset', KEYS[1], 'excess', tostring(excess), 'last', tostring(now))
+redis.call('pexpire', KEYS[1], math.ceil((excess + 1) * 1000 / rate) + 1000)
+return math.floor(excess * 1000000 / rate)
+",
+    )
+});
 
 impl LimitReq {
     /// The delay for an admitted request, or `None` for a rejected one.
@@ -135,9 +190,40 @@ impl LimitReq {
     }
 }
 
+impl LimitReq {
+    /// `policy: redis`: the bucket is in Redis, so the request waits for
+    /// it (at most `redis_timeout`). It is named by the service and route,
+    /// so that sidecars with the same config share it.
+    fn remote_access(&self, ctx: &Ctx<'_>, remote: &Arc<Store>, key: &str) -> Flow {
+        let name = format!("remora:limit-req:{}:{}:{key}", ctx.service, ctx.route);
+        let remote = remote.clone();
+        let args = [self.rate, self.burst];
+        let nodelay = self.nodelay;
+        let rejected = self.rejection.response();
+        Flow::Wait(Box::pin(async move {
+            match remote.eval::<i64, f64>(&BUCKET_SCRIPT, name, &args).await {
+                Err(degraded) => degraded,
+                Ok(micros) => match u64::try_from(micros) {
+                    Err(_) => Flow::Respond(rejected),
+                    Ok(micros) => {
+                        let delay = Duration::from_micros(micros);
+                        if !nodelay && delay >= Duration::from_millis(1) {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Flow::Continue
+                    }
+                },
+            }
+        }))
+    }
+}
+
 impl Plugin for LimitReq {
     fn access(&self, ctx: &mut Ctx<'_>, req: &mut request::Parts) -> Flow {
         let key = self.key.of(ctx, req);
+        if let Some(remote) = &self.remote {
+            return self.remote_access(ctx, remote, &key);
+        }
         match self.incoming(&key, Instant::now()) {
             None => Flow::Respond(self.rejection.response()),
             Some(delay) if !self.nodelay && delay >= Duration::from_millis(1) => {
@@ -259,8 +345,28 @@ mod tests {
                 ),
                 (
                     serde_json::json!({"rate": 1, "burst": 1, "policy": "redis"}),
+                    ".redis_host",
+                    "policy redis needs redis_host",
+                ),
+                (
+                    serde_json::json!({"rate": 1, "burst": 1, "policy": "redis-cluster", "redis_host": "10.0.0.1"}),
                     ".policy",
-                    "only local",
+                    "redis-cluster is not supported",
+                ),
+                (
+                    serde_json::json!({"rate": 1, "burst": 1, "policy": "redis", "redis_host": "10.0.0.1", "redis_timeout": 0}),
+                    ".redis_timeout",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"rate": 1, "burst": 1, "policy": "redis", "redis_host": "10.0.0.1", "redis_database": 16}),
+                    ".redis_database",
+                    "out of range",
+                ),
+                (
+                    serde_json::json!({"rate": 1, "burst": 1, "policy": "memcached"}),
+                    ".policy",
+                    "unknown variant",
                 ),
             ],
         );

@@ -1,6 +1,7 @@
 //! What APISIX's limit plugins (limit-count, limit-req, limit-conn) share:
 //! how a request's key is made (`key_type`, `key`) and how a rejection
-//! looks (`rejected_code`, `rejected_msg`).
+//! looks (`rejected_code`, `rejected_msg`); and `redis`, the store that
+//! `policy: redis` puts limit-count's counters and limit-req's buckets in.
 
 use std::borrow::Cow;
 
@@ -11,6 +12,8 @@ use serde::Deserialize;
 use super::vars::{Template, Var};
 use super::{in_range, json_response, Ctx, Fault};
 use crate::body::{empty, Body};
+
+pub(crate) mod redis;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

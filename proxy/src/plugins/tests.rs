@@ -258,9 +258,8 @@ fn every_plugin_has_a_schema_and_a_unique_name() {
     assert_eq!(limit["required"], json!(["count", "time_window"]));
 }
 
-/// Every plugin has a page in docs/plugins/, and each page's first YAML
-/// block is a complete mesh config that the proxy takes, with the plugin
-/// in it.
+/// Every plugin has a page in docs/plugins/, and each YAML block on it is
+/// a complete mesh config that the proxy takes, with the plugin in it.
 #[tokio::test]
 async fn every_plugin_page_has_a_config_that_loads() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plugins");
@@ -269,26 +268,27 @@ async fn every_plugin_page_has_a_config_that_loads() {
         let path = dir.join(format!("{}.md", d.name));
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e}: every plugin needs a page", path.display()));
-        let yaml = text
+        let blocks: Vec<&str> = text
             .split("```yaml\n")
-            .nth(1)
-            .and_then(|rest| rest.split("\n```").next())
-            .unwrap_or_else(|| panic!("{}: no yaml block", path.display()));
-        let config =
-            MeshConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let json = serde_json::to_string(&config).expect("serializes");
-        assert!(
-            json.contains(&format!("\"{}\":", d.name)),
-            "{}: the example does not use it",
-            d.name
-        );
-        let state = crate::state::State::new(
-            Arc::new(crate::config::defaults()),
-            crate::metrics::Metrics::new(),
-        );
-        state
-            .apply(config)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            .skip(1)
+            .filter_map(|rest| rest.split("\n```").next())
+            .collect();
+        assert!(!blocks.is_empty(), "{}: no yaml block", path.display());
+        for (i, yaml) in blocks.iter().enumerate() {
+            let at = format!("{} (yaml block {})", path.display(), i + 1);
+            let config = MeshConfig::from_yaml(yaml).unwrap_or_else(|e| panic!("{at}: {e}"));
+            let json = serde_json::to_string(&config).expect("serializes");
+            assert!(
+                json.contains(&format!("\"{}\":", d.name)),
+                "{at}: the example does not use {}",
+                d.name
+            );
+            let state = crate::state::State::new(
+                Arc::new(crate::config::defaults()),
+                crate::metrics::Metrics::new(),
+            );
+            state.apply(config).unwrap_or_else(|e| panic!("{at}: {e}"));
+        }
         pages += 1;
     }
     let on_disk = std::fs::read_dir(&dir).expect("docs/plugins").count();
