@@ -21,7 +21,8 @@ use serde::Deserialize;
 
 use super::super::{in_range, json_response, Env, Fault, Flow};
 
-/// APISIX's `policy`.
+/// Where the state is: `local` (this proxy) or `redis` (a Redis server
+/// that sidecars share); `redis-cluster` is refused at load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Policy {
