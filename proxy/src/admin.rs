@@ -199,10 +199,10 @@ impl Admin {
             Ok(query) => query,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let snapshot = self.state.state.load();
+        let (snapshot, last_error) = self.state.state.in_force();
         let (kind, name, answer) = match &query {
             DumpQuery::Summary => {
-                let mut summary = dump::summary(&snapshot, self.state.state.last_error());
+                let mut summary = dump::summary(&snapshot, last_error);
                 summary.identity = self
                     .state
                     .identity
@@ -226,7 +226,6 @@ impl Admin {
                     );
                     return response;
                 };
-                let last_error = self.state.state.last_error();
                 return with_type(
                     StatusCode::OK,
                     "application/json",

@@ -181,6 +181,11 @@ fn draw() -> f64 {
 }
 
 /// Requests, renews and expires, forever (the task ends with the runtime).
+///
+/// The metrics change inside `send_modify`, under the channel's write lock:
+/// `/ready` and `/config_dump` read the state through `borrow`, which waits
+/// for that lock, so whoever has seen a metric change (a scrape) or a state
+/// change (`/ready`, `/config_dump`) finds the other one made too.
 async fn run(client: CaClient, tx: watch::Sender<Arc<IdentityState>>, metrics: IdentityMetrics) {
     let mut backoff = Backoff::new();
     loop {
@@ -189,9 +194,7 @@ async fn run(client: CaClient, tx: watch::Sender<Arc<IdentityState>>, metrics: I
                 let now = SystemTime::now();
                 let creds = issued.credentials;
                 let remaining = creds.not_after.duration_since(now).unwrap_or_default();
-                metrics.renewals_ok.inc();
-                metrics.ca_reachable.set(1);
-                metrics.expiry.set(unix_seconds(creds.not_after));
+                let expiry = unix_seconds(creds.not_after);
                 backoff.reset();
                 let wait = schedule::renewal_delay(remaining, draw());
                 info!(
@@ -202,30 +205,38 @@ async fn run(client: CaClient, tx: watch::Sender<Arc<IdentityState>>, metrics: I
                     renew_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
                     "workload certificate issued"
                 );
-                tx.send_replace(Arc::new(IdentityState {
+                let next = Arc::new(IdentityState {
                     credentials: Some(Arc::new(creds)),
                     roots: issued.bundle.roots,
                     root_fingerprints: issued.bundle.fingerprints,
                     trust_domain: issued.bundle.trust_domain,
                     ca: CaStatus::Ok,
-                }));
+                });
+                tx.send_modify(|state| {
+                    metrics.renewals_ok.inc();
+                    metrics.ca_reachable.set(1);
+                    metrics.expiry.set(expiry);
+                    *state = next;
+                });
                 wait
             }
             Err(e) => {
-                metrics.renewals_error.inc();
-                let reachable = e.ca_reachable();
-                if let Some(reachable) = reachable {
-                    metrics.ca_reachable.set(i64::from(reachable));
-                }
                 let wait = backoff.next_delay(draw());
                 warn!(error = %e, retry_in = ?wait, "no certificate from the CA; keeping the current one, if any");
-                let reachable = reachable.unwrap_or(metrics.ca_reachable.get() == 1);
-                let mut state = (**tx.borrow()).clone();
-                state.ca = CaStatus::Failing {
-                    reachable,
-                    error: Arc::from(e.to_string()),
-                };
-                tx.send_replace(Arc::new(state));
+                let error: Arc<str> = Arc::from(e.to_string());
+                tx.send_modify(|state| {
+                    metrics.renewals_error.inc();
+                    let reachable = match e.ca_reachable() {
+                        Some(reachable) => {
+                            metrics.ca_reachable.set(i64::from(reachable));
+                            reachable
+                        }
+                        None => metrics.ca_reachable.get() == 1,
+                    };
+                    let mut next = (**state).clone();
+                    next.ca = CaStatus::Failing { reachable, error };
+                    *state = Arc::new(next);
+                });
                 if matches!(e, RequestError::Refused { .. }) {
                     info!("the CA refused; retrying in case the token is rotated");
                 }
@@ -252,8 +263,8 @@ async fn wait_or_expire(
         if expiry < deadline {
             tokio::time::sleep_until(expiry).await;
             warn!("the workload certificate expired before it could be renewed; holding none");
-            metrics.expiry.set(0);
             tx.send_modify(|state| {
+                metrics.expiry.set(0);
                 let mut next = (**state).clone();
                 next.credentials = None;
                 *state = Arc::new(next);

@@ -83,10 +83,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// an HTTP connection, or the tunnel of an upgrade that outlives it.
 #[derive(Debug)]
 pub(crate) struct Counted<T> {
+    /// Declared first, so dropped first: the slot is back before the socket
+    /// closes, and a client that sees the close and connects again is never
+    /// refused for the slot this connection held.
+    slot: Option<Slot>,
     inner: T,
     read: IntCounter,
     written: IntCounter,
-    slot: Option<Slot>,
 }
 
 impl<T> Counted<T> {

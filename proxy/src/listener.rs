@@ -150,9 +150,11 @@ impl Proxy {
         if let Err(e) = stream.set_zero_linger() {
             debug!(%peer, error = %e, "cannot set SO_LINGER; closing the refused connection normally");
         }
-        drop(stream);
+        // Counted before the reset goes out: a client that sees it finds
+        // it in /metrics.
         self.metrics
             .connection_refused(direction, RefusedReason::Limit);
+        drop(stream);
         if let Some(refused) = refusals.note(Instant::now()) {
             warn!(
                 direction = direction.as_str(),

@@ -217,7 +217,12 @@ fn strip_port(authority: &str) -> &str {
 #[derive(Debug)]
 pub(crate) struct State {
     current: ArcSwap<Snapshot>,
-    /// The most recent rejection, shown by `/config_dump`.
+    /// The most recent rejection, shown by `/config_dump`. Its lock is also
+    /// the commit lock: an update swaps the snapshot, clears or sets this
+    /// and counts itself (`remora_config_updates_total`, dropped series)
+    /// while holding it, and [`State::in_force`] reads under it, so whoever
+    /// sees a config version in `/config_dump` finds the rest of that update
+    /// in the dump and in `/metrics` too.
     last_error: Mutex<Option<String>>,
     metrics: Metrics,
     startup: Arc<Config>,
@@ -331,19 +336,24 @@ impl State {
         self.current.load_full()
     }
 
-    /// The last rejection's reason, if the newest config was rejected.
-    pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The snapshot in force and the last rejection's reason, as one
+    /// update left them (for `/config_dump`; requests use [`State::load`]).
+    pub(crate) fn in_force(&self) -> (Arc<Snapshot>, Option<String>) {
+        let last_error = self.lock_last_error();
+        (self.current.load_full(), last_error.clone())
     }
 
     /// Records a config that could not even be parsed.
     pub(crate) fn reject(&self, reason: String) {
         warn!(%reason, "config rejected; the last good config stays in force");
+        let mut last_error = self.lock_last_error();
+        *last_error = Some(reason);
+        // Counted once the dump names the reason.
         self.metrics.config_update(false);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
     /// Compiles `config` and swaps it in, or rejects it with the reason.
@@ -364,9 +374,11 @@ impl State {
         self.lock_config_health().applying_since = None;
         match compiled {
             Ok(next) => {
-                info!(version = next.version(), "config applied");
                 self.sync_health_checks(&next);
                 let next = Arc::new(next);
+                // One commit for the readers of /config_dump: the version,
+                // lastError, the update counter and the dropped series.
+                let mut last_error = self.lock_last_error();
                 self.current.store(next.clone());
                 if next.drops_resources_of(&previous) {
                     let keep = |service: &str, route: &str, backend: &str| {
@@ -376,9 +388,11 @@ impl State {
                     self.plugin_env
                         .retain_series(&|service, route| keep(service, route, ""));
                 }
+                *last_error = None;
                 self.metrics.config_applied_in(started.elapsed());
                 self.metrics.config_update(true);
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                drop(last_error);
+                info!(version = next.version(), "config applied");
                 Ok(previous)
             }
             Err(e) => {

@@ -137,7 +137,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>) {
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> io::Result<Response<Full<Bytes>>> {
-    state.received.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     state.seen.lock().expect("seen poisoned").push(SeenRequest {
         method: parts.method.clone(),
@@ -147,6 +146,9 @@ async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> io::Result<Resp
             .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_owned()),
         headers: parts.headers.clone(),
     });
+    // Counted once recorded: a test that waits for the count finds the
+    // request in `requests()` too.
+    state.received.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let _ = body.collect().await;
     let delay = state.delay_ms.load(Ordering::SeqCst);

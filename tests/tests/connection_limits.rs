@@ -294,9 +294,12 @@ async fn idle_opaque_connections_are_closed_and_busy_ones_are_not() {
         quiet_after >= Duration::from_millis(1900) && quiet_after < Duration::from_secs(3),
         "closed {quiet_after:?} after its last byte: expected the 2 s idle timeout"
     );
+    // The idle timeout is counted before the connection's metrics end:
+    // wait for both, or the second close may not be counted yet.
     let after = proxy
-        .wait_metrics("two idle timeouts", |m| {
+        .wait_metrics("two idle timeouts and both connections closed", |m| {
             m.since(&before, ERRORS, OUTBOUND_IDLE) >= 2.0
+                && m.since(&before, CLOSED, OUTBOUND) >= 2.0
         })
         .await;
     assert_eq!(after.since(&before, ERRORS, OUTBOUND_IDLE), 2.0, "{after}");

@@ -24,7 +24,7 @@ use remora_e2e::mesh_config::{
 use remora_e2e::{
     assert_closed_without_data, exchange, ControlPlane, Metrics, Pod, ProxyHandle, TestNet,
     TokenEntry, CLIENT as A, CLIENT_ID as A_ID, INTRUDER as C, INTRUDER_ID as C_ID, SERVER as B,
-    SERVER_ID as B_ID,
+    SERVER_ID as B_ID, WAIT,
 };
 
 const APP_PORT: u16 = 8080;
@@ -187,8 +187,16 @@ impl Capture {
         Capture { child, path }
     }
 
-    /// Stops the capture and returns every byte it wrote.
-    fn stop(mut self) -> Vec<u8> {
+    /// Stops the capture once its file holds `needle` (tcpdump writes each
+    /// packet as it gets it, `-U`, but gets it a moment after it crossed),
+    /// at most [`WAIT`], and returns every byte it wrote.
+    fn stop_once_it_holds(mut self, needle: &[u8]) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !std::fs::read(&self.path).is_ok_and(|wire| contains(&wire, needle))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // What is in flight in the kernel's capture buffer gets written.
         std::thread::sleep(Duration::from_millis(300));
         let _ = nix::sys::signal::kill(
@@ -225,7 +233,7 @@ async fn the_app_sees_the_callers_identity_and_the_wire_carries_no_plaintext() {
             (200, "secret-response-body")
         );
     }
-    let wire = capture.stop();
+    let wire = capture.stop_once_it_holds(b"\x17\x03\x03");
     let seen = app.last_request().expect("the app got the request");
     assert_eq!(
         seen.header_values("x-remora-client-id"),
@@ -293,7 +301,7 @@ async fn the_app_sees_the_callers_identity_and_the_wire_carries_no_plaintext() {
         .await
         .expect("plaintext request");
     assert_eq!(reply.status, 200);
-    let wire = capture.stop();
+    let wire = capture.stop_once_it_holds(b"secret-path-plain");
     assert!(
         contains(&wire, b"secret-path-plain"),
         "the capture sees plaintext when there is some"

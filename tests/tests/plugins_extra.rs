@@ -274,14 +274,17 @@ async fn proxy_mirror_copies_exactly_the_sampled_requests_without_delaying_them(
     );
     assert_eq!(t.apps.get("app").received(), 20);
     let shadow = t.apps.get("shadow");
-    eventually(Duration::from_secs(10), "10 mirrored requests", || async {
-        match shadow.received() {
-            10 => Ok(()),
-            n => Err(format!("{n} mirrored")),
+    // On what is asserted, the requests seen: the app counts a request
+    // (`received`) a moment before it records it.
+    let seen = eventually(Duration::from_secs(10), "10 mirrored requests", || async {
+        match shadow.requests() {
+            seen if seen.len() == 10 => Ok(seen),
+            seen => Err(format!("{} mirrored", seen.len())),
         }
     })
     .await;
-    let mut paths: Vec<String> = shadow.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(shadow.received(), 10);
+    let mut paths: Vec<String> = seen.iter().map(|r| r.path.clone()).collect();
     paths.sort();
     let mut expected: Vec<String> = (0..20)
         .filter(|i| i % 2 == 1)
@@ -289,10 +292,7 @@ async fn proxy_mirror_copies_exactly_the_sampled_requests_without_delaying_them(
         .collect();
     expected.sort();
     assert_eq!(paths, expected, "every second request, with the prefix");
-    assert!(shadow
-        .requests()
-        .iter()
-        .all(|r| r.method == http::Method::POST));
+    assert!(seen.iter().all(|r| r.method == http::Method::POST));
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,13 +35,18 @@ const SINK_PORT: u16 = 9080;
 const DROPPED: &str = "remora_plugin_dropped_total";
 
 /// What an HTTP endpoint the test runs received: each request's path and
-/// body. A hanging one accepts connections and never answers.
+/// body, and how many connections it accepted. A hanging one accepts
+/// connections and never answers.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Bytes)>>>);
+struct Received(Arc<Mutex<Vec<(String, Bytes)>>>, Arc<AtomicUsize>);
 
 impl Received {
     fn bodies(&self) -> Vec<(String, Bytes)> {
         self.0.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> usize {
+        self.1.load(Ordering::SeqCst)
     }
 
     /// Every span of every export, in arrival order.
@@ -76,6 +82,7 @@ fn serve(pod: &Pod, port: u16, hang: bool) -> Received {
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
+            kept.1.fetch_add(1, Ordering::SeqCst);
             if hang {
                 held.push(stream);
                 continue;
@@ -466,14 +473,30 @@ async fn http_logger_drops_and_counts_what_a_hanging_endpoint_leaves_no_room_for
         )
     })
     .await;
-    let _hanging = serve(&t.server, SINK_PORT, true);
+    let hanging = serve(&t.server, SINK_PORT, true);
     let mut c = t.http();
-    for _ in 0..10 {
+    for i in 0..10 {
         let reply = tokio::time::timeout(Duration::from_secs(2), c.get("/"))
             .await
             .expect("the endpoint never slows a request")
             .unwrap();
         assert_eq!(reply.status, 200);
+        if i == 0 {
+            // Once the sender connects, it has taken the first entry off
+            // the queue; until then that entry holds one of the queue's
+            // three places, and a seventh would be dropped.
+            eventually(
+                Duration::from_secs(10),
+                "the first entry in flight",
+                || async {
+                    match hanging.accepted() {
+                        0 => Err("no connection to the endpoint yet".to_owned()),
+                        _ => Ok(()),
+                    }
+                },
+            )
+            .await;
+        }
     }
     // One entry in flight (hanging), three queued, six dropped.
     let m = t
@@ -553,10 +576,12 @@ async fn file_logger_writes_one_line_per_request_and_follows_rotation() {
     for i in 0..3 {
         assert_eq!(c.get(&format!("/items/{i}")).await.unwrap().status, 200);
     }
+    // Whole lines only: the logger may be writing the next one.
     let lines = |p: &std::path::Path| -> Vec<Value> {
         std::fs::read_to_string(p)
             .unwrap_or_default()
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };

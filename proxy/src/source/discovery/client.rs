@@ -566,11 +566,6 @@ impl Client {
         }
         let keys: Vec<String> = idle.iter().map(Dest::to_string).collect();
         info!(destinations = ?keys, idle = ?self.config.idle_unsubscribe, "unsubscribing idle destinations");
-        self.shared.status(|s| {
-            for key in &keys {
-                s.versions.remove(key);
-            }
-        });
         match self.assembly.remove(&keys, self.version, &self.limits) {
             Ok(Some(config)) => {
                 let entered = self.data_plane.enter();
@@ -588,8 +583,13 @@ impl Client {
                 warn!(error = %e, "the config without the idle destinations does not assemble; it stays in force")
             }
         }
-        // Counted once the config is without them, so whoever reads the
-        // counter finds them gone from /config_dump too.
+        // Their versions go, then the count, once the config is without
+        // them: whoever sees either finds them gone from /config_dump too.
+        self.shared.status(|s| {
+            for key in &keys {
+                s.versions.remove(key);
+            }
+        });
         self.metrics.unsubscribes.inc_by(idle.len() as u64);
         idle.iter().map(unsubscribe).collect()
     }
@@ -633,10 +633,6 @@ impl Client {
         let (part, dest) = part_of(push.resource.as_ref())
             .ok_or_else(|| "the push names no resource the proxy knows".to_owned())?;
         let result = self.apply_part(part.clone(), push);
-        // Answered either way: the waiters stop waiting.
-        if let Some(dest) = &dest {
-            self.shared.on_demand.answered(dest);
-        }
         let key = match &part {
             Part::Globals => "globals".to_owned(),
             Part::Inbound => "inbound".to_owned(),
@@ -653,6 +649,11 @@ impl Client {
                 s.inbound = true;
             }
         });
+        // Answered either way: the waiters stop waiting, once /config_dump
+        // shows what their connections go by (the config and its version).
+        if let Some(dest) = &dest {
+            self.shared.on_demand.answered(dest);
+        }
         result
     }
 
