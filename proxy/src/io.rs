@@ -83,13 +83,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// an HTTP connection, or the tunnel of an upgrade that outlives it.
 #[derive(Debug)]
 pub(crate) struct Counted<T> {
-    /// Declared first, so dropped first: the slot is back before the socket
-    /// closes, and a client that sees the close and connects again is never
-    /// refused for the slot this connection held.
-    slot: Option<Slot>,
     inner: T,
     read: IntCounter,
     written: IntCounter,
+    slot: Option<Slot>,
 }
 
 impl<T> Counted<T> {
@@ -106,6 +103,18 @@ impl<T> Counted<T> {
     pub(crate) fn holding(mut self, slot: Slot) -> Self {
         self.slot = Some(slot);
         self
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    /// The slot goes back before the socket closes (the fields drop after
+    /// this), so a client that sees the close and connects again at once
+    /// is never refused for the slot this connection held. Done here, not
+    /// by declaring `slot` first: that field order made the HTTP/2 path,
+    /// generic over this type, compile to 1.4k more instructions per
+    /// request (bench/instructions.sh).
+    fn drop(&mut self) {
+        self.slot.take();
     }
 }
 
