@@ -30,9 +30,12 @@ pub(super) const DESCRIPTOR: Descriptor =
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
-    /// Requests per second, above 0 and at most 1,000,000.
+    /// Requests per second, 0.001 (one per 1,000 s) to 1,000,000: with
+    /// `burst`, this bounds a queued request's delay (`excess / rate`).
+    #[schemars(range(min = 0.001, max = 1_000_000))]
     rate: f64,
     /// Requests that may queue past the rate, 0 to 1,000,000.
+    #[schemars(range(min = 0, max = 1_000_000))]
     burst: f64,
     #[serde(default)]
     key_type: KeyType,
@@ -112,10 +115,10 @@ fn compile(value: &serde_json::Value, env: &Env) -> Result<Arc<dyn Plugin>, Faul
 }
 
 fn build(c: Config) -> Result<LimitReq, Fault> {
-    if !(c.rate > 0.0 && c.rate <= 1_000_000.0) {
+    if !(0.001..=1_000_000.0).contains(&c.rate) {
         return Err(Fault::new(
             "rate",
-            format!("{} is out of range: above 0, at most 1000000", c.rate),
+            format!("{} is out of range: 0.001 to 1000000", c.rate),
         ));
     }
     if !(0.0..=1_000_000.0).contains(&c.burst) {
@@ -268,6 +271,14 @@ mod tests {
     }
 
     #[test]
+    fn the_slowest_rate_and_largest_burst_give_a_finite_delay() {
+        let l = limit(serde_json::json!({"rate": 0.001, "burst": 1000000, "key": "remote_addr"}));
+        let t0 = Instant::now();
+        assert_eq!(l.incoming("k", t0), Some(Duration::ZERO));
+        assert_eq!(l.incoming("k", t0), Some(Duration::from_secs(1000)));
+    }
+
+    #[test]
     fn threads_on_one_key_are_admitted_exactly() {
         let l = Arc::new(limit(
             serde_json::json!({"rate": 0.001, "burst": 99, "key": "remote_addr"}),
@@ -322,6 +333,13 @@ mod tests {
                     serde_json::json!({"rate": -1, "burst": 1}),
                     ".rate",
                     "out of range",
+                ),
+                // A queued request's delay (burst / rate seconds) would not
+                // fit a Duration.
+                (
+                    serde_json::json!({"rate": 1e-300, "burst": 5}),
+                    ".rate",
+                    "out of range: 0.001 to 1000000",
                 ),
                 (
                     serde_json::json!({"rate": 1, "burst": -1}),

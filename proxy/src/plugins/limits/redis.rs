@@ -8,10 +8,11 @@
 //! never waits longer than `redis_timeout` for Redis; when Redis cannot
 //! answer in time the plugin admits the request with `allow_degradation`
 //! and refuses it with 500 `{"error_msg":"failed to limit <count|req>"}`
-//! without, and `remora_plugin_degraded_total{plugin}` counts it.
+//! without, and `remora_plugin_degraded_total{plugin}` counts it (the
+//! warning in the log is throttled to one a second).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use redis::aio::MultiplexedConnection;
@@ -20,6 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::super::{in_range, json_response, Env, Fault, Flow};
+use crate::limits::Throttle;
 
 /// Where the state is: `local` (this proxy) or `redis` (a Redis server
 /// that sidecars share); `redis-cluster` is refused at load.
@@ -61,6 +63,9 @@ pub(crate) struct Store {
     allow_degradation: bool,
     connection: Mutex<Option<MultiplexedConnection>>,
     degraded: IntCounter,
+    /// With Redis down, every request fails: one warning a second, with
+    /// how many it stands for (the metric counts each).
+    warnings: Mutex<Throttle>,
     /// The plugin's name: in logs, the metric and the 500's message.
     plugin: &'static str,
 }
@@ -107,6 +112,7 @@ impl Store {
             allow_degradation: s.allow_degradation,
             connection: Mutex::new(None),
             degraded: env.degraded.with_label_values(&[plugin]),
+            warnings: Mutex::new(Throttle::new(Duration::from_secs(1))),
             plugin,
         }))
     }
@@ -143,11 +149,18 @@ impl Store {
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answer)) => Ok(answer),
             failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {:?}", self.timeout),
-                };
-                tracing::warn!(plugin = self.plugin, error = %why, "Redis unavailable");
+                let due = self
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .note(Instant::now());
+                if let Some(requests) = due {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.timeout),
+                    };
+                    tracing::warn!(plugin = self.plugin, error = %why, requests, "Redis unavailable");
+                }
                 *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.degraded.inc();
                 if self.allow_degradation {
