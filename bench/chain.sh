@@ -134,7 +134,7 @@ MD="$OUT/results.md"
     echo "- load: h2load -t 1 -c 16 (h2: -m 10), $SECONDS_PER s per slice after 1 s of warm-up, $PAIRS pairs per protocol; one remora-proxy --workers 1, its config switched between slices"
     echo "- proxy log: $warns WARN/ERROR lines"
     echo
-    echo "| proto | config | median req/s | vs no plugins: median (min to max) | CPU µs/request | added µs: median (min to max) | errors |"
+    echo "| proto | config | median req/s | vs no plugins: median [95 % CI] (min to max) | CPU µs/request | added µs: median [95 % CI] (min to max) | errors |"
     echo "|---|---|---|---|---|---|---|"
     for proto in $PROTOS; do
         for cfg in http $CONFIGS; do
@@ -145,13 +145,29 @@ MD="$OUT/results.md"
                     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
                 }
+                # The distribution-free 95 % interval of a median: the k-th
+                # lowest and k-th highest of n values, with the largest k for
+                # which at least 95 % of Binomial(n, 1/2) lies in [k, n - k].
+                function ci_rank(n,   i, j, p, cover, k) {
+                    k = 0
+                    p = 2 ^ -n
+                    for (i = 0; i <= n; i++) { pmf[i] = p; p = p * (n - i) / (i + 1) }
+                    for (i = 1; 2 * i <= n; i++) {
+                        cover = 0
+                        for (j = i; j <= n - i; j++) cover += pmf[j]
+                        if (cover >= 0.95) k = i
+                    }
+                    return k
+                }
                 END {
                     n = 0
                     for (k in rps) { n++; r[n] = rps[k]; u[n] = us[k]; q[n] = rps[k] / base[k]; d[n] = us[k] - baseus[k] }
                     if (n == 0) exit
                     mr = med(r, n); mu = med(u, n); mq = med(q, n); md = med(d, n)
+                    # Sorted now; with too few pairs for 95 %, the CI is the range.
+                    lo = ci_rank(n); if (lo == 0) lo = 1; hi = n + 1 - lo
                     if (c == "http") printf "| %s | %s | %.0f | - | %.1f | - | %d |\n", p, c, mr, mu, err
-                    else printf "| %s | %s | %.0f | %.3fx (%.3f to %.3f) | %.1f | %+.1f (%+.1f to %+.1f) | %d |\n", p, c, mr, mq, q[1], q[n], mu, md, d[1], d[n], err
+                    else printf "| %s | %s | %.0f | %.3fx [%.3f, %.3f] (%.3f to %.3f) | %.1f | %+.1f [%+.1f, %+.1f] (%+.1f to %+.1f) | %d |\n", p, c, mr, mq, q[lo], q[hi], q[1], q[n], mu, md, d[lo], d[hi], d[1], d[n], err
                 }' "$RAW"
         done
     done

@@ -85,7 +85,12 @@ stage_binaries() {        # sets T, PROXY_SRC, INIT_SRC, PROXY_BIN, INIT_BIN
     PROXY_SRC="${REMORA_PROXY:-$ROOT/target/release/remora-proxy}"
     INIT_SRC="${REMORA_INIT:-$ROOT/target/release/remora-init}"
     if [ "$BUILD" = 1 ] && [ -z "${REMORA_PROXY:-}${REMORA_INIT:-}" ]; then
-        local build_cmd="cargo build --release -p remora-proxy -p remora-iptables -p remora-cp --bins"
+        # Two invocations: Cargo unifies features across the packages of one
+        # build, and remora-cp's kube-client turns on tracing's `log`
+        # feature, which costs the proxy's HTTP/2 path 2.4k instructions per
+        # request (bench/RESULTS.md, 2026-12-03 fifth stop). Built alone, the
+        # proxy gets only the features it asks for, as its image should.
+        local build_cmd="cargo build --release -p remora-proxy -p remora-iptables --bins && cargo build --release -p remora-cp --bins"
         if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
             # Under sudo, build as the invoking user: their toolchain, their target/ ownership.
             if sudo -u "$SUDO_USER" -H bash -lc 'command -v cargo' >/dev/null 2>&1; then
@@ -96,7 +101,7 @@ stage_binaries() {        # sets T, PROXY_SRC, INIT_SRC, PROXY_BIN, INIT_BIN
             fi
         elif command -v cargo >/dev/null; then
             log "building release binaries"
-            (cd "$ROOT" && $build_cmd) >&2 || die "cargo build failed"
+            (cd "$ROOT" && eval "$build_cmd") >&2 || die "cargo build failed"
         else
             log "cargo not found; using existing binaries"
         fi
